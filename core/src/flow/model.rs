@@ -1,0 +1,301 @@
+//! The parsed, validated form of a flow definition.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+/// Step kinds the orchestrator handles itself rather than dispatching to a worker.
+pub const ORCHESTRATOR_KINDS: &[&str] = &["approval"];
+
+/// Step kinds the workers of this release ship.
+pub const WORKER_KINDS: &[&str] = &["http", "transform", "sleep", "log", "echo"];
+
+/// The queue (worker pool) a step runs on when it names none.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// How long a step may run when it sets no `timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A validated flow definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Flow {
+    pub name: String,
+    /// The version the file asked for, if any; the registry assigns the real one.
+    pub version: Option<u32>,
+    pub description: String,
+    pub inputs: Vec<InputSpec>,
+    /// Steps in the order they were written.
+    pub steps: Vec<Step>,
+    /// Output templates rendered when the run succeeds.
+    pub outputs: BTreeMap<String, Json>,
+}
+
+impl Flow {
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+
+    pub fn step_index(&self, id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.id == id)
+    }
+
+    /// The inputs given, checked against the declared ones, with defaults filled in.
+    pub fn resolve_inputs(&self, given: &serde_json::Map<String, Json>) -> Result<Json, String> {
+        let mut out = serde_json::Map::new();
+        let mut problems = Vec::new();
+        for name in given.keys() {
+            if !self.inputs.iter().any(|i| &i.name == name) {
+                problems.push(format!("unknown input `{name}`"));
+            }
+        }
+        for spec in &self.inputs {
+            match given.get(&spec.name).or(spec.default.as_ref()) {
+                Some(value) => {
+                    if !spec.ty.accepts(value) {
+                        problems.push(format!(
+                            "input `{}` must be {}, got {value}",
+                            spec.name,
+                            spec.ty.describe()
+                        ));
+                    }
+                    out.insert(spec.name.clone(), value.clone());
+                }
+                None => problems.push(format!("input `{}` is required", spec.name)),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Json::Object(out))
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub name: String,
+    pub ty: InputType,
+    pub default: Option<Json>,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputType {
+    String,
+    Number,
+    Integer,
+    Boolean,
+    Object,
+    Array,
+    Any,
+}
+
+impl InputType {
+    pub const NAMES: &'static [&'static str] = &[
+        "string", "number", "integer", "boolean", "object", "array", "any",
+    ];
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "string" => Self::String,
+            "number" => Self::Number,
+            "integer" => Self::Integer,
+            "boolean" => Self::Boolean,
+            "object" => Self::Object,
+            "array" => Self::Array,
+            "any" => Self::Any,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Self::Any => "any value".into(),
+            Self::Integer | Self::Array | Self::Object => format!("an {}", self.name()),
+            other => format!("a {}", other.name()),
+        }
+    }
+
+    pub fn accepts(self, value: &Json) -> bool {
+        match self {
+            Self::String => value.is_string(),
+            Self::Number => value.is_number(),
+            Self::Integer => value.is_i64() || value.is_u64(),
+            Self::Boolean => value.is_boolean(),
+            Self::Object => value.is_object(),
+            Self::Array => value.is_array(),
+            Self::Any => true,
+        }
+    }
+}
+
+/// One step of a flow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub id: String,
+    pub name: Option<String>,
+    /// The executor kind.
+    pub uses: String,
+    /// Inputs, with templates; rendered just before each dispatch.
+    pub with: Json,
+    pub needs: Vec<String>,
+    /// `if`: the step is skipped when this is false.
+    pub condition: Option<String>,
+    pub for_each: Option<ForEach>,
+    pub queue: String,
+    #[serde(with = "duration_ms")]
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    /// Evaluated over `output`; false fails the attempt with the code `until`.
+    pub until: Option<String>,
+    pub on_failure: OnFailure,
+    /// True when the step only runs as another step's compensation.
+    pub compensation: bool,
+}
+
+impl Step {
+    /// True when the orchestrator runs the step itself.
+    pub fn is_orchestrator_kind(&self) -> bool {
+        ORCHESTRATOR_KINDS.contains(&self.uses.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForEach {
+    /// An expression yielding the list of items.
+    pub items: String,
+    /// How many items may run at once.
+    pub concurrency: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 means no retry).
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    #[serde(with = "duration_ms")]
+    pub delay: Duration,
+    #[serde(with = "duration_ms")]
+    pub max_delay: Duration,
+    /// Error codes to retry; empty means every error its executor marks retryable.
+    pub on: Vec<String>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 1,
+            backoff: Backoff::Exponential,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(60),
+            on: Vec::new(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Whether an error with this code may be retried after `attempt` attempts.
+    pub fn should_retry(&self, attempt: u32, code: &str, retryable: bool) -> bool {
+        attempt < self.max_attempts
+            && if self.on.is_empty() {
+                retryable
+            } else {
+                self.on.iter().any(|c| c == code)
+            }
+    }
+
+    /// How long to wait after the failure of attempt `attempt` (1-based).
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        match self.backoff {
+            Backoff::Fixed => self.delay,
+            Backoff::Exponential => {
+                let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(30));
+                self.delay.saturating_mul(factor).min(self.max_delay)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    Fixed,
+    Exponential,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// The run fails.
+    Fail,
+    /// The step counts as finished (failed) and the run goes on.
+    Continue,
+    /// The named compensation step runs, then the run fails.
+    Compensate(String),
+}
+
+impl std::fmt::Display for OnFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fail => f.write_str("fail"),
+            Self::Continue => f.write_str("continue"),
+            Self::Compensate(step) => write!(f, "compensate:{step}"),
+        }
+    }
+}
+
+mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponential_backoff_doubles_up_to_the_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            backoff: Backoff::Exponential,
+            delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(500),
+            on: vec![],
+        };
+        let delays: Vec<u128> = (1..=5).map(|a| policy.delay_after(a).as_millis()).collect();
+        assert_eq!(delays, vec![100, 200, 400, 500, 500]);
+    }
+
+    #[test]
+    fn retry_respects_codes_and_attempts() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            on: vec!["timeout".into()],
+            ..RetryPolicy::default()
+        };
+        assert!(policy.should_retry(1, "timeout", false));
+        assert!(!policy.should_retry(1, "http_status", true));
+        assert!(!policy.should_retry(3, "timeout", true));
+        let any = RetryPolicy {
+            max_attempts: 2,
+            ..RetryPolicy::default()
+        };
+        assert!(any.should_retry(1, "whatever", true));
+        assert!(!any.should_retry(1, "whatever", false));
+    }
+}
