@@ -150,6 +150,8 @@ pub struct Step {
     pub condition: Option<String>,
     pub for_each: Option<ForEach>,
     pub queue: String,
+    /// How long an attempt may take; for `approval` steps, the deadline for an answer (zero when
+    /// the step sets none: it waits for as long as it takes).
     #[serde(with = "duration_ms")]
     pub timeout: Duration,
     pub retry: RetryPolicy,

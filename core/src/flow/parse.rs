@@ -538,10 +538,18 @@ impl<'a> Parser<'a> {
             .get_node("queue")
             .and_then(|n| self.queue(n))
             .unwrap_or_else(|| defaults.queue.clone());
-        let timeout = map
+        let explicit_timeout = map
             .get_node("timeout")
-            .and_then(|n| self.duration(n, "`timeout`"))
-            .unwrap_or(defaults.timeout);
+            .and_then(|n| self.duration(n, "`timeout`"));
+        // A person answering an approval has no deadline unless the step sets one.
+        let is_approval = uses
+            .as_deref()
+            .is_some_and(|k| ORCHESTRATOR_KINDS.contains(&k));
+        let timeout = match explicit_timeout {
+            Some(t) => t,
+            None if is_approval => Duration::ZERO,
+            None => defaults.timeout,
+        };
         let retry = match map.get_node("retry") {
             Some(node) => self.retry(node, &defaults.retry),
             None => defaults.retry.clone(),
