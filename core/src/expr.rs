@@ -132,10 +132,10 @@ impl Context {
             std::collections::BTreeMap::new();
         if let Ok(keys) = self.0.try_iter() {
             for key in keys {
-                if let Some(name) = key.as_str() {
-                    if let Ok(v) = self.0.get_item(&key) {
-                        merged.insert(name.to_owned(), v);
-                    }
+                if let Some(name) = key.as_str()
+                    && let Ok(v) = self.0.get_item(&key)
+                {
+                    merged.insert(name.to_owned(), v);
                 }
             }
         }

@@ -1,2 +1,24 @@
-//! placeholder
+//! The rpaflow orchestrator: the gRPC API, the flow registry, one actor per active run around a
+//! pure state machine, durable storage in sled, and dispatch over a [`rpaflow_core::bus::StepBus`].
+//!
+//! # Layout
+//! - [`orchestrator`]: the component ([`Orchestrator`]) and its handle ([`OrchestratorHandle`]).
+//! - [`state`]: the run state machine (events, decisions), pure and unit-tested.
+//! - `actors`: the actix actors that run it and perform its actions.
+//! - [`store`]: sled storage with grouped flushes.
+//! - [`registry`]: flow versions.
+//! - [`api`]: the gRPC service, health and reflection; `convert`: proto conversions.
+//! - [`error`]: the crate's error and its mapping to gRPC codes.
+
+mod actors;
+pub mod api;
+mod convert;
+pub mod error;
+pub mod orchestrator;
+pub mod registry;
 pub mod state;
+pub mod store;
+
+pub use convert::{event as event_to_pb, run as run_to_pb};
+pub use error::{Error, Result};
+pub use orchestrator::{FlowView, Orchestrator, OrchestratorConfig, OrchestratorHandle, StartRun};

@@ -356,13 +356,13 @@ impl<'a> Parser<'a> {
                 None => InputType::Any,
             };
             let default = spec.get_node("default").map(to_json);
-            if let (Some(d), Some(node)) = (&default, spec.get_node("default")) {
-                if !ty.accepts(d) {
-                    self.err(
-                        node.span(),
-                        format!("default of input `{name}` is not of type `{}`", ty.name()),
-                    );
-                }
+            if let (Some(d), Some(node)) = (&default, spec.get_node("default"))
+                && !ty.accepts(d)
+            {
+                self.err(
+                    node.span(),
+                    format!("default of input `{name}` is not of type `{}`", ty.name()),
+                );
             }
             let description = spec
                 .get_node("description")
@@ -491,10 +491,10 @@ impl<'a> Parser<'a> {
             None => "a step".to_owned(),
         };
         self.check_fields(map, STEP_FIELDS, &what);
-        if let (Some(id), Some(node)) = (&id, map.get_node("id")) {
-            if !valid_identifier(id) {
-                self.err(node.span(), format!("step id `{id}` must start with a letter or `_` and use only letters, digits and `_` (it is used as `steps.{id}` in expressions)"));
-            }
+        if let (Some(id), Some(node)) = (&id, map.get_node("id"))
+            && !valid_identifier(id)
+        {
+            self.err(node.span(), format!("step id `{id}` must start with a letter or `_` and use only letters, digits and `_` (it is used as `steps.{id}` in expressions)"));
         }
         let uses = match map.get_node("uses") {
             Some(node) => self.string(node, "`uses`").inspect(|kind| {
@@ -829,10 +829,10 @@ impl<'a> Parser<'a> {
                                 "{what} reads `steps.{target}`, but there is no step `{target}`"
                             ),
                         );
-                    } else if let Some(visible) = scope.visible {
-                        if !visible.contains(target) {
-                            self.err(span, format!("{what} of step `{}` reads `steps.{target}`, which is not among its `needs` (directly or through other steps)", scope.step));
-                        }
+                    } else if let Some(visible) = scope.visible
+                        && !visible.contains(target)
+                    {
+                        self.err(span, format!("{what} of step `{}` reads `steps.{target}`, which is not among its `needs` (directly or through other steps)", scope.step));
                     }
                 }
                 other => {
@@ -890,10 +890,9 @@ fn scalar_to_json(s: &MarkedScalarNode) -> Json {
             if text
                 .chars()
                 .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
+                && let Some(n) = serde_json::Number::from_f64(f)
             {
-                if let Some(n) = serde_json::Number::from_f64(f) {
-                    return Json::Number(n);
-                }
+                return Json::Number(n);
             }
         }
     }

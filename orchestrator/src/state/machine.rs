@@ -292,20 +292,19 @@ impl RunState {
                     attempt,
                     ..
                 } => {
-                    if let Some(spec) = self.task_spec(step, *item, *attempt) {
-                        if let Some(UnitStatus::Dispatched { deadline_ms }) =
+                    if let Some(spec) = self.task_spec(step, *item, *attempt)
+                        && let Some(UnitStatus::Dispatched { deadline_ms }) =
                             self.unit_status(step, *item)
-                        {
-                            actions.push(Action::Dispatch(spec));
-                            actions.push(Action::SetTimer {
-                                at_ms: deadline_ms,
-                                timer: Timer::Deadline {
-                                    step: step.clone(),
-                                    item: *item,
-                                    attempt: *attempt,
-                                },
-                            });
-                        }
+                    {
+                        actions.push(Action::Dispatch(spec));
+                        actions.push(Action::SetTimer {
+                            at_ms: deadline_ms,
+                            timer: Timer::Deadline {
+                                step: step.clone(),
+                                item: *item,
+                                attempt: *attempt,
+                            },
+                        });
                     }
                 }
                 EventKind::RetryScheduled {
@@ -556,10 +555,11 @@ fn on_timer(tx: &mut Tx<'_>, timer: Timer) {
                     .state
                     .step_state(&step)
                     .and_then(|st| st.unit_index(item).map(|u| st.units[u].attempt));
-                if current == Some(attempt) && tx.now >= at_ms {
-                    if let Some(index) = tx.state.flow.step_index(&step) {
-                        dispatch(tx, index, item);
-                    }
+                if current == Some(attempt)
+                    && tx.now >= at_ms
+                    && let Some(index) = tx.state.flow.step_index(&step)
+                {
+                    dispatch(tx, index, item);
                 }
             }
         }
@@ -584,7 +584,7 @@ fn on_timer(tx: &mut Tx<'_>, timer: Timer) {
 
 fn humantime_ms(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

@@ -1,0 +1,241 @@
+//! Run actors: one actix actor per active run, spread over a few arbiters (threads).
+//!
+//! The actor owns the run's [`RunState`]. For every input it asks the state machine for events,
+//! makes them durable, and only then performs the actions: dispatches, timers, cancellations.
+//! While a batch is being persisted the actor takes no other message, so events and actions
+//! keep their order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_rt::{Arbiter, ArbiterHandle, System};
+use rpaflow_core::bus::Ack;
+use tracing::{debug, error, warn};
+
+use crate::error::{Error, Result};
+use crate::orchestrator::Shared;
+use crate::state::{Action, Input, Rejection, RunEvent, RunState};
+
+/// The actix system on its own thread, with the arbiters that run actors.
+pub struct ActorSystem {
+    system: System,
+    arbiters: Vec<ArbiterHandle>,
+    next: AtomicUsize,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ActorSystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActorSystem")
+            .field("arbiters", &self.arbiters.len())
+            .finish()
+    }
+}
+
+impl ActorSystem {
+    pub fn start(arbiters: usize) -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("rpaflow-actors".into())
+            .spawn(move || {
+                let runner = System::new();
+                let handles: Vec<(Arbiter, ArbiterHandle)> = (0..arbiters.max(1))
+                    .map(|_| {
+                        let arbiter = Arbiter::new();
+                        let handle = arbiter.handle();
+                        (arbiter, handle)
+                    })
+                    .collect();
+                let _ = tx.send((
+                    System::current(),
+                    handles.iter().map(|(_, h)| h.clone()).collect::<Vec<_>>(),
+                ));
+                let _ = runner.run();
+                for (arbiter, _) in handles {
+                    arbiter.stop();
+                    let _ = arbiter.join();
+                }
+            })
+            .map_err(|e| Error::Internal(format!("cannot start the actor system: {e}")))?;
+        let (system, arbiters) = rx
+            .recv()
+            .map_err(|_| Error::Internal("actor system failed to start".into()))?;
+        Ok(Self {
+            system,
+            arbiters,
+            next: AtomicUsize::new(0),
+            thread: Some(thread),
+        })
+    }
+
+    fn next_arbiter(&self) -> &ArbiterHandle {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
+        &self.arbiters[i]
+    }
+
+    /// Starts the actor of a run on the next arbiter; it performs `initial` actions first.
+    pub fn spawn_run(
+        &self,
+        state: RunState,
+        shared: Arc<Shared>,
+        initial: Vec<Action>,
+    ) -> Addr<RunActor> {
+        RunActor::start_in_arbiter(self.next_arbiter(), move |_| RunActor {
+            state,
+            shared,
+            initial,
+        })
+    }
+
+    pub fn stop(&mut self) {
+        self.system.stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ActorSystem {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct RunActor {
+    state: RunState,
+    shared: Arc<Shared>,
+    initial: Vec<Action>,
+}
+
+/// An input for the run, with the bus acknowledgement to give once it is durable.
+#[derive(Message)]
+#[rtype(result = "Result<(), Rejection>")]
+pub struct Deliver {
+    pub input: Input,
+    pub ack: Option<Ack>,
+}
+
+/// A copy of the run's current state.
+#[derive(Message)]
+#[rtype(result = "RunState")]
+pub struct Snapshot;
+
+impl Actor for RunActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let initial = std::mem::take(&mut self.initial);
+        if !initial.is_empty() {
+            self.perform(initial, ctx);
+        }
+    }
+}
+
+impl Handler<Snapshot> for RunActor {
+    type Result = MessageResult<Snapshot>;
+
+    fn handle(&mut self, _: Snapshot, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.state.clone())
+    }
+}
+
+impl Handler<Deliver> for RunActor {
+    type Result = AtomicResponse<Self, Result<(), Rejection>>;
+
+    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> Self::Result {
+        let now = rpaflow_core::time::now_ms();
+        let events = match self.state.handle(msg.input, now) {
+            Ok(events) => events,
+            Err(rejection) => {
+                if let Some(msg_ack) = msg.ack {
+                    Ack::ack(msg_ack)
+                }
+                return AtomicResponse::new(Box::pin(fut::ready(Err(rejection))));
+            }
+        };
+        if events.is_empty() {
+            if let Some(msg_ack) = msg.ack {
+                Ack::ack(msg_ack)
+            }
+            return AtomicResponse::new(Box::pin(fut::ready(Ok(()))));
+        }
+        let actions = self.state.actions_for(&events);
+        let summary = self.shared.summary(&self.state);
+        let store = self.shared.store.clone();
+        let persist = async move { store.append(&summary, &events).await.map(|()| events) };
+        AtomicResponse::new(Box::pin(persist.into_actor(self).map(move |persisted, act, ctx| {
+            match persisted {
+                Ok(events) => {
+                    if let Some(msg_ack) = msg.ack { Ack::ack(msg_ack) }
+                    act.shared.publish(&act.state.run_id, events);
+                    act.perform(actions, ctx);
+                }
+                Err(err) => {
+                    // The state ran ahead of storage: leave memory without acknowledging; the
+                    // run is rebuilt from what is durable on the next start.
+                    error!(run_id = %act.state.run_id, error = %err, "cannot persist run events; run actor stops");
+                    act.shared.forget(&act.state.run_id);
+                    ctx.stop();
+                }
+            }
+            Ok(())
+        })))
+    }
+}
+
+impl RunActor {
+    fn perform(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
+        let mut tasks = Vec::new();
+        for action in actions {
+            match action {
+                Action::Dispatch(spec) => tasks.push(self.shared.task(&self.state, spec)),
+                Action::SetTimer { at_ms, timer } => {
+                    let delay = u64::try_from(at_ms - rpaflow_core::time::now_ms()).unwrap_or(0);
+                    ctx.run_later(Duration::from_millis(delay), move |_, ctx| {
+                        ctx.notify(Deliver {
+                            input: Input::Timer(timer),
+                            ack: None,
+                        });
+                    });
+                }
+                Action::CancelWorkers => {
+                    let bus = self.shared.bus.clone();
+                    let run_id = self.state.run_id.clone();
+                    // Not tied to the actor, which may stop right after.
+                    actix_rt::spawn(async move {
+                        if let Err(err) = bus.cancel_run(&run_id).await {
+                            warn!(run_id = %run_id, error = %err, "cannot tell workers to cancel");
+                        }
+                    });
+                }
+                Action::Finished(status) => {
+                    debug!(run_id = %self.state.run_id, status = status.name(), "run finished");
+                    self.shared.forget(&self.state.run_id);
+                    ctx.stop();
+                }
+            }
+        }
+        if !tasks.is_empty() {
+            let bus = self.shared.bus.clone();
+            let run_id = self.state.run_id.clone();
+            // Dispatch in order; the actor waits so a later input cannot overtake its dispatch.
+            ctx.wait(
+                async move {
+                    for task in tasks {
+                        let step = task.step_id.clone();
+                        if let Err(err) = bus.dispatch(task).await {
+                            // The attempt's deadline retries it.
+                            error!(run_id = %run_id, step = %step, error = %err, "dispatch failed");
+                        }
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+    }
+}
+
+/// Events of one run that were just made durable.
+pub type Published = Arc<(String, Vec<RunEvent>)>;

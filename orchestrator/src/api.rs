@@ -1,0 +1,247 @@
+//! The `rpaflow.v1.FlowService` gRPC API over an [`OrchestratorHandle`], plus health and
+//! reflection.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use rpaflow_core::flow;
+use rpaflow_proto::v1 as pb;
+use rpaflow_proto::v1::flow_service_server::{FlowService, FlowServiceServer};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+use crate::convert;
+use crate::error::Error;
+use crate::orchestrator::{OrchestratorHandle, StartRun};
+use crate::state::RunStatus;
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    handle: OrchestratorHandle,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<FlowServiceServer<Api>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(rpaflow_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the descriptor set compiled into the binary is valid");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(FlowServiceServer::new(Api { handle }))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}
+
+/// Binds `addr` (port 0 picks a free port) and returns the listener with its real address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+pub struct Api {
+    handle: OrchestratorHandle,
+}
+
+fn file_name(name: &str) -> &str {
+    if name.is_empty() { "flow.yaml" } else { name }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunEvent, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl FlowService for Api {
+    async fn register_flow(
+        &self,
+        req: Request<pb::RegisterFlowRequest>,
+    ) -> Result<Response<pb::RegisterFlowResponse>, Status> {
+        let req = req.into_inner();
+        let registered = self
+            .handle
+            .register_flow(file_name(&req.file_name), &req.source)
+            .await?;
+        let view = self
+            .handle
+            .get_flow(&registered.record.name, registered.record.version)?;
+        Ok(Response::new(pb::RegisterFlowResponse {
+            flow: Some(convert::flow(&view)),
+            created: registered.created,
+        }))
+    }
+
+    async fn validate_flow(
+        &self,
+        req: Request<pb::ValidateFlowRequest>,
+    ) -> Result<Response<pb::ValidateFlowResponse>, Status> {
+        let req = req.into_inner();
+        let response = match flow::parse(file_name(&req.file_name), &req.source) {
+            Ok(parsed) => pb::ValidateFlowResponse {
+                diagnostics: vec![],
+                definition: Some((&parsed).into()),
+            },
+            Err(diags) => pb::ValidateFlowResponse {
+                diagnostics: diags
+                    .0
+                    .into_iter()
+                    .map(|d| pb::Diagnostic {
+                        file: d.file,
+                        line: d.line as u32,
+                        column: d.column as u32,
+                        message: d.message,
+                    })
+                    .collect(),
+                definition: None,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn get_flow(
+        &self,
+        req: Request<pb::GetFlowRequest>,
+    ) -> Result<Response<pb::Flow>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(convert::flow(
+            &self.handle.get_flow(&req.name, req.version)?,
+        )))
+    }
+
+    async fn list_flows(
+        &self,
+        _: Request<pb::ListFlowsRequest>,
+    ) -> Result<Response<pb::ListFlowsResponse>, Status> {
+        let flows = self
+            .handle
+            .list_flows()?
+            .iter()
+            .map(convert::flow)
+            .collect();
+        Ok(Response::new(pb::ListFlowsResponse { flows }))
+    }
+
+    async fn start_run(
+        &self,
+        req: Request<pb::StartRunRequest>,
+    ) -> Result<Response<pb::StartRunResponse>, Status> {
+        let req = req.into_inner();
+        let inputs = if req.inputs_json.trim().is_empty() {
+            serde_json::Map::new()
+        } else {
+            match serde_json::from_str(&req.inputs_json) {
+                Ok(serde_json::Value::Object(map)) => map,
+                Ok(_) => {
+                    return Err(
+                        Error::InvalidArgument("inputs_json must be a JSON object".into()).into(),
+                    );
+                }
+                Err(e) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "inputs_json is not valid JSON: {e}"
+                    ))
+                    .into());
+                }
+            }
+        };
+        let (state, created) = self
+            .handle
+            .start_run(StartRun {
+                flow: req.flow,
+                version: req.version,
+                inputs,
+                idempotency_key: req.idempotency_key,
+            })
+            .await?;
+        Ok(Response::new(pb::StartRunResponse {
+            run: Some(convert::run(&state)),
+            created,
+        }))
+    }
+
+    async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+        Ok(Response::new(convert::run(
+            &self.handle.get_run(&req.into_inner().run_id).await?,
+        )))
+    }
+
+    async fn list_runs(
+        &self,
+        req: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let req = req.into_inner();
+        let status = match req.status.as_str() {
+            "" => None,
+            name => Some(RunStatus::from_name(name).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "unknown status `{name}` (expected running, succeeded, failed or cancelled)"
+                ))
+            })?),
+        };
+        let (runs, next) =
+            self.handle
+                .list_runs(&req.flow, status, req.page_size as usize, &req.page_token)?;
+        Ok(Response::new(pb::ListRunsResponse {
+            runs: runs.iter().map(convert::run_summary).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn cancel_run(
+        &self,
+        req: Request<pb::CancelRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(convert::run(
+            &self.handle.cancel_run(&req.run_id, &req.reason).await?,
+        )))
+    }
+
+    async fn retry_run(
+        &self,
+        req: Request<pb::RetryRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        Ok(Response::new(convert::run(
+            &self.handle.retry_run(&req.into_inner().run_id).await?,
+        )))
+    }
+
+    async fn signal_run(
+        &self,
+        req: Request<pb::SignalRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        let req = req.into_inner();
+        let state = self
+            .handle
+            .signal_run(
+                &req.run_id,
+                &req.step_id,
+                req.approve,
+                &req.comment,
+                &req.by,
+            )
+            .await?;
+        Ok(Response::new(convert::run(&state)))
+    }
+
+    type WatchRunStream = EventStream;
+
+    async fn watch_run(
+        &self,
+        req: Request<pb::WatchRunRequest>,
+    ) -> Result<Response<Self::WatchRunStream>, Status> {
+        let req = req.into_inner();
+        let run_id = req.run_id.clone();
+        let stream = self.handle.watch_run(&req.run_id, req.from_seq)?;
+        let stream = stream.map(move |item| {
+            item.map(|e| convert::event(&run_id, &e))
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,564 @@
+//! The orchestrator component: storage, the flow registry, run actors and the result loop,
+//! behind a cheap [`OrchestratorHandle`] that the gRPC API, `rpaflow dev` and the benchmarks use.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use actix::Addr;
+use futures::Stream;
+use rpaflow_core::bus::{ResultDelivery, StepBus};
+use rpaflow_core::flow::Flow;
+use rpaflow_core::time::now_ms;
+use rpaflow_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::actors::{ActorSystem, Deliver, Published, RunActor, Snapshot};
+use crate::error::{Error, Result};
+use crate::registry::{Registered, Registry};
+use crate::state::{
+    DEFAULT_MAX_PAYLOAD_BYTES, ErrorInfo, EventKind, Input, RunEvent, RunState, RunStatus, TaskSpec,
+};
+use crate::store::{Created, FlowRecord, RunSummary, Store};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrchestratorConfig {
+    /// Where sled keeps flows, runs and events.
+    pub data_dir: PathBuf,
+    /// Threads that run the run actors.
+    pub arbiters: usize,
+    /// The largest run input or rendered step input accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// The largest step output a worker may return, in bytes.
+    pub max_output_bytes: usize,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(".rpaflow"),
+            arbiters: 2,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_output_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+}
+
+/// What the actors and the handle share.
+pub struct Shared {
+    pub(crate) store: Store,
+    pub(crate) registry: Registry,
+    pub(crate) bus: Arc<dyn StepBus>,
+    config: OrchestratorConfig,
+    actors: Mutex<HashMap<String, Addr<RunActor>>>,
+    system: Mutex<Option<ActorSystem>>,
+    events: broadcast::Sender<Published>,
+}
+
+impl Shared {
+    pub(crate) fn summary(&self, state: &RunState) -> RunSummary {
+        RunSummary {
+            run_id: state.run_id.clone(),
+            flow: state.flow.name.clone(),
+            version: state.flow_version,
+            status: state.status.name().to_owned(),
+            created_at_ms: state.created_at_ms,
+            updated_at_ms: state.updated_at_ms,
+            idempotency_key: state.idempotency_key.clone(),
+            error: state.error.clone(),
+        }
+    }
+
+    pub(crate) fn publish(&self, run_id: &str, events: Vec<RunEvent>) {
+        // Nobody watching is fine.
+        let _ = self.events.send(Arc::new((run_id.to_owned(), events)));
+    }
+
+    pub(crate) fn forget(&self, run_id: &str) {
+        if let Ok(mut actors) = self.actors.lock() {
+            actors.remove(run_id);
+        }
+    }
+
+    pub(crate) fn task(&self, state: &RunState, spec: TaskSpec) -> pb::Task {
+        pb::Task {
+            run_id: state.run_id.clone(),
+            step_id: spec.step,
+            item: spec.item,
+            attempt: spec.attempt,
+            kind: spec.kind,
+            input_json: spec.input.to_string(),
+            queue: spec.queue,
+            timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
+            flow: state.flow.name.clone(),
+            flow_version: state.flow_version,
+            max_output_bytes: self.config.max_output_bytes as u64,
+            headers: HashMap::new(),
+        }
+    }
+
+    fn actor(&self, run_id: &str) -> Option<Addr<RunActor>> {
+        self.actors.lock().ok()?.get(run_id).cloned()
+    }
+
+    /// Starts the actor of a run unless one is running; returns the run's actor.
+    fn ensure_actor(
+        self: &Arc<Self>,
+        mut state: RunState,
+        initial: Vec<crate::state::Action>,
+    ) -> Result<Addr<RunActor>> {
+        let mut actors = self
+            .actors
+            .lock()
+            .map_err(|_| Error::Internal("actor table poisoned".into()))?;
+        if let Some(addr) = actors.get(&state.run_id) {
+            return Ok(addr.clone());
+        }
+        state.max_payload_bytes = self.config.max_payload_bytes;
+        let run_id = state.run_id.clone();
+        let system = self
+            .system
+            .lock()
+            .map_err(|_| Error::Internal("actor system poisoned".into()))?;
+        let system = system.as_ref().ok_or(Error::NotRunning("orchestrator"))?;
+        let addr = system.spawn_run(state, self.clone(), initial);
+        actors.insert(run_id, addr.clone());
+        Ok(addr)
+    }
+
+    /// A run's state from storage alone.
+    fn load(&self, run_id: &str) -> Result<RunState> {
+        let summary = self
+            .store
+            .run(run_id)?
+            .ok_or_else(|| Error::RunNotFound(run_id.to_owned()))?;
+        let flow = self.registry.get(&summary.flow, summary.version)?;
+        let events = self.store.events(run_id, 1)?;
+        let mut state = RunState::replay(run_id, flow, summary.version, &events);
+        state.max_payload_bytes = self.config.max_payload_bytes;
+        Ok(state)
+    }
+}
+
+/// The orchestrator; [`Orchestrator::run`] drives it until shutdown.
+pub struct Orchestrator {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field("data_dir", &self.shared.config.data_dir)
+            .finish()
+    }
+}
+
+impl Orchestrator {
+    /// Opens storage, starts the actor system and rebuilds every unfinished run.
+    pub async fn start(config: OrchestratorConfig, bus: Arc<dyn StepBus>) -> Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::Internal(format!(
+                "cannot create data directory {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let store = Store::open(&config.data_dir)?;
+        let registry = Registry::new(store.clone());
+        let system = ActorSystem::start(config.arbiters)?;
+        let (events, _) = broadcast::channel(16 * 1024);
+        let shared = Arc::new(Shared {
+            store,
+            registry,
+            bus,
+            config,
+            actors: Mutex::new(HashMap::new()),
+            system: Mutex::new(Some(system)),
+            events,
+        });
+        let orchestrator = Self { shared };
+        orchestrator.recover().await?;
+        Ok(orchestrator)
+    }
+
+    /// Rebuilds unfinished runs from their events, re-dispatches what has no result and sets
+    /// their timers again.
+    async fn recover(&self) -> Result<()> {
+        let shared = &self.shared;
+        let active = shared.store.active_runs()?;
+        let mut recovered = 0usize;
+        for run_id in active {
+            let mut state = match shared.load(&run_id) {
+                Ok(state) => state,
+                Err(err) => {
+                    warn!(run_id = %run_id, error = %err, "cannot rebuild run; left as it is");
+                    continue;
+                }
+            };
+            let events = state.handle(Input::Recover, now_ms()).unwrap_or_default();
+            let mut actions = state.actions_for(&events);
+            actions.extend(state.pending_timers());
+            shared
+                .store
+                .append(&shared.summary(&state), &events)
+                .await?;
+            if state.status.is_finished() {
+                continue;
+            }
+            shared.ensure_actor(state, actions)?;
+            recovered += 1;
+        }
+        if recovered > 0 {
+            info!(runs = recovered, "recovered unfinished runs");
+        }
+        Ok(())
+    }
+
+    pub fn handle(&self) -> OrchestratorHandle {
+        OrchestratorHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Routes worker results to run actors until `shutdown`, then stops the actors.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let shared = self.shared.clone();
+        loop {
+            let delivery = tokio::select! {
+                () = shutdown.cancelled() => break,
+                delivery = shared.bus.next_result() => delivery,
+            };
+            let Some(ResultDelivery { result, ack }) = delivery else {
+                break;
+            };
+            let Some(addr) = shared.actor(&result.run_id) else {
+                // A finished or unknown run: nothing to record.
+                ack.ack();
+                continue;
+            };
+            let outcome = match result.outcome {
+                Some(pb::task_result::Outcome::OutputJson(text)) => serde_json::from_str(&text)
+                    .map_err(|e| {
+                        ErrorInfo::new(
+                            "invalid_output",
+                            format!("worker sent output that is not JSON: {e}"),
+                            false,
+                        )
+                    }),
+                Some(pb::task_result::Outcome::Error(e)) => Err(ErrorInfo {
+                    code: e.code,
+                    message: e.message,
+                    retryable: e.retryable,
+                }),
+                None => Err(ErrorInfo::new(
+                    "invalid_output",
+                    "worker sent a result with neither output nor error",
+                    false,
+                )),
+            };
+            let input = Input::Result {
+                step: result.step_id,
+                item: result.item,
+                attempt: result.attempt,
+                outcome,
+            };
+            addr.do_send(Deliver {
+                input,
+                ack: Some(ack),
+            });
+        }
+        info!("orchestrator stopping");
+        if let Ok(mut system) = shared.system.lock()
+            && let Some(mut system) = system.take()
+        {
+            system.stop();
+        }
+        shared.store.commit().await?;
+        Ok(())
+    }
+}
+
+/// A request to start a run.
+#[derive(Debug, Clone, Default)]
+pub struct StartRun {
+    pub flow: String,
+    /// 0 for the latest version.
+    pub version: u32,
+    pub inputs: serde_json::Map<String, Json>,
+    pub idempotency_key: String,
+}
+
+/// A flow version with what clients want to know about it.
+#[derive(Debug, Clone)]
+pub struct FlowView {
+    pub record: FlowRecord,
+    pub flow: Arc<Flow>,
+    pub versions: Vec<u32>,
+}
+
+/// A cheap handle on the orchestrator.
+#[derive(Clone)]
+pub struct OrchestratorHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for OrchestratorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OrchestratorHandle")
+    }
+}
+
+impl OrchestratorHandle {
+    pub async fn register_flow(&self, file_name: &str, source: &str) -> Result<Registered> {
+        self.shared.registry.register(file_name, source).await
+    }
+
+    pub fn get_flow(&self, name: &str, version: u32) -> Result<FlowView> {
+        let registry = &self.shared.registry;
+        let record = registry.get_record(name, version)?;
+        let flow = registry.get(name, record.version)?;
+        Ok(FlowView {
+            versions: registry.versions(name)?,
+            record,
+            flow,
+        })
+    }
+
+    pub fn list_flows(&self) -> Result<Vec<FlowView>> {
+        let registry = &self.shared.registry;
+        registry
+            .latest()?
+            .into_iter()
+            .map(|record| {
+                Ok(FlowView {
+                    flow: registry.get(&record.name, record.version)?,
+                    versions: registry.versions(&record.name)?,
+                    record,
+                })
+            })
+            .collect()
+    }
+
+    /// Starts a run, or returns the run its idempotency key already named (then `false`).
+    pub async fn start_run(&self, req: StartRun) -> Result<(RunState, bool)> {
+        let shared = &self.shared;
+        let version = if req.version == 0 {
+            shared.registry.latest_version(&req.flow)?
+        } else {
+            req.version
+        };
+        let flow = shared.registry.get(&req.flow, version)?;
+        let size = serde_json::to_vec(&req.inputs).map_or(0, |v| v.len());
+        if size > shared.config.max_payload_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "inputs are {size} bytes, over the limit of {} bytes",
+                shared.config.max_payload_bytes
+            )));
+        }
+        let inputs = flow
+            .resolve_inputs(&req.inputs)
+            .map_err(|e| Error::InvalidArgument(format!("flow `{}`: {e}", req.flow)))?;
+        if !req.idempotency_key.is_empty()
+            && let Some(existing) = self
+                .existing_for_key(&req.flow, &req.idempotency_key)
+                .await?
+        {
+            return Ok((existing, false));
+        }
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let mut state = RunState::new(&run_id, flow, version);
+        state.max_payload_bytes = shared.config.max_payload_bytes;
+        let events = state.start(inputs, req.idempotency_key.clone(), now_ms());
+        match shared
+            .store
+            .create_run(&shared.summary(&state), &events)
+            .await?
+        {
+            Created::Existing(existing) => return Ok((self.get_run(&existing).await?, false)),
+            Created::New => {}
+        }
+        let actions = state.actions_for(&events);
+        shared.publish(&run_id, events);
+        if !state.status.is_finished() {
+            shared.ensure_actor(state.clone(), actions)?;
+        }
+        Ok((state, true))
+    }
+
+    async fn existing_for_key(&self, flow: &str, key: &str) -> Result<Option<RunState>> {
+        match self.shared.store.run_for_key(flow, key)? {
+            Some(run_id) => Ok(Some(self.get_run(&run_id).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn get_run(&self, run_id: &str) -> Result<RunState> {
+        if let Some(addr) = self.shared.actor(run_id)
+            && let Ok(state) = addr.send(Snapshot).await
+        {
+            return Ok(state);
+        }
+        self.shared.load(run_id)
+    }
+
+    /// Runs newest first; returns the page and the token for the next one (empty at the end).
+    pub fn list_runs(
+        &self,
+        flow: &str,
+        status: Option<RunStatus>,
+        page_size: usize,
+        page_token: &str,
+    ) -> Result<(Vec<RunSummary>, String)> {
+        let size = if page_size == 0 {
+            50
+        } else {
+            page_size.min(1000)
+        };
+        let runs = self
+            .shared
+            .store
+            .list_runs(flow, status, page_token, size + 1)?;
+        let next = if runs.len() > size {
+            runs[size - 1].run_id.clone()
+        } else {
+            String::new()
+        };
+        Ok((runs.into_iter().take(size).collect(), next))
+    }
+
+    pub async fn cancel_run(&self, run_id: &str, reason: &str) -> Result<RunState> {
+        let reason = if reason.is_empty() {
+            "cancelled by request".to_owned()
+        } else {
+            reason.to_owned()
+        };
+        self.command(run_id, Input::Cancel { reason }).await
+    }
+
+    pub async fn retry_run(&self, run_id: &str) -> Result<RunState> {
+        self.command(run_id, Input::Retry).await
+    }
+
+    pub async fn signal_run(
+        &self,
+        run_id: &str,
+        step: &str,
+        approve: bool,
+        comment: &str,
+        by: &str,
+    ) -> Result<RunState> {
+        let input = Input::Signal {
+            step: step.to_owned(),
+            approve,
+            comment: comment.to_owned(),
+            by: by.to_owned(),
+        };
+        self.command(run_id, input).await
+    }
+
+    /// Delivers a person's command to a run and returns the run afterwards.
+    async fn command(&self, run_id: &str, input: Input) -> Result<RunState> {
+        let rejected = |rejection| Error::Rejected {
+            run_id: run_id.to_owned(),
+            rejection,
+        };
+        let addr = match self.shared.actor(run_id) {
+            Some(addr) => addr,
+            None => {
+                let mut state = self.shared.load(run_id)?;
+                if !(matches!(input, Input::Retry) && state.status == RunStatus::Failed) {
+                    // Not running: the state machine says why the command does not apply.
+                    state.handle(input, now_ms()).map_err(rejected)?;
+                    return Err(Error::FailedPrecondition(format!(
+                        "run {run_id} is not active"
+                    )));
+                }
+                self.shared.ensure_actor(state, Vec::new())?
+            }
+        };
+        match addr.send(Deliver { input, ack: None }).await {
+            Ok(Ok(())) => {}
+            Ok(Err(rejection)) => return Err(rejected(rejection)),
+            Err(_) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "run {run_id} finished meanwhile"
+                )));
+            }
+        }
+        self.get_run(run_id).await
+    }
+
+    /// The run's events from `from_seq`, then live ones until it finishes.
+    pub fn watch_run(
+        &self,
+        run_id: &str,
+        from_seq: u64,
+    ) -> Result<impl Stream<Item = Result<RunEvent>> + Send + 'static> {
+        let shared = self.shared.clone();
+        let run_id = run_id.to_owned();
+        let mut live = shared.events.subscribe();
+        shared
+            .store
+            .run(&run_id)?
+            .ok_or_else(|| Error::RunNotFound(run_id.clone()))?;
+        Ok(async_stream(move |tx| async move {
+            let mut next = from_seq.max(1);
+            loop {
+                // Everything stored from `next` on; the stream ends with the run.
+                let mut ended = false;
+                for event in shared.store.events(&run_id, next)? {
+                    next = event.seq + 1;
+                    ended = is_terminal(&event.kind);
+                    if tx.send(Ok(event)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                let finished = shared
+                    .store
+                    .run(&run_id)?
+                    .is_some_and(|r| r.status().is_finished());
+                if ended || (finished && next > 1) {
+                    return Ok(());
+                }
+                loop {
+                    match live.recv().await {
+                        Ok(batch) if batch.0 == run_id => break,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    }
+                }
+            }
+        }))
+    }
+}
+
+fn is_terminal(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::RunSucceeded { .. }
+            | EventKind::RunFailed { .. }
+            | EventKind::RunCancelled { .. }
+    )
+}
+
+/// A stream fed by an async producer through a small channel.
+fn async_stream<F, Fut>(producer: F) -> impl Stream<Item = Result<RunEvent>> + Send + 'static
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<RunEvent>>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let errors = tx.clone();
+    let fut = producer(tx);
+    tokio::spawn(async move {
+        if let Err(err) = fut.await {
+            let _ = errors.send(Err(err)).await;
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

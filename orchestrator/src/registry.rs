@@ -1,0 +1,192 @@
+//! The flow registry: validates definitions, assigns versions, and keeps parsed flows at hand.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use rpaflow_core::flow::{self, Flow};
+
+use crate::error::{Error, Result};
+use crate::store::{FlowRecord, Store};
+
+/// Parsed flows by (name, version).
+type FlowCache = Arc<RwLock<HashMap<(String, u32), Arc<Flow>>>>;
+
+/// Parsed flows by (name, version), backed by the store.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: Store,
+    cache: FlowCache,
+    /// Registrations of one name are serialised so versions are assigned once each.
+    register_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// A registered flow version.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub record: FlowRecord,
+    pub flow: Arc<Flow>,
+    /// False when the same definition was already the latest version.
+    pub created: bool,
+}
+
+impl Registry {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            cache: Arc::default(),
+            register_lock: Arc::default(),
+        }
+    }
+
+    /// Validates and stores `source` as the flow's next version (or the version it declares).
+    pub async fn register(&self, file_name: &str, source: &str) -> Result<Registered> {
+        let parsed = flow::parse(file_name, source)?;
+        let _guard = self.register_lock.lock().await;
+        let versions = self.store.flow_versions(&parsed.name)?;
+        let latest = versions.last().copied();
+        if let Some(latest) = latest {
+            let record = self.record(&parsed.name, latest)?;
+            if record.source == source && parsed.version.is_none_or(|v| v == latest) {
+                let flow = self.get(&parsed.name, latest)?;
+                return Ok(Registered {
+                    record,
+                    flow,
+                    created: false,
+                });
+            }
+        }
+        let version = match (parsed.version, latest) {
+            (Some(v), Some(latest)) if v <= latest => {
+                return Err(Error::FailedPrecondition(format!(
+                    "flow `{}` already has version {latest}; a new definition needs a higher `version` (or none, to take {})",
+                    parsed.name,
+                    latest + 1
+                )));
+            }
+            (Some(v), _) => v,
+            (None, latest) => latest.unwrap_or(0) + 1,
+        };
+        let record = FlowRecord {
+            name: parsed.name.clone(),
+            version,
+            source: source.to_owned(),
+            file_name: file_name.to_owned(),
+            created_at_ms: rpaflow_core::time::now_ms(),
+        };
+        self.store.put_flow(&record).await?;
+        let flow = Arc::new(parsed);
+        self.cache_put(&record.name, version, flow.clone());
+        Ok(Registered {
+            record,
+            flow,
+            created: true,
+        })
+    }
+
+    fn record(&self, name: &str, version: u32) -> Result<FlowRecord> {
+        self.store
+            .flow(name, version)?
+            .ok_or_else(|| Error::FlowVersionNotFound {
+                name: name.to_owned(),
+                version,
+            })
+    }
+
+    fn cache_put(&self, name: &str, version: u32, flow: Arc<Flow>) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.insert((name.to_owned(), version), flow);
+        }
+    }
+
+    /// The latest version number of a flow.
+    pub fn latest_version(&self, name: &str) -> Result<u32> {
+        self.store
+            .flow_versions(name)?
+            .last()
+            .copied()
+            .ok_or_else(|| Error::FlowNotFound(name.to_owned()))
+    }
+
+    /// A flow version (0 means the latest), parsed.
+    pub fn get(&self, name: &str, version: u32) -> Result<Arc<Flow>> {
+        let version = if version == 0 {
+            self.latest_version(name)?
+        } else {
+            version
+        };
+        if let Some(flow) = self
+            .cache
+            .read()
+            .ok()
+            .and_then(|c| c.get(&(name.to_owned(), version)).cloned())
+        {
+            return Ok(flow);
+        }
+        let record = self.record(name, version)?;
+        let flow = Arc::new(flow::parse(&record.file_name, &record.source).map_err(|e| {
+            Error::Internal(format!(
+                "stored flow {name} v{version} no longer parses: {e}"
+            ))
+        })?);
+        self.cache_put(name, version, flow.clone());
+        Ok(flow)
+    }
+
+    /// The stored record of a flow version (0 means the latest).
+    pub fn get_record(&self, name: &str, version: u32) -> Result<FlowRecord> {
+        let version = if version == 0 {
+            self.latest_version(name)?
+        } else {
+            version
+        };
+        self.record(name, version)
+    }
+
+    pub fn versions(&self, name: &str) -> Result<Vec<u32>> {
+        self.store.flow_versions(name)
+    }
+
+    pub fn latest(&self) -> Result<Vec<FlowRecord>> {
+        self.store.latest_flows()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn versions_grow_and_identical_definitions_are_not_stored_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new(Store::open(dir.path()).unwrap());
+        let v1 = reg
+            .register("f.yaml", "name: f\nsteps: [{ id: a, uses: log }]\n")
+            .await
+            .unwrap();
+        assert_eq!((v1.record.version, v1.created), (1, true));
+        let again = reg
+            .register("f.yaml", "name: f\nsteps: [{ id: a, uses: log }]\n")
+            .await
+            .unwrap();
+        assert_eq!((again.record.version, again.created), (1, false));
+        let v2 = reg
+            .register("f.yaml", "name: f\nsteps: [{ id: b, uses: log }]\n")
+            .await
+            .unwrap();
+        assert_eq!(v2.record.version, 2);
+        assert_eq!(reg.get("f", 1).unwrap().steps[0].id, "a");
+        assert_eq!(reg.get("f", 0).unwrap().steps[0].id, "b");
+        let stale = reg
+            .register(
+                "f.yaml",
+                "name: f\nversion: 2\nsteps: [{ id: c, uses: log }]\n",
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            stale.to_string().contains("already has version 2"),
+            "{stale}"
+        );
+        assert!(matches!(reg.get("nope", 0), Err(Error::FlowNotFound(_))));
+    }
+}

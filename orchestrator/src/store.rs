@@ -1,0 +1,503 @@
+//! Durable storage in sled: flows (every version), runs, run events, idempotency keys.
+//!
+//! Writes go into sled's trees at once (in memory); [`Store::commit`] waits until they are on
+//! disk. Flushes are grouped: one flusher thread serves every commit that arrived while the
+//! previous flush ran, so many runs share one `fsync`. Nothing that a client or a dispatch
+//! depends on is acknowledged before its commit returns.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::state::{ErrorInfo, RunEvent, RunStatus};
+
+/// A stored flow version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FlowRecord {
+    pub name: String,
+    pub version: u32,
+    pub source: String,
+    pub file_name: String,
+    pub created_at_ms: i64,
+}
+
+/// What ListRuns shows of a run, kept current with every batch of events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub flow: String,
+    pub version: u32,
+    pub status: String,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    #[serde(default)]
+    pub idempotency_key: String,
+    #[serde(default)]
+    pub error: Option<ErrorInfo>,
+}
+
+impl RunSummary {
+    pub fn status(&self) -> RunStatus {
+        RunStatus::from_name(&self.status).unwrap_or(RunStatus::Running)
+    }
+}
+
+/// The outcome of creating a run with an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    New,
+    /// The key already named this run.
+    Existing(String),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    flows: sled::Tree,
+    runs: sled::Tree,
+    events: sled::Tree,
+    idempotency: sled::Tree,
+    active: sled::Tree,
+    flusher: Option<std_mpsc::Sender<oneshot::Sender<Result<()>>>>,
+    flusher_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    /// Stops the flusher and waits for it, so the database is closed (and its lock released)
+    /// when the last handle goes.
+    fn drop(&mut self) {
+        self.flusher.take();
+        if let Some(thread) = self.flusher_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn storage(op: &'static str) -> impl Fn(sled::Error) -> Error {
+    move |source| Error::Storage { op, source }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::Internal(format!("cannot encode record: {e}")))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::Internal(format!("corrupt {what} record: {e}")))
+}
+
+fn flow_key(name: &str, version: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 5);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+fn event_key(run_id: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(run_id.len() + 9);
+    key.extend_from_slice(run_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn idempotency_key(flow: &str, key: &str) -> Vec<u8> {
+    [flow.as_bytes(), &[0], key.as_bytes()].concat()
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and starts its flusher thread.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(256 * 1024 * 1024)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|source| Error::Open {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        let tree = |name: &str| db.open_tree(name).map_err(storage("open tree"));
+        let (flusher, requests) = std_mpsc::channel::<oneshot::Sender<Result<()>>>();
+        let (flows, runs, events, idempotency, active) = (
+            tree("flows")?,
+            tree("runs")?,
+            tree("events")?,
+            tree("idempotency")?,
+            tree("active")?,
+        );
+        let flusher_thread = std::thread::Builder::new()
+            .name("rpaflow-flusher".into())
+            .spawn(move || group_flush(&db, &requests))
+            .map_err(|e| Error::Internal(format!("cannot start the flusher thread: {e}")))?;
+        let inner = Inner {
+            flows,
+            runs,
+            events,
+            idempotency,
+            active,
+            flusher: Some(flusher),
+            flusher_thread: Some(flusher_thread),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub async fn commit(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        let flusher = self
+            .inner
+            .flusher
+            .as_ref()
+            .ok_or(Error::NotRunning("storage flusher"))?;
+        flusher
+            .send(tx)
+            .map_err(|_| Error::NotRunning("storage flusher"))?;
+        rx.await.map_err(|_| Error::NotRunning("storage flusher"))?
+    }
+
+    // ---- flows ----
+
+    pub async fn put_flow(&self, record: &FlowRecord) -> Result<()> {
+        self.inner
+            .flows
+            .insert(flow_key(&record.name, record.version), encode(record)?)
+            .map_err(storage("put flow"))?;
+        self.commit().await
+    }
+
+    pub fn flow(&self, name: &str, version: u32) -> Result<Option<FlowRecord>> {
+        match self
+            .inner
+            .flows
+            .get(flow_key(name, version))
+            .map_err(storage("get flow"))?
+        {
+            Some(bytes) => decode(&bytes, "flow").map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every version of a flow, oldest first.
+    pub fn flow_versions(&self, name: &str) -> Result<Vec<u32>> {
+        let prefix = [name.as_bytes(), &[0]].concat();
+        self.inner
+            .flows
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| {
+                let k = k.map_err(storage("scan flows"))?;
+                let tail: [u8; 4] = k[k.len() - 4..]
+                    .try_into()
+                    .map_err(|_| Error::Internal("corrupt flow key".into()))?;
+                Ok(u32::from_be_bytes(tail))
+            })
+            .collect()
+    }
+
+    /// The latest version of every flow, by name.
+    pub fn latest_flows(&self) -> Result<Vec<FlowRecord>> {
+        let mut out: Vec<FlowRecord> = Vec::new();
+        for entry in self.inner.flows.iter() {
+            let (_, value) = entry.map_err(storage("scan flows"))?;
+            let record: FlowRecord = decode(&value, "flow")?;
+            match out.last_mut() {
+                Some(last) if last.name == record.name => *last = record,
+                _ => out.push(record),
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- runs ----
+
+    /// Records a new run and its first events, durably. With an idempotency key already used
+    /// for this flow, records nothing and names the existing run.
+    pub async fn create_run(&self, summary: &RunSummary, events: &[RunEvent]) -> Result<Created> {
+        if !summary.idempotency_key.is_empty() {
+            let key = idempotency_key(&summary.flow, &summary.idempotency_key);
+            let claimed = self
+                .inner
+                .idempotency
+                .compare_and_swap(&key, None as Option<&[u8]>, Some(summary.run_id.as_bytes()))
+                .map_err(storage("claim idempotency key"))?;
+            if let Err(current) = claimed
+                && let Some(existing) = current.current
+            {
+                let existing = String::from_utf8_lossy(&existing).into_owned();
+                // A claim whose run never became durable (a crash in between) is void.
+                if self.run(&existing)?.is_some() {
+                    self.commit().await?;
+                    return Ok(Created::Existing(existing));
+                }
+                self.inner
+                    .idempotency
+                    .insert(&key, summary.run_id.as_bytes())
+                    .map_err(storage("claim idempotency key"))?;
+            }
+        }
+        self.inner
+            .active
+            .insert(summary.run_id.as_bytes(), &[])
+            .map_err(storage("mark run active"))?;
+        self.write_events(&summary.run_id, events)?;
+        self.inner
+            .runs
+            .insert(summary.run_id.as_bytes(), encode(summary)?)
+            .map_err(storage("put run"))?;
+        self.commit().await?;
+        Ok(Created::New)
+    }
+
+    /// The run an idempotency key names, if that run exists.
+    pub fn run_for_key(&self, flow: &str, key: &str) -> Result<Option<String>> {
+        let Some(id) = self
+            .inner
+            .idempotency
+            .get(idempotency_key(flow, key))
+            .map_err(storage("get idempotency key"))?
+        else {
+            return Ok(None);
+        };
+        let id = String::from_utf8_lossy(&id).into_owned();
+        Ok(self.run(&id)?.map(|_| id))
+    }
+
+    /// Appends events and the updated summary of a run, durably.
+    pub async fn append(&self, summary: &RunSummary, events: &[RunEvent]) -> Result<()> {
+        self.write_events(&summary.run_id, events)?;
+        self.inner
+            .runs
+            .insert(summary.run_id.as_bytes(), encode(summary)?)
+            .map_err(storage("put run"))?;
+        if summary.status().is_finished() {
+            self.inner
+                .active
+                .remove(summary.run_id.as_bytes())
+                .map_err(storage("mark run finished"))?;
+        } else {
+            self.inner
+                .active
+                .insert(summary.run_id.as_bytes(), &[])
+                .map_err(storage("mark run active"))?;
+        }
+        self.commit().await
+    }
+
+    fn write_events(&self, run_id: &str, events: &[RunEvent]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for event in events {
+            batch.insert(event_key(run_id, event.seq), encode(event)?);
+        }
+        self.inner
+            .events
+            .apply_batch(batch)
+            .map_err(storage("append events"))
+    }
+
+    pub fn run(&self, run_id: &str) -> Result<Option<RunSummary>> {
+        match self
+            .inner
+            .runs
+            .get(run_id.as_bytes())
+            .map_err(storage("get run"))?
+        {
+            Some(bytes) => decode(&bytes, "run").map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A run's events with `seq >= from_seq`, in order.
+    pub fn events(&self, run_id: &str, from_seq: u64) -> Result<Vec<RunEvent>> {
+        let start = event_key(run_id, from_seq.max(1));
+        let end = event_key(run_id, u64::MAX);
+        self.inner
+            .events
+            .range(start..=end)
+            .values()
+            .map(|v| decode(&v.map_err(storage("read events"))?, "event"))
+            .collect()
+    }
+
+    /// Runs newest first, after `page_token` (a run id), filtered.
+    pub fn list_runs(
+        &self,
+        flow: &str,
+        status: Option<RunStatus>,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<RunSummary>> {
+        let iter = if after.is_empty() {
+            self.inner.runs.iter().rev()
+        } else {
+            self.inner.runs.range(..after.as_bytes()).rev()
+        };
+        let mut out = Vec::new();
+        for entry in iter {
+            let (_, value) = entry.map_err(storage("scan runs"))?;
+            let run: RunSummary = decode(&value, "run")?;
+            if (flow.is_empty() || run.flow == flow) && status.is_none_or(|s| run.status() == s) {
+                out.push(run);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ids of runs that have not finished.
+    pub fn active_runs(&self) -> Result<Vec<String>> {
+        self.inner
+            .active
+            .iter()
+            .keys()
+            .map(|k| {
+                Ok(String::from_utf8_lossy(&k.map_err(storage("scan active runs"))?).into_owned())
+            })
+            .collect()
+    }
+}
+
+/// The flusher thread: one `flush` for every batch of waiting commits.
+fn group_flush(db: &sled::Db, requests: &std_mpsc::Receiver<oneshot::Sender<Result<()>>>) {
+    while let Ok(first) = requests.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(requests.try_iter());
+        let outcome = db.flush().map(|_| ()).map_err(|e| e.to_string());
+        for reply in waiting {
+            let result = outcome
+                .clone()
+                .map_err(|message| Error::Internal(format!("storage flush failed: {message}")));
+            // The caller may have gone away; the data is flushed either way.
+            let _ = reply.send(result);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::EventKind;
+
+    fn summary(id: &str, key: &str) -> RunSummary {
+        RunSummary {
+            run_id: id.into(),
+            flow: "f".into(),
+            version: 1,
+            status: "running".into(),
+            created_at_ms: 1,
+            updated_at_ms: 1,
+            idempotency_key: key.into(),
+            error: None,
+        }
+    }
+
+    fn event(seq: u64) -> RunEvent {
+        RunEvent {
+            seq,
+            at_ms: 1,
+            kind: EventKind::RunCancelled {
+                reason: format!("{seq}"),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_and_events_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(
+                store
+                    .create_run(&summary("r1", ""), &[event(1)])
+                    .await
+                    .unwrap(),
+                Created::New
+            );
+            let mut done = summary("r1", "");
+            done.status = "succeeded".into();
+            store.append(&done, &[event(2), event(3)]).await.unwrap();
+            store
+                .create_run(&summary("r2", ""), &[event(1)])
+                .await
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.events("r1", 0).unwrap().len(), 3);
+        assert_eq!(store.events("r1", 3).unwrap(), vec![event(3)]);
+        assert_eq!(store.active_runs().unwrap(), vec!["r2".to_owned()]);
+        assert_eq!(
+            store.run("r1").unwrap().unwrap().status(),
+            RunStatus::Succeeded
+        );
+        let listed = store
+            .list_runs("", Some(RunStatus::Running), "", 10)
+            .unwrap();
+        assert_eq!(
+            listed.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(),
+            vec!["r2"]
+        );
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_name_the_first_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store
+                .create_run(&summary("r1", "k"), &[event(1)])
+                .await
+                .unwrap(),
+            Created::New
+        );
+        assert_eq!(
+            store
+                .create_run(&summary("r2", "k"), &[event(1)])
+                .await
+                .unwrap(),
+            Created::Existing("r1".into())
+        );
+        assert!(store.run("r2").unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn flows_keep_every_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for (name, v) in [("a", 1), ("a", 2), ("b", 1)] {
+            let rec = FlowRecord {
+                name: name.into(),
+                version: v,
+                source: String::new(),
+                file_name: String::new(),
+                created_at_ms: 0,
+            };
+            store.put_flow(&rec).await.unwrap();
+        }
+        assert_eq!(store.flow_versions("a").unwrap(), vec![1, 2]);
+        let latest: Vec<(String, u32)> = store
+            .latest_flows()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.name, r.version))
+            .collect();
+        assert_eq!(latest, vec![("a".into(), 2), ("b".into(), 1)]);
+    }
+}
