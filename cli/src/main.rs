@@ -1,1 +1,123 @@
-fn main() {}
+//! `rpaflow`: the command line of the rpaflow orchestrator.
+//!
+//! `rpaflow dev` runs the orchestrator and a worker pool in one process (in-process step bus,
+//! durable storage); the other commands are gRPC clients of a running orchestrator.
+//!
+//! # Layout
+//! - `dev`: `rpaflow dev`, everything embedded.
+//! - `config`: the layered configuration (defaults, file, `RPAFLOW_*`, flags).
+//! - `client`: `rpaflow flow ...` and `rpaflow run ...` against `--server`.
+//! - `output`: human-readable and JSON rendering of flows, runs and events.
+//! - `bench`: `rpaflow bench`.
+
+mod bench;
+mod client;
+mod config;
+mod dev;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rpaflow",
+    version,
+    about = "rpaflow: an actor-based RPA orchestrator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the orchestrator and a worker pool in one process; with a flow file, run it once.
+    Dev(dev::DevArgs),
+    /// Register, inspect, validate and draw flows.
+    #[command(subcommand)]
+    Flow(client::FlowCommand),
+    /// Start, inspect, watch, cancel, retry and answer runs.
+    #[command(subcommand)]
+    Run(client::RunCommand),
+    /// Measure the embedded orchestrator: N runs of K no-op steps, C at a time.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => dev::run(args).await,
+            Command::Flow(cmd) => client::flow(cmd).await,
+            Command::Run(cmd) => client::run(cmd).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses `--input key=value`: the value is JSON when it parses as JSON, a string otherwise.
+pub fn parse_inputs(
+    pairs: &[String],
+    json: Option<&str>,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut map = match json {
+        Some(text) => match serde_json::from_str(text) {
+            Ok(serde_json::Value::Object(map)) => map,
+            Ok(_) => anyhow::bail!("--inputs-json must be a JSON object"),
+            Err(e) => anyhow::bail!("--inputs-json is not valid JSON: {e}"),
+        },
+        None => serde_json::Map::new(),
+    };
+    for pair in pairs {
+        let Some((key, value)) = pair.split_once('=') else {
+            anyhow::bail!("--input `{pair}` must be KEY=VALUE");
+        };
+        let value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_owned()));
+        map.insert(key.trim().to_owned(), value);
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_are_json_when_they_parse_as_json() {
+        let map = parse_inputs(
+            &[
+                "n=5".into(),
+                "name=Ada".into(),
+                "list=[1,2]".into(),
+                "s=\"5\"".into(),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::Value::Object(map),
+            serde_json::json!({"n": 5, "name": "Ada", "list": [1, 2], "s": "5"})
+        );
+        assert!(parse_inputs(&["oops".into()], None).is_err());
+    }
+}

@@ -11,6 +11,7 @@
 //! - [`error`]: the crate's error and its mapping to gRPC codes.
 
 mod actors;
+pub use actors::Published;
 pub mod api;
 mod convert;
 pub mod error;

@@ -170,7 +170,7 @@ impl Orchestrator {
         let store = Store::open(&config.data_dir)?;
         let registry = Registry::new(store.clone());
         let system = ActorSystem::start(config.arbiters)?;
-        let (events, _) = broadcast::channel(16 * 1024);
+        let (events, _) = broadcast::channel(64 * 1024);
         let shared = Arc::new(Shared {
             store,
             registry,
@@ -490,6 +490,12 @@ impl OrchestratorHandle {
             }
         }
         self.get_run(run_id).await
+    }
+
+    /// Every batch of events of every run, as each becomes durable: `(run_id, events)`.
+    /// A receiver that falls behind loses batches (`Lagged`); the store still has them.
+    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
+        self.shared.events.subscribe()
     }
 
     /// The run's events from `from_seq`, then live ones until it finishes.

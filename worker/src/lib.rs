@@ -1,1 +1,26 @@
-//! placeholder
+//! The rpaflow worker: a stateless step executor. It pulls tasks from the step bus, runs each one
+//! with the executor its `kind` names, and publishes one result per task before acknowledging it.
+//!
+//! Everything a step needs arrives in its task, so workers can be added, removed and restarted
+//! freely; deliveries are at least once, and executors with side effects pass the task's
+//! idempotency key on (see [`TaskContext::idempotency_key`]).
+//!
+//! # Layout
+//! - [`worker`]: the [`Worker`] component: the pull loop, bounded concurrency, timeouts,
+//!   cancellation, payload limits and graceful shutdown.
+//! - [`executor`]: the [`Executor`] trait, the [`TaskContext`] an executor runs in, [`StepError`]
+//!   and the [`Registry`] of executors by kind.
+//! - [`executors`]: the built-in executors (`http`, `transform`, `sleep`, `log`, `echo`) and the
+//!   [`executors::Input`] helper for reading step inputs with precise error messages.
+//! - [`error`]: the crate's [`Error`] type.
+
+pub mod error;
+pub mod executor;
+pub mod executors;
+pub mod worker;
+
+mod duration;
+
+pub use error::{Error, Result};
+pub use executor::{Executor, Registry, StepError, TaskContext, codes};
+pub use worker::{Worker, WorkerConfig, WorkerHandle, WorkerStats};

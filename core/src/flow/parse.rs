@@ -506,10 +506,13 @@ impl<'a> Parser<'a> {
                         .chain(ORCHESTRATOR_KINDS)
                         .copied()
                         .collect();
+                    let hint = closest(kind, &known)
+                        .map(|c| format!("did you mean `{c}`? "))
+                        .unwrap_or_default();
                     self.err(
                         node.span(),
                         format!(
-                            "unknown step kind `{kind}` in {what} (known kinds: {})",
+                            "unknown step kind `{kind}` in {what} ({hint}known kinds: {})",
                             known.join(", ")
                         ),
                     );

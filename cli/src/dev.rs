@@ -1,0 +1,233 @@
+//! `rpaflow dev`: orchestrator, worker pool and gRPC API in one process, on the in-process bus.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use clap::Args;
+use figment::Figment;
+use figment::providers::Serialized;
+use futures::StreamExt;
+use rpaflow_core::bus::InProcessBus;
+use rpaflow_orchestrator::state::{EventKind, RunStatus};
+use rpaflow_orchestrator::{Orchestrator, OrchestratorHandle, StartRun, api};
+use rpaflow_worker::{Registry, Worker};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DevConfig;
+use crate::output;
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// A flow file to register and run once.
+    pub flow: Option<PathBuf>,
+    /// An input for the run, KEY=VALUE (VALUE is JSON when it parses as JSON).
+    #[arg(long = "input", short = 'i', value_name = "KEY=VALUE")]
+    pub inputs: Vec<String>,
+    /// Where flows, runs and events are kept (default: .rpaflow).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Where the gRPC API listens (default: 127.0.0.1:50051; port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Keep serving after the flow's run ends (until Ctrl-C or SIGTERM).
+    #[arg(long)]
+    pub keep_running: bool,
+    /// How many steps the embedded worker pool runs at once.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// A TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (as JSON) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The embedded system: orchestrator, worker pool and their shutdown.
+pub struct Embedded {
+    pub handle: OrchestratorHandle,
+    pub shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Embedded {
+    pub async fn start(config: &DevConfig) -> anyhow::Result<Self> {
+        let bus = InProcessBus::new();
+        let orchestrator = Orchestrator::start(config.orchestrator.clone(), Arc::new(bus.clone()))
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot start the orchestrator on {}",
+                    config.orchestrator.data_dir.display()
+                )
+            })?;
+        let handle = orchestrator.handle();
+        let shutdown = CancellationToken::new();
+        let registry = Registry::builtin().context("cannot set up the executors")?;
+        let worker = Worker::new(config.worker.clone(), registry, Arc::new(bus));
+        let worker_stop = shutdown.clone();
+        let orchestrator_stop = shutdown.clone();
+        let tasks = vec![
+            tokio::spawn(async move {
+                if let Err(err) = worker.run(worker_stop).await {
+                    tracing::error!(error = %err, "worker stopped with an error");
+                }
+            }),
+            tokio::spawn(async move {
+                if let Err(err) = orchestrator.run(orchestrator_stop).await {
+                    tracing::error!(error = %err, "orchestrator stopped with an error");
+                }
+            }),
+        ];
+        Ok(Self {
+            handle,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops accepting, lets in-flight steps finish, flushes storage.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let mut overrides = Figment::new();
+    if let Some(data) = &args.data {
+        overrides = overrides.merge(Serialized::default("orchestrator.data_dir", data));
+    }
+    if let Some(listen) = args.listen {
+        overrides = overrides.merge(Serialized::default("listen", listen));
+    }
+    if let Some(c) = args.concurrency {
+        overrides = overrides.merge(Serialized::default("worker.concurrency", c));
+    }
+    let config = DevConfig::load(args.config.as_deref(), overrides)?;
+    if args.print_config {
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry);
+
+    // Validate the flow before starting anything, so a typo costs nothing.
+    let flow_source = match &args.flow {
+        Some(path) => {
+            let source = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if let Err(diags) = rpaflow_core::flow::parse(&path.display().to_string(), &source) {
+                eprintln!("{diags}");
+                return Ok(ExitCode::FAILURE);
+            }
+            Some((path.display().to_string(), source))
+        }
+        None => None,
+    };
+    let inputs = crate::parse_inputs(&args.inputs, None)?;
+
+    let embedded = Embedded::start(&config).await?;
+    let (listener, addr) = api::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let serve_stop = embedded.shutdown.clone();
+    let handle = embedded.handle.clone();
+    let server = tokio::spawn(async move {
+        if let Err(err) = api::serve(
+            handle,
+            listener,
+            async move { serve_stop.cancelled().await },
+        )
+        .await
+        {
+            tracing::error!(error = %err, "gRPC server stopped with an error");
+        }
+    });
+    println!(
+        "rpaflow dev: serving gRPC on {addr} (data in {})",
+        config.orchestrator.data_dir.display()
+    );
+
+    let mut code = ExitCode::SUCCESS;
+    if let Some((file, source)) = flow_source {
+        let handle = &embedded.handle;
+        let registered = handle.register_flow(&file, &source).await?;
+        let flow = registered.record.name.clone();
+        println!("flow {flow} v{} registered", registered.record.version);
+        let (run, _) = handle
+            .start_run(StartRun {
+                flow,
+                version: registered.record.version,
+                inputs,
+                ..StartRun::default()
+            })
+            .await?;
+        println!("run {} started", run.run_id);
+        let status = follow(handle, &run.run_id).await?;
+        let finished = handle.get_run(&run.run_id).await?;
+        println!(
+            "{}",
+            output::run_text(&rpaflow_orchestrator::run_to_pb(&finished))
+        );
+        if status != RunStatus::Succeeded {
+            code = ExitCode::FAILURE;
+        }
+        if !args.keep_running {
+            embedded.stop().await;
+            let _ = server.await;
+            return Ok(code);
+        }
+    }
+    wait_for_signal().await;
+    eprintln!("rpaflow dev: shutting down");
+    embedded.stop().await;
+    let _ = server.await;
+    Ok(code)
+}
+
+/// Prints the run's events as they happen; returns how the run ended.
+pub async fn follow(handle: &OrchestratorHandle, run_id: &str) -> anyhow::Result<RunStatus> {
+    let started = Instant::now();
+    let mut events = Box::pin(handle.watch_run(run_id, 1)?);
+    let mut status = RunStatus::Running;
+    while let Some(event) = events.next().await {
+        let event = event?;
+        match &event.kind {
+            EventKind::RunSucceeded { .. } => status = RunStatus::Succeeded,
+            EventKind::RunFailed { .. } => status = RunStatus::Failed,
+            EventKind::RunCancelled { .. } => status = RunStatus::Cancelled,
+            EventKind::RunRetried { .. } => status = RunStatus::Running,
+            _ => {}
+        }
+        let pb = rpaflow_orchestrator::event_to_pb(run_id, &event);
+        println!("{}", output::event_line(&pb, started.elapsed()));
+    }
+    Ok(status)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: unit and property tests, and the end-to-end tests that start
+# real rpaflow processes, real HTTP servers and a real Python gRPC client.
+#
+# It sets up what the tests need on its own (Python packages go into a cache directory,
+# ${RPAFLOW_CACHE:-$HOME/.cache/rpaflow}); extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "error: cargo is not installed" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "error: python3 is needed by the end-to-end tests" >&2; exit 1; }
+
+# The end-to-end tests run the rpaflow binary as a separate process: build it first.
+cargo build --locked -p rpaflow-cli --bin rpaflow
+cargo test --locked --workspace --no-fail-fast "$@"

@@ -1,0 +1,23 @@
+//! The built-in executors, one per file, and the input helper they share.
+//!
+//! | kind | what it does |
+//! |---|---|
+//! | [`http`] | calls an API, with the task's idempotency key |
+//! | [`transform`] | reshapes and cleans JSON records |
+//! | [`sleep`] | waits, honouring cancellation |
+//! | [`log`] | writes a message to the worker's log |
+//! | [`echo`] | returns its input (computes values, benchmarks) |
+
+pub mod echo;
+pub mod http;
+pub mod input;
+pub mod log;
+pub mod sleep;
+pub mod transform;
+
+pub use echo::EchoExecutor;
+pub use http::{HttpConfig, HttpExecutor};
+pub use input::Input;
+pub use log::LogExecutor;
+pub use sleep::SleepExecutor;
+pub use transform::TransformExecutor;

@@ -1,0 +1,518 @@
+//! The worker component: pulls tasks from a [`TaskSource`], runs them with the executors of a
+//! [`Registry`], publishes one result per task and acknowledges the delivery.
+//!
+//! # What a task goes through
+//! 1. The loop takes a concurrency slot *before* pulling a task, so a busy worker leaves tasks on
+//!    the bus for idle ones.
+//! 2. The input JSON is parsed (bad JSON is `invalid_input`) and the executor looked up (none is
+//!    `unknown_kind`, not retryable).
+//! 3. The executor runs under the task's timeout (`timeout`, retryable) and its run's
+//!    cancellation (`cancelled`, when the run id arrives on [`TaskSource::cancellations`]).
+//!    A panicking executor fails its step with `internal`; the worker goes on.
+//! 4. The output is serialized and checked against the task's `max_output_bytes` (or the
+//!    configured default): a larger output fails with `payload_too_large`. Nothing is truncated.
+//! 5. The [`pb::TaskResult`] is published, then the delivery acknowledged. A result that cannot
+//!    be published leaves the delivery unacknowledged, to be delivered again.
+//!
+//! Each task runs in a `step` span with `run_id`, `step`, `item`, `attempt` and `kind`. Inputs and
+//! outputs are never logged: they may hold secrets.
+//!
+//! # Shutdown
+//! When the shutdown token is cancelled the worker stops pulling, lets the tasks in flight finish
+//! (each bounded by its own timeout) and publish, then returns. [`TaskSource::next_task`] is
+//! abandoned mid-wait at shutdown, so a source must not lose a task it has not returned yet (an
+//! unacknowledged task is delivered again anyway).
+
+use std::collections::HashMap;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt as _;
+use rpaflow_core::bus::{TaskDelivery, TaskSource};
+use rpaflow_core::time::now_ms;
+use rpaflow_proto::v1::{self as pb, task_result::Outcome};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use tokio::sync::{Semaphore, broadcast};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
+
+use crate::{Error, Registry, Result, StepError, TaskContext};
+
+/// The name of the span each task runs in.
+pub const STEP_SPAN: &str = "step";
+
+/// How a worker runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Names this worker in results and logs.
+    pub id: String,
+    /// How many tasks run at once.
+    pub concurrency: usize,
+    /// The output limit for tasks that do not set one (1 MiB).
+    pub max_output_bytes: usize,
+    /// The timeout for tasks that do not set one.
+    #[serde(with = "crate::duration")]
+    pub default_timeout: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            id: format!("worker-{}", std::process::id()),
+            concurrency: 16,
+            max_output_bytes: 1024 * 1024,
+            default_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks the values before anything starts.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |field, message: &str| {
+            Err(Error::Config {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        if self.id.trim().is_empty() {
+            return fail("id", "must not be empty");
+        }
+        if self.concurrency == 0 {
+            return fail("concurrency", "must be at least 1");
+        }
+        if self.concurrency > Semaphore::MAX_PERMITS {
+            return fail("concurrency", "is too large");
+        }
+        if self.max_output_bytes == 0 {
+            return fail("max_output_bytes", "must be at least 1");
+        }
+        if self.default_timeout.is_zero() {
+            return fail("default_timeout", "must be longer than zero");
+        }
+        Ok(())
+    }
+}
+
+/// The worker component. Create it with [`Worker::new`], keep a [`Worker::handle`] to watch it,
+/// and drive it with [`Worker::run`].
+pub struct Worker {
+    config: WorkerConfig,
+    registry: Registry,
+    source: Arc<dyn TaskSource>,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("config", &self.config)
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A cheap, cloneable view of a running worker.
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    id: Arc<str>,
+    stats: Arc<Stats>,
+}
+
+/// What a worker has done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkerStats {
+    /// Tasks running now.
+    pub in_flight: usize,
+    /// Tasks whose result was a success.
+    pub succeeded: u64,
+    /// Tasks whose result was an error.
+    pub failed: u64,
+    /// Whether the loop is running (pulling or draining).
+    pub running: bool,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    in_flight: AtomicUsize,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    running: AtomicBool,
+}
+
+impl WorkerHandle {
+    /// The worker's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// A snapshot of the worker's counters.
+    pub fn stats(&self) -> WorkerStats {
+        WorkerStats {
+            in_flight: self.stats.in_flight.load(Ordering::Relaxed),
+            succeeded: self.stats.succeeded.load(Ordering::Relaxed),
+            failed: self.stats.failed.load(Ordering::Relaxed),
+            running: self.stats.running.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Worker {
+    pub fn new(config: WorkerConfig, registry: Registry, source: Arc<dyn TaskSource>) -> Self {
+        Self {
+            config,
+            registry,
+            source,
+            stats: Arc::default(),
+        }
+    }
+
+    /// A handle to watch the worker with.
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle {
+            id: Arc::from(self.config.id.as_str()),
+            stats: Arc::clone(&self.stats),
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled or the source closes, then waits for the tasks in
+    /// flight. Fails only on an invalid configuration.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        self.config.validate()?;
+        let Self {
+            config,
+            registry,
+            source,
+            stats,
+        } = self;
+        let runs = Arc::new(RunTokens::default());
+        let listener_stop = CancellationToken::new();
+        let _stop_listener = listener_stop.clone().drop_guard();
+        tokio::spawn(listen_for_cancellations(
+            source.cancellations(),
+            Arc::clone(&runs),
+            listener_stop,
+        ));
+
+        let shared = Arc::new(Shared {
+            config,
+            registry,
+            source,
+            stats,
+        });
+        let slots = Arc::new(Semaphore::new(shared.config.concurrency));
+        let mut in_flight = JoinSet::new();
+        shared.stats.running.store(true, Ordering::Relaxed);
+        info!(
+            worker_id = %shared.config.id,
+            concurrency = shared.config.concurrency,
+            kinds = ?shared.registry.kinds(),
+            "worker started"
+        );
+
+        loop {
+            let slot = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                slot = Arc::clone(&slots).acquire_owned() => slot,
+            };
+            // The semaphore is never closed.
+            let Ok(slot) = slot else { break };
+            let delivery = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                delivery = shared.source.next_task() => delivery,
+            };
+            let Some(delivery) = delivery else {
+                info!(worker_id = %shared.config.id, "step bus closed");
+                break;
+            };
+            let cancel = runs.register(&delivery.task.run_id);
+            let shared = Arc::clone(&shared);
+            in_flight.spawn(async move {
+                shared.process(delivery, &cancel).await;
+                drop(slot);
+            });
+            while let Some(joined) = in_flight.try_join_next() {
+                report_join(joined);
+            }
+        }
+
+        info!(
+            worker_id = %shared.config.id,
+            in_flight = in_flight.len(),
+            "worker stopping; waiting for the tasks in flight"
+        );
+        while let Some(joined) = in_flight.join_next().await {
+            report_join(joined);
+        }
+        shared.stats.running.store(false, Ordering::Relaxed);
+        info!(worker_id = %shared.config.id, "worker stopped");
+        Ok(())
+    }
+}
+
+/// What every task of a worker shares.
+struct Shared {
+    config: WorkerConfig,
+    registry: Registry,
+    source: Arc<dyn TaskSource>,
+    stats: Arc<Stats>,
+}
+
+impl Shared {
+    /// Runs one task, publishes its result and acknowledges the delivery.
+    async fn process(&self, delivery: TaskDelivery, cancel: &RunToken) {
+        let TaskDelivery { task, ack } = delivery;
+        let span = info_span!(
+            STEP_SPAN,
+            run_id = %task.run_id,
+            step = %task.step_id,
+            item = task.item,
+            attempt = task.attempt,
+            kind = %task.kind,
+            worker_id = %self.config.id,
+        );
+        async {
+            self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+            let started_at_ms = now_ms();
+            let started = Instant::now();
+            let outcome = self.execute(&task, cancel.token()).await;
+            let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            match &outcome {
+                Ok(_) => {
+                    self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
+                    info!(elapsed_ms, "step succeeded");
+                }
+                Err(err) => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    if err.code == crate::codes::CANCELLED {
+                        info!(elapsed_ms, "step cancelled");
+                    } else {
+                        warn!(
+                            elapsed_ms,
+                            code = %err.code,
+                            retryable = err.retryable,
+                            error = %err.message,
+                            "step failed"
+                        );
+                    }
+                }
+            }
+            let result = pb::TaskResult {
+                run_id: task.run_id,
+                step_id: task.step_id,
+                item: task.item,
+                attempt: task.attempt,
+                outcome: Some(match outcome {
+                    Ok(output_json) => Outcome::OutputJson(output_json),
+                    Err(err) => Outcome::Error(err.into()),
+                }),
+                worker_id: self.config.id.clone(),
+                started_at_ms,
+                finished_at_ms: now_ms(),
+            };
+            match self.source.publish(result).await {
+                Ok(()) => ack.ack(),
+                Err(err) => error!(
+                    error = %err,
+                    "could not publish the step result; the task stays unacknowledged"
+                ),
+            }
+            self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Runs the task's executor and returns its output as JSON text.
+    async fn execute(
+        &self,
+        task: &pb::Task,
+        cancel: CancellationToken,
+    ) -> Result<String, StepError> {
+        let Some(executor) = self.registry.get(&task.kind) else {
+            return Err(StepError::unknown_kind(&task.kind, &self.registry.kinds()));
+        };
+        let input = parse_input(&task.input_json)?;
+        let ctx = TaskContext::from_task(
+            task,
+            self.config.default_timeout,
+            self.config.max_output_bytes,
+            cancel,
+        );
+        debug!(timeout_ms = ctx.timeout.as_millis(), "step started");
+        let run = AssertUnwindSafe(executor.execute(&ctx, input)).catch_unwind();
+        let output = tokio::select! {
+            biased;
+            () = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
+            finished = tokio::time::timeout(ctx.timeout, run) => match finished {
+                Err(_elapsed) => return Err(StepError::timeout(ctx.timeout)),
+                Ok(Err(panic)) => return Err(StepError::internal(format!(
+                    "the `{}` executor panicked: {}",
+                    task.kind,
+                    panic_message(panic.as_ref())
+                ))),
+                Ok(Ok(result)) => result?,
+            },
+        };
+        encode_output(&output, ctx.max_output_bytes)
+    }
+}
+
+/// The task's input; an empty string is an empty mapping.
+fn parse_input(text: &str) -> Result<Json, StepError> {
+    if text.trim().is_empty() {
+        return Ok(Json::Object(serde_json::Map::new()));
+    }
+    serde_json::from_str(text)
+        .map_err(|e| StepError::invalid_input(format!("the task input is not valid JSON: {e}")))
+}
+
+/// The output as JSON text, or `payload_too_large` with its full size (counted, not kept).
+fn encode_output(output: &Json, limit: usize) -> Result<String, StepError> {
+    let mut writer = CappedWriter {
+        buf: Vec::new(),
+        limit,
+        total: 0,
+    };
+    serde_json::to_writer(&mut writer, output)
+        .map_err(|e| StepError::internal(format!("the output could not be serialized: {e}")))?;
+    if writer.total > limit {
+        return Err(StepError::payload_too_large("output", writer.total, limit));
+    }
+    String::from_utf8(writer.buf)
+        .map_err(|e| StepError::internal(format!("the output is not UTF-8: {e}")))
+}
+
+/// Keeps bytes up to a limit, and counts all of them.
+struct CappedWriter {
+    buf: Vec<u8>,
+    limit: usize,
+    total: usize,
+}
+
+impl io::Write for CappedWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.total = self.total.saturating_add(bytes.len());
+        if self.total <= self.limit {
+            self.buf.extend_from_slice(bytes);
+        } else if !self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
+}
+
+fn report_join(joined: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(err) = joined {
+        // Executors' panics are caught; this is a panic in publishing or acknowledging.
+        error!(error = %err, "a task of the worker failed");
+    }
+}
+
+/// Cancels the tasks of a run when its id arrives.
+async fn listen_for_cancellations(
+    mut cancellations: broadcast::Receiver<String>,
+    runs: Arc<RunTokens>,
+    stop: CancellationToken,
+) {
+    loop {
+        let received = tokio::select! {
+            () = stop.cancelled() => return,
+            received = cancellations.recv() => received,
+        };
+        match received {
+            Ok(run_id) => {
+                if runs.cancel(&run_id) {
+                    info!(run_id = %run_id, "run cancelled; stopping its steps");
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                warn!(
+                    missed,
+                    "missed run cancellations; some steps may run to the end"
+                );
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// One cancellation token per run with tasks in flight here; each task holds a child of it.
+#[derive(Debug, Default)]
+struct RunTokens {
+    runs: Mutex<HashMap<String, (CancellationToken, usize)>>,
+}
+
+impl RunTokens {
+    fn register(self: &Arc<Self>, run_id: &str) -> RunToken {
+        let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        let (token, tasks) = runs
+            .entry(run_id.to_owned())
+            .or_insert_with(|| (CancellationToken::new(), 0));
+        *tasks += 1;
+        RunToken {
+            token: token.child_token(),
+            run_id: run_id.to_owned(),
+            runs: Arc::clone(self),
+        }
+    }
+
+    /// Cancels the run's tasks; false when none runs here.
+    fn cancel(&self, run_id: &str) -> bool {
+        let runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        runs.get(run_id).map(|(token, _)| token.cancel()).is_some()
+    }
+
+    fn release(&self, run_id: &str) {
+        let mut runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, tasks)) = runs.get_mut(run_id) {
+            *tasks -= 1;
+            if *tasks == 0 {
+                runs.remove(run_id);
+            }
+        }
+    }
+}
+
+/// A task's cancellation token; unregisters the task when dropped.
+#[derive(Debug)]
+struct RunToken {
+    token: CancellationToken,
+    run_id: String,
+    runs: Arc<RunTokens>,
+}
+
+impl RunToken {
+    fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+}
+
+impl Drop for RunToken {
+    fn drop(&mut self) {
+        self.runs.release(&self.run_id);
+    }
+}
+
+#[cfg(test)]
+mod tests;
