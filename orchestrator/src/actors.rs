@@ -162,9 +162,16 @@ impl Handler<Deliver> for RunActor {
             return AtomicResponse::new(Box::pin(fut::ready(Ok(()))));
         }
         let actions = self.state.actions_for(&events);
-        let summary = self.shared.summary(&self.state);
+        let status_changed = events.iter().any(|e| e.kind.changes_run_status());
+        let summary = status_changed.then(|| self.shared.summary(&self.state));
         let store = self.shared.store.clone();
-        let persist = async move { store.append(&summary, &events).await.map(|()| events) };
+        let run_id = self.state.run_id.clone();
+        let persist = async move {
+            store
+                .append(&run_id, &events, summary.as_ref())
+                .await
+                .map(|()| events)
+        };
         AtomicResponse::new(Box::pin(persist.into_actor(self).map(move |persisted, act, ctx| {
             match persisted {
                 Ok(events) => {

@@ -189,9 +189,8 @@ impl Orchestrator {
     /// their timers again.
     async fn recover(&self) -> Result<()> {
         let shared = &self.shared;
-        let active = shared.store.active_runs()?;
-        let mut recovered = 0usize;
-        for run_id in active {
+        let mut rebuilt = Vec::new();
+        for run_id in shared.store.active_runs()? {
             let mut state = match shared.load(&run_id) {
                 Ok(state) => state,
                 Err(err) => {
@@ -202,15 +201,20 @@ impl Orchestrator {
             let events = state.handle(Input::Recover, now_ms()).unwrap_or_default();
             let mut actions = state.actions_for(&events);
             actions.extend(state.pending_timers());
-            shared
-                .store
-                .append(&shared.summary(&state), &events)
-                .await?;
-            if state.status.is_finished() {
-                continue;
+            let summary = shared.summary(&state);
+            rebuilt.push((state, events, summary, actions));
+        }
+        // Concurrent appends share flushes.
+        futures::future::try_join_all(rebuilt.iter().map(|(state, events, summary, _)| {
+            shared.store.append(&state.run_id, events, Some(summary))
+        }))
+        .await?;
+        let mut recovered = 0usize;
+        for (state, _, _, actions) in rebuilt {
+            if !state.status.is_finished() {
+                shared.ensure_actor(state, actions)?;
+                recovered += 1;
             }
-            shared.ensure_actor(state, actions)?;
-            recovered += 1;
         }
         if recovered > 0 {
             info!(runs = recovered, "recovered unfinished runs");

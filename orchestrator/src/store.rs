@@ -25,7 +25,8 @@ pub struct FlowRecord {
     pub created_at_ms: i64,
 }
 
-/// What ListRuns shows of a run, kept current with every batch of events.
+/// What ListRuns shows of a run; rewritten when the run's status changes (so `updated_at_ms` is
+/// the time of the last status change).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
     pub run_id: String,
@@ -125,6 +126,7 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(256 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
             .open()
             .map_err(|source| Error::Open {
@@ -279,23 +281,31 @@ impl Store {
         Ok(self.run(&id)?.map(|_| id))
     }
 
-    /// Appends events and the updated summary of a run, durably.
-    pub async fn append(&self, summary: &RunSummary, events: &[RunEvent]) -> Result<()> {
-        self.write_events(&summary.run_id, events)?;
-        self.inner
-            .runs
-            .insert(summary.run_id.as_bytes(), encode(summary)?)
-            .map_err(storage("put run"))?;
-        if summary.status().is_finished() {
+    /// Appends events of a run, durably; with a summary (when the run's status changed), also
+    /// records that and whether the run is still active.
+    pub async fn append(
+        &self,
+        run_id: &str,
+        events: &[RunEvent],
+        summary: Option<&RunSummary>,
+    ) -> Result<()> {
+        self.write_events(run_id, events)?;
+        if let Some(summary) = summary {
             self.inner
-                .active
-                .remove(summary.run_id.as_bytes())
-                .map_err(storage("mark run finished"))?;
-        } else {
-            self.inner
-                .active
-                .insert(summary.run_id.as_bytes(), &[])
-                .map_err(storage("mark run active"))?;
+                .runs
+                .insert(run_id.as_bytes(), encode(summary)?)
+                .map_err(storage("put run"))?;
+            if summary.status().is_finished() {
+                self.inner
+                    .active
+                    .remove(run_id.as_bytes())
+                    .map_err(storage("mark run finished"))?;
+            } else {
+                self.inner
+                    .active
+                    .insert(run_id.as_bytes(), &[])
+                    .map_err(storage("mark run active"))?;
+            }
         }
         self.commit().await
     }
@@ -433,7 +443,10 @@ mod tests {
             );
             let mut done = summary("r1", "");
             done.status = "succeeded".into();
-            store.append(&done, &[event(2), event(3)]).await.unwrap();
+            store
+                .append("r1", &[event(2), event(3)], Some(&done))
+                .await
+                .unwrap();
             store
                 .create_run(&summary("r2", ""), &[event(1)])
                 .await

@@ -158,6 +158,18 @@ impl EventKind {
         }
     }
 
+    /// True for the events after which the run's status is different.
+    pub fn changes_run_status(&self) -> bool {
+        matches!(
+            self,
+            Self::RunStarted { .. }
+                | Self::RunRetried { .. }
+                | Self::RunSucceeded { .. }
+                | Self::RunFailed { .. }
+                | Self::RunCancelled { .. }
+        )
+    }
+
     /// The step the event is about, if any.
     pub fn step(&self) -> Option<&str> {
         match self {
