@@ -4,7 +4,11 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/rpaflow/v1/flow.proto", "proto/rpaflow/v1/task.proto"];
+    let files = [
+        "proto/rpaflow/v1/flow.proto",
+        "proto/rpaflow/v1/task.proto",
+        "proto/rpaflow/v1/inference.proto",
+    ];
     for file in &files {
         println!("cargo:rerun-if-changed={file}");
     }

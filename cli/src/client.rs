@@ -411,8 +411,8 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
                 ),
                 OutputFormat::Text => {
                     println!(
-                        "{:<38} {:<24} {:>4}  {:<10} {}",
-                        "RUN", "FLOW", "VER", "STATUS", "ERROR"
+                        "{:<38} {:<24} {:>4}  {:<10} ERROR",
+                        "RUN", "FLOW", "VER", "STATUS"
                     );
                     for r in &resp.runs {
                         let err = r

@@ -49,8 +49,13 @@ impl DevConfig {
             );
             figment = figment.merge(Toml::file(file));
         }
-        // RPAFLOW_SERVER belongs to the client commands.
-        figment = figment.merge(Env::prefixed("RPAFLOW_").split("__").ignore(&["server"]));
+        // Only variables for this configuration's sections: others (RPAFLOW_SERVER for the
+        // client commands, RPAFLOW_CACHE for scripts, ...) are not configuration errors.
+        let env = Env::prefixed("RPAFLOW_").split("__").filter(|key| {
+            let top = key.as_str().split('.').next().unwrap_or_default();
+            ["listen", "orchestrator", "worker", "telemetry"].contains(&top)
+        });
+        figment = figment.merge(env);
         let config: Self = figment
             .merge(overrides)
             .extract()
@@ -77,6 +82,7 @@ impl DevConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -88,6 +94,7 @@ mod tests {
                 "listen = \"127.0.0.1:6000\"\n[orchestrator]\narbiters = 3\n",
             )?;
             jail.set_env("RPAFLOW_ORCHESTRATOR__ARBITERS", "4");
+            jail.set_env("RPAFLOW_CACHE", "/somewhere");
             let overrides = Figment::from(Serialized::default("orchestrator.data_dir", "/tmp/x"));
             let cfg = DevConfig::load(Some(Path::new("rpaflow.toml")), overrides)
                 .map_err(|e| e.to_string())?;

@@ -45,6 +45,19 @@ pub struct DevArgs {
     /// Print the effective configuration (as JSON) and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Serve this GPT-2 model directory in-process for `llm` steps (see `rpaflow inference`).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "RPAFLOW_INFERENCE_MODEL",
+        help_heading = "Inference node"
+    )]
+    pub model: Option<PathBuf>,
+    /// Where the model runs: `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu", help_heading = "Inference node")]
+    pub device: String,
+    #[command(flatten, next_help_heading = "Inference node")]
+    pub engine: rpaflow_inference_node::cli::EngineArgs,
 }
 
 /// The embedded system: orchestrator, worker pool and their shutdown.
@@ -67,7 +80,8 @@ impl Embedded {
             })?;
         let handle = orchestrator.handle();
         let shutdown = CancellationToken::new();
-        let registry = Registry::builtin().context("cannot set up the executors")?;
+        let registry =
+            Registry::for_config(&config.worker).context("cannot set up the executors")?;
         let worker = Worker::new(config.worker.clone(), registry, Arc::new(bus));
         let worker_stop = shutdown.clone();
         let orchestrator_stop = shutdown.clone();
@@ -110,7 +124,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     if let Some(c) = args.concurrency {
         overrides = overrides.merge(Serialized::default("worker.concurrency", c));
     }
-    let config = DevConfig::load(args.config.as_deref(), overrides)?;
+    let mut config = DevConfig::load(args.config.as_deref(), overrides)?;
     if args.print_config {
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(ExitCode::SUCCESS);
@@ -132,6 +146,31 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     };
     let inputs = crate::parse_inputs(&args.inputs, None)?;
 
+    let node = match &args.model {
+        Some(model) => {
+            let device = args
+                .device
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--device: {e}"))?;
+            let node_config = rpaflow_inference_node::server::NodeConfig {
+                engine: args.engine.engine_config(model.clone(), device),
+                listen: "127.0.0.1:0".into(),
+            };
+            let node = rpaflow_inference_node::server::start(node_config)
+                .await
+                .with_context(|| {
+                    format!("cannot start the inference node for {}", model.display())
+                })?;
+            println!(
+                "rpaflow dev: inference node for {} on {}",
+                model.display(),
+                node.addr()
+            );
+            config.worker.inference_endpoint = Some(node.url());
+            Some(node)
+        }
+        None => None,
+    };
     let embedded = Embedded::start(&config).await?;
     let (listener, addr) = api::bind(config.listen)
         .await
@@ -179,16 +218,28 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             code = ExitCode::FAILURE;
         }
         if !args.keep_running {
-            embedded.stop().await;
-            let _ = server.await;
+            stop(embedded, server, node).await;
             return Ok(code);
         }
     }
     wait_for_signal().await;
     eprintln!("rpaflow dev: shutting down");
+    stop(embedded, server, node).await;
+    Ok(code)
+}
+
+async fn stop(
+    embedded: Embedded,
+    server: tokio::task::JoinHandle<()>,
+    node: Option<rpaflow_inference_node::server::RunningNode>,
+) {
     embedded.stop().await;
     let _ = server.await;
-    Ok(code)
+    if let Some(node) = node
+        && let Err(err) = node.shutdown().await
+    {
+        tracing::warn!(error = %err, "inference node did not stop cleanly");
+    }
 }
 
 /// Prints the run's events as they happen; returns how the run ended.
@@ -211,7 +262,7 @@ pub async fn follow(handle: &OrchestratorHandle, run_id: &str) -> anyhow::Result
     Ok(status)
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

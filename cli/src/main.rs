@@ -9,6 +9,8 @@
 //! - `client`: `rpaflow flow ...` and `rpaflow run ...` against `--server`.
 //! - `output`: human-readable and JSON rendering of flows, runs and events.
 //! - `bench`: `rpaflow bench`.
+//! - The inference commands (`inference`, `generate`, `bench-inference`) live in
+//!   `rpaflow_inference_node::cli`.
 
 mod bench;
 mod client;
@@ -43,6 +45,12 @@ enum Command {
     Run(client::RunCommand),
     /// Measure the embedded orchestrator: N runs of K no-op steps, C at a time.
     Bench(bench::BenchArgs),
+    /// Serve a GPT-2 model (ONNX, Hugging Face Optimum layout) over gRPC.
+    Inference(rpaflow_inference_node::cli::InferenceArgs),
+    /// Generate text on an inference node, for a person at a terminal.
+    Generate(rpaflow_inference_node::cli::GenerateArgs),
+    /// Measure an inference node: C concurrent requests against the same requests one at a time.
+    BenchInference(rpaflow_inference_node::cli::BenchInferenceArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +71,15 @@ fn main() -> ExitCode {
             Command::Flow(cmd) => client::flow(cmd).await,
             Command::Run(cmd) => client::run(cmd).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Inference(args) => inference(args).await,
+            Command::Generate(args) => rpaflow_inference_node::cli::generate(args)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(Into::into),
+            Command::BenchInference(args) => rpaflow_inference_node::cli::bench_inference(args)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(Into::into),
         }
     });
     match result {
@@ -72,6 +89,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn inference(args: rpaflow_inference_node::cli::InferenceArgs) -> anyhow::Result<ExitCode> {
+    let _telemetry = rpaflow_core::telemetry::init_telemetry(
+        &rpaflow_core::telemetry::TelemetryConfig::default(),
+    );
+    rpaflow_inference_node::cli::serve(args, dev::wait_for_signal()).await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Parses `--input key=value`: the value is JSON when it parses as JSON, a string otherwise.

@@ -44,6 +44,13 @@ fn env() -> &'static Environment<'static> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
         env.set_recursion_limit(64);
+        // Text is rendered as written: a YAML block that ends in a newline keeps it.
+        if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .build()
+        {
+            env.set_syntax(syntax);
+        }
         env
     })
 }
@@ -244,6 +251,12 @@ mod tests {
         assert_eq!(out, json!("Hello, Ada!"));
         assert_eq!(render(&json!("plain"), &ctx()).unwrap(), json!("plain"));
         assert_eq!(render(&json!(42), &ctx()).unwrap(), json!(42));
+    }
+
+    #[test]
+    fn text_keeps_its_trailing_newline() {
+        let out = render(&json!("Dear {{ inputs.name }},\n"), &ctx()).unwrap();
+        assert_eq!(out, json!("Dear Ada,\n"));
     }
 
     #[test]

@@ -26,16 +26,18 @@ pub async fn serve(
     health.set_serving::<FlowServiceServer<Api>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(rpaflow_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("rpaflow.v1.FlowService")
+        .with_service_name("grpc.health.v1.Health")
         .build_v1()
-        .expect("the descriptor set compiled into the binary is valid");
+        .expect("the descriptor sets compiled into the binary are valid");
+    // Without TCP_NODELAY every streamed reply waits ~40 ms for Nagle's algorithm.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(FlowServiceServer::new(Api { handle }))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 

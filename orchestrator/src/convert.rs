@@ -140,8 +140,8 @@ fn describe(kind: &EventKind) -> String {
         EventKind::TaskFailed { error, .. } => {
             format!("failed: {} ({})", error.message, error.code)
         }
-        EventKind::RetryScheduled { at_ms, .. } => {
-            let wait = (*at_ms - rpaflow_core::time::now_ms()).max(0);
+        EventKind::RetryScheduled { due_ms, .. } => {
+            let wait = (*due_ms - rpaflow_core::time::now_ms()).max(0);
             format!("retry in {:.1}s", wait as f64 / 1000.0)
         }
         EventKind::ApprovalRequested { message, .. } => format!("waiting for approval: {message}"),

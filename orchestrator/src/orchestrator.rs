@@ -527,11 +527,20 @@ impl OrchestratorHandle {
                         return Ok(());
                     }
                 }
+                if ended {
+                    return Ok(());
+                }
                 let finished = shared
                     .store
                     .run(&run_id)?
                     .is_some_and(|r| r.status().is_finished());
-                if ended || (finished && next > 1) {
+                if finished {
+                    // The run ended after the read above: send what was stored meanwhile.
+                    for event in shared.store.events(&run_id, next)? {
+                        if tx.send(Ok(event)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
                     return Ok(());
                 }
                 loop {

@@ -258,7 +258,17 @@ impl Registry {
             .register(executors::TransformExecutor)
             .register(executors::SleepExecutor)
             .register(executors::LogExecutor)
-            .register(executors::EchoExecutor);
+            .register(executors::EchoExecutor)
+            .register(executors::LlmExecutor::unconfigured());
+        Ok(registry)
+    }
+
+    /// The built-in executors set up as `config` says (the inference node for `llm`).
+    pub fn for_config(config: &crate::WorkerConfig) -> crate::Result<Self> {
+        let mut registry = Self::builtin()?;
+        if let Some(endpoint) = &config.inference_endpoint {
+            registry.register(executors::LlmExecutor::new(endpoint)?);
+        }
         Ok(registry)
     }
 
@@ -336,8 +346,12 @@ mod tests {
         let registry = Registry::builtin().unwrap();
         assert_eq!(
             registry.kinds(),
-            ["echo", "http", "log", "sleep", "transform"]
+            ["echo", "http", "llm", "log", "sleep", "transform"]
         );
+        // The flow validator accepts exactly the kinds the workers ship.
+        let mut validated = rpaflow_core::flow::WORKER_KINDS.to_vec();
+        validated.sort_unstable();
+        assert_eq!(registry.kinds(), validated);
         assert!(registry.get("http").is_some());
         assert!(registry.get("browser").is_none());
     }

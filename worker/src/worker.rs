@@ -59,6 +59,8 @@ pub struct WorkerConfig {
     /// The timeout for tasks that do not set one.
     #[serde(with = "crate::duration")]
     pub default_timeout: Duration,
+    /// The inference node `llm` steps use (`http://host:port`); without one they fail saying so.
+    pub inference_endpoint: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -68,6 +70,7 @@ impl Default for WorkerConfig {
             concurrency: 16,
             max_output_bytes: 1024 * 1024,
             default_timeout: Duration::from_secs(300),
+            inference_endpoint: None,
         }
     }
 }

@@ -93,7 +93,7 @@ pub enum EventKind {
         step: String,
         item: Option<u32>,
         attempt: u32,
-        at_ms: i64,
+        due_ms: i64,
     },
     /// An approval step is waiting for a person (until `deadline_ms`, when set).
     ApprovalRequested {

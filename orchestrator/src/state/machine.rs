@@ -311,14 +311,14 @@ impl RunState {
                     step,
                     item,
                     attempt,
-                    at_ms,
+                    due_ms,
                 } => {
                     if matches!(
                         self.unit_status(step, *item),
                         Some(UnitStatus::RetryAt { .. })
                     ) {
                         actions.push(Action::SetTimer {
-                            at_ms: *at_ms,
+                            at_ms: *due_ms,
                             timer: Timer::RetryDue {
                                 step: step.clone(),
                                 item: *item,
@@ -504,12 +504,12 @@ fn fail_attempt(tx: &mut Tx<'_>, def: &Step, item: Option<u32>, attempt: u32, er
         error,
     });
     if retry {
-        let at_ms = tx.now + millis(def.retry.delay_after(attempt - round_start));
+        let due_ms = tx.now + millis(def.retry.delay_after(attempt - round_start));
         tx.emit(EventKind::RetryScheduled {
             step: def.id.clone(),
             item,
             attempt,
-            at_ms,
+            due_ms,
         });
     }
 }

@@ -357,9 +357,9 @@ impl RunState {
                     unit.error = Some(error.clone());
                 }
             }
-            EventKind::RetryScheduled { item, at_ms, .. } => {
+            EventKind::RetryScheduled { item, due_ms, .. } => {
                 if let Some(unit) = self.unit_mut(index, *item) {
-                    unit.status = UnitStatus::RetryAt { at_ms: *at_ms };
+                    unit.status = UnitStatus::RetryAt { at_ms: *due_ms };
                 }
             }
             EventKind::ApprovalRequested { deadline_ms, .. } => {

@@ -8,6 +8,22 @@ use serde_json::{Value as Json, json};
 
 use super::*;
 
+/// The events after a round trip through their stored form (JSON), as recovery reads them.
+fn stored(events: &[RunEvent]) -> Vec<RunEvent> {
+    events
+        .iter()
+        .map(|e| {
+            let json = serde_json::to_vec(e).unwrap();
+            serde_json::from_slice(&json).unwrap_or_else(|err| {
+                panic!(
+                    "event does not read back ({err}): {}",
+                    String::from_utf8_lossy(&json)
+                )
+            })
+        })
+        .collect()
+}
+
 fn flow(src: &str) -> Arc<Flow> {
     Arc::new(flow::parse("test.yaml", src).unwrap_or_else(|e| panic!("{e}")))
 }
@@ -44,8 +60,12 @@ impl Sim {
     }
 
     fn check_replay(&self) {
-        let rebuilt =
-            RunState::replay(&self.state.run_id, self.state.flow.clone(), 1, &self.events);
+        let rebuilt = RunState::replay(
+            &self.state.run_id,
+            self.state.flow.clone(),
+            1,
+            &stored(&self.events),
+        );
         assert_eq!(
             rebuilt, self.state,
             "replayed state differs from the live one"
@@ -409,7 +429,7 @@ fn recovery_hands_out_unanswered_attempts_again() {
     let first = sim.take_dispatches();
     sim.succeed(&first[0], json!("one"));
     // Crash: rebuild from the events only.
-    let mut rebuilt = RunState::replay("run-1", f, 1, &sim.events);
+    let mut rebuilt = RunState::replay("run-1", f, 1, &stored(&sim.events));
     let events = rebuilt.handle(Input::Recover, 9_000).unwrap();
     let actions = rebuilt.actions_for(&events);
     let again: Vec<(Option<u32>, u32)> = actions
@@ -554,7 +574,7 @@ proptest! {
                 _ => {}
             }
             // A crash at this point: recovery from the stored events alone.
-            let mut rebuilt = RunState::replay("run-1", sim.state.flow.clone(), 1, &sim.events);
+            let mut rebuilt = RunState::replay("run-1", sim.state.flow.clone(), 1, &stored(&sim.events));
             prop_assert_eq!(&rebuilt, &sim.state);
             let _ = rebuilt.handle(Input::Recover, sim.now);
         }

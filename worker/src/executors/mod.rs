@@ -7,10 +7,12 @@
 //! | [`sleep`] | waits, honouring cancellation |
 //! | [`log`] | writes a message to the worker's log |
 //! | [`echo`] | returns its input (computes values, benchmarks) |
+//! | [`llm`] | generates text on an inference node (registered when one is configured) |
 
 pub mod echo;
 pub mod http;
 pub mod input;
+pub mod llm;
 pub mod log;
 pub mod sleep;
 pub mod transform;
@@ -18,6 +20,7 @@ pub mod transform;
 pub use echo::EchoExecutor;
 pub use http::{HttpConfig, HttpExecutor};
 pub use input::Input;
+pub use llm::LlmExecutor;
 pub use log::LogExecutor;
 pub use sleep::SleepExecutor;
 pub use transform::TransformExecutor;

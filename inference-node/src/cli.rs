@@ -1,0 +1,262 @@
+//! The command-line face of the inference node, for the `rpaflow` binary to mount:
+//! `rpaflow inference` ([`InferenceArgs`], [`serve`]), `rpaflow generate` ([`GenerateArgs`],
+//! [`generate`]) and `rpaflow bench-inference` ([`BenchInferenceArgs`], [`bench_inference`]).
+
+use std::{future::Future, io::Write, path::PathBuf};
+
+use futures::StreamExt;
+use rpaflow_proto::v1 as pb;
+use tonic::transport::Channel;
+
+use crate::{
+    engine::EngineConfig,
+    error::{Error, Result},
+    model::Device,
+    server::{self, NodeConfig},
+};
+
+fn parse_device(s: &str) -> std::result::Result<Device, String> {
+    s.parse().map_err(|e: Error| e.to_string())
+}
+
+/// Serve a GPT-2 model over gRPC.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InferenceArgs {
+    /// The model directory: model.onnx (Optimum's text-generation-with-past export), config.json,
+    /// tokenizer.json.
+    #[arg(long, env = "RPAFLOW_INFERENCE_MODEL")]
+    pub model: PathBuf,
+    /// `cpu` or `cuda:N`. Without a usable CUDA provider the node says so and runs on the CPU.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
+    /// The address to serve on; port 0 picks a free port (printed once bound).
+    #[arg(long, default_value = "127.0.0.1:50061")]
+    pub listen: String,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// The engine: its ONNX Runtime library, threads and budgets.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// Sequences decoded together at most.
+    #[arg(long, default_value_t = 64)]
+    pub max_batch_size: usize,
+    /// Prompt plus max new tokens of the running sequences, added up, at most.
+    #[arg(long, default_value_t = 16384)]
+    pub max_total_tokens: usize,
+    /// Requests waiting at most; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+    /// Tokens (padding included) in one prefill pass at most. Small passes are cheaper: the
+    /// model computes logits for every prompt position.
+    #[arg(long, default_value_t = 256)]
+    pub max_prefill_tokens: usize,
+    /// The ONNX Runtime library (libonnxruntime.so), e.g. from the PyPI wheel onnxruntime.
+    #[arg(long = "onnxruntime", env = "ORT_DYLIB_PATH")]
+    pub onnxruntime: Option<PathBuf>,
+    /// ONNX Runtime threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl EngineArgs {
+    pub fn engine_config(&self, model: PathBuf, device: Device) -> EngineConfig {
+        EngineConfig {
+            model_dir: model,
+            onnxruntime: self.onnxruntime.clone(),
+            device,
+            threads: self.threads,
+            max_batch_size: self.max_batch_size,
+            max_total_tokens: self.max_total_tokens,
+            max_queue: self.max_queue,
+            max_prefill_tokens: self.max_prefill_tokens,
+        }
+    }
+}
+
+impl InferenceArgs {
+    pub fn node_config(&self) -> NodeConfig {
+        NodeConfig {
+            engine: self.engine.engine_config(self.model.clone(), self.device),
+            listen: self.listen.clone(),
+        }
+    }
+}
+
+/// Serves until `shutdown` completes, then drains. Prints `rpaflow inference: serving gRPC on
+/// ADDR` once bound.
+pub async fn serve(args: InferenceArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let node = server::start(args.node_config()).await?;
+    println!("rpaflow inference: serving gRPC on {}", node.addr());
+    let _ = std::io::stdout().flush();
+    shutdown.await;
+    tracing::info!("inference node shutting down");
+    node.shutdown().await
+}
+
+/// Generation parameters as flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ParamArgs {
+    #[arg(long)]
+    pub max_new_tokens: Option<u32>,
+    /// Always take the most likely token.
+    #[arg(long)]
+    pub greedy: bool,
+    /// 0 is greedy.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub top_k: Option<u32>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Stop when the text contains this (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl From<&ParamArgs> for pb::GenerationParams {
+    fn from(a: &ParamArgs) -> Self {
+        pb::GenerationParams {
+            max_new_tokens: a.max_new_tokens,
+            greedy: a.greedy,
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            repetition_penalty: a.repetition_penalty,
+            stop: a.stop.clone(),
+            seed: a.seed,
+        }
+    }
+}
+
+/// Generate text on an inference node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenerateArgs {
+    /// The node's address (`host:port` or a URL).
+    #[arg(
+        long,
+        default_value = "127.0.0.1:50061",
+        env = "RPAFLOW_INFERENCE_SERVER"
+    )]
+    pub server: String,
+    /// The prompt.
+    pub prompt: String,
+    #[command(flatten)]
+    pub params: ParamArgs,
+    /// Print tokens as they come.
+    #[arg(long)]
+    pub stream: bool,
+}
+
+/// Connects to an inference node; `host:port` means `http://host:port`.
+pub async fn connect(server: &str) -> Result<pb::inference_client::InferenceClient<Channel>> {
+    let url = if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("http://{server}")
+    };
+    Ok(pb::inference_client::InferenceClient::connect(url).await?)
+}
+
+pub(crate) fn rpc_error(server: &str) -> impl Fn(tonic::Status) -> Error + '_ {
+    move |status| Error::Rpc {
+        server: server.to_string(),
+        status: Box::new(status),
+    }
+}
+
+fn finish_name(reason: i32) -> &'static str {
+    match pb::FinishReason::try_from(reason) {
+        Ok(pb::FinishReason::Length) => "length",
+        Ok(pb::FinishReason::Eos) => "eos",
+        Ok(pb::FinishReason::Stop) => "stop",
+        _ => "unspecified",
+    }
+}
+
+/// Prints the completion of `args.prompt` on standard output (as it comes with `--stream`), and
+/// a summary on standard error.
+pub async fn generate(args: GenerateArgs) -> Result<()> {
+    let mut client = connect(&args.server).await?;
+    let request = pb::GenerateRequest {
+        prompt: args.prompt.clone(),
+        params: Some((&args.params).into()),
+    };
+    let mut out = std::io::stdout();
+    if args.stream {
+        let mut chunks = client
+            .generate_stream(request)
+            .await
+            .map_err(rpc_error(&args.server))?
+            .into_inner();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(rpc_error(&args.server))?;
+            let _ = write!(out, "{}", chunk.text);
+            let _ = out.flush();
+            if let (Some(reason), Some(s)) = (chunk.finish_reason, chunk.summary) {
+                let _ = writeln!(out);
+                let ttft = s.timings.map_or(0.0, |t| t.time_to_first_token_ms);
+                eprintln!(
+                    "finish: {}, prompt tokens: {}, generated tokens: {}, seed: {}, first token: {ttft:.1} ms",
+                    finish_name(reason),
+                    s.prompt_tokens,
+                    s.generated_tokens,
+                    s.seed
+                );
+            }
+        }
+    } else {
+        let r = client
+            .generate(request)
+            .await
+            .map_err(rpc_error(&args.server))?
+            .into_inner();
+        let _ = writeln!(out, "{}", r.text);
+        let total = r.timings.map_or(0.0, |t| t.total_ms);
+        eprintln!(
+            "finish: {}, prompt tokens: {}, generated tokens: {}, seed: {}, total: {total:.1} ms",
+            finish_name(r.finish_reason),
+            r.prompt_tokens,
+            r.generated_tokens,
+            r.seed
+        );
+    }
+    Ok(())
+}
+
+/// Measure throughput: C concurrent requests against one at a time.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchInferenceArgs {
+    /// A running node to measure.
+    #[arg(long, conflicts_with = "model", required_unless_present = "model")]
+    pub server: Option<String>,
+    /// Start a node on this model directory in-process and measure it.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// With --model: `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Concurrency levels to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
+    pub concurrency: Vec<usize>,
+    /// Requests per level (the same requests at every level and one at a time).
+    #[arg(long, default_value_t = 64)]
+    pub requests: usize,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: u32,
+    /// Stream every request (one gRPC message per token) and time the first token at the client.
+    #[arg(long)]
+    pub stream: bool,
+}
+
+/// Runs the benchmark and prints a table, then one `BENCH_INFERENCE {json}` line per level.
+pub async fn bench_inference(args: BenchInferenceArgs) -> Result<()> {
+    crate::bench::run(args).await
+}

@@ -1,0 +1,324 @@
+//! A GPT-2 model directory in the Hugging Face Optimum layout, opened on ONNX Runtime: the session,
+//! its tensors bound by name, and the tokenizer.
+
+mod kv;
+mod runtime;
+mod spec;
+
+use std::{path::Path, sync::Arc};
+
+use half::f16;
+use ort::{
+    memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType},
+    session::{IoBinding, Session},
+    value::{DynTensor, DynTensorValueType, Tensor, TensorElementType},
+};
+use tokenizers::Tokenizer;
+use tracing::info;
+
+pub use self::{
+    kv::{KvCache, KvLayout, Pick},
+    runtime::environment,
+    spec::{Device, GptConfig, KvDtype, ModelSpec},
+};
+use crate::error::{Error, Result};
+
+/// The inputs of one forward pass over a batch of `batch` rows of `seq` new tokens each.
+#[derive(Debug)]
+pub struct StepInput {
+    pub batch: usize,
+    pub seq: usize,
+    /// `[batch, seq]`.
+    pub input_ids: Vec<i64>,
+    /// `[batch, past + seq]`.
+    pub attention_mask: Vec<i64>,
+    /// `[batch, seq]`.
+    pub position_ids: Vec<i64>,
+}
+
+/// The logits of one forward pass, `[batch, seq, vocab]`, in the model's float type.
+#[derive(Debug)]
+pub struct Logits {
+    value: DynTensor,
+    seq: usize,
+    vocab: usize,
+    dtype: KvDtype,
+}
+
+impl Logits {
+    /// The logits of the last position of row `row`, as `f32`.
+    pub fn last<'a>(&'a self, row: usize, scratch: &'a mut Vec<f32>) -> Result<&'a [f32]> {
+        let start = (row * self.seq + self.seq - 1) * self.vocab;
+        match self.dtype {
+            KvDtype::F32 => {
+                let (_, data) = self
+                    .value
+                    .try_extract_tensor::<f32>()
+                    .map_err(Error::ort("read the logits"))?;
+                Ok(&data[start..start + self.vocab])
+            }
+            KvDtype::F16 => {
+                let (_, data) = self
+                    .value
+                    .try_extract_tensor::<f16>()
+                    .map_err(Error::ort("read the logits"))?;
+                scratch.clear();
+                scratch.extend(data[start..start + self.vocab].iter().map(|x| x.to_f32()));
+                Ok(scratch)
+            }
+        }
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+}
+
+/// An opened model. Owned by the engine thread; every ONNX Runtime call happens there.
+pub struct Model {
+    session: Session,
+    binding: IoBinding,
+    tokenizer: Arc<Tokenizer>,
+    spec: ModelSpec,
+    has_position_ids: bool,
+    past_names: Vec<String>,
+    present_names: Vec<String>,
+    kv_memory: MemoryInfo<'static>,
+    host_memory: MemoryInfo<'static>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("spec", &self.spec).finish()
+    }
+}
+
+impl Model {
+    /// Opens the model directory `dir` (`model.onnx`, `config.json`, `tokenizer.json`).
+    /// `library` is the ONNX Runtime library (default: `ORT_DYLIB_PATH`).
+    pub fn load(
+        dir: &Path,
+        library: Option<&Path>,
+        device: Device,
+        threads: usize,
+    ) -> Result<Model> {
+        let bad = |reason: String| Error::Model {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        let config = GptConfig::load(dir)?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| Error::Tokenizer {
+            path: tokenizer_path.clone(),
+            reason: e.to_string(),
+        })?;
+        let model_path = dir.join("model.onnx");
+        if !model_path.is_file() {
+            return Err(bad("no model.onnx".into()));
+        }
+        let (session, device) = runtime::open_session(&model_path, library, device, threads)?;
+
+        let input = |name: &str| session.inputs().iter().find(|o| o.name() == name);
+        let output = |name: &str| session.outputs().iter().any(|o| o.name() == name);
+        for name in ["input_ids", "attention_mask"] {
+            if input(name).is_none() {
+                return Err(bad(format!("model.onnx has no input `{name}`")));
+            }
+        }
+        if !output("logits") {
+            return Err(bad("model.onnx has no output `logits`".into()));
+        }
+        let heads = config.n_head;
+        let head_dim = config.n_embd / config.n_head;
+        let mut past_names = Vec::new();
+        let mut present_names = Vec::new();
+        let mut kv_dtype = None;
+        for layer in 0..config.n_layer {
+            for kind in ["key", "value"] {
+                let past = format!("past_key_values.{layer}.{kind}");
+                let present = format!("present.{layer}.{kind}");
+                let outlet = input(&past).ok_or_else(|| {
+                    bad(format!(
+                        "model.onnx has no input `{past}` (n_layer is {})",
+                        config.n_layer
+                    ))
+                })?;
+                if !output(&present) {
+                    return Err(bad(format!("model.onnx has no output `{present}`")));
+                }
+                let dtype = match outlet.dtype().tensor_type() {
+                    Some(TensorElementType::Float32) => KvDtype::F32,
+                    Some(TensorElementType::Float16) => KvDtype::F16,
+                    other => {
+                        return Err(bad(format!(
+                            "`{past}` has element type {other:?}, not float32 or float16"
+                        )));
+                    }
+                };
+                if *kv_dtype.get_or_insert(dtype) != dtype {
+                    return Err(bad("past key/values mix float32 and float16".into()));
+                }
+                if let Some(shape) = outlet.dtype().tensor_shape() {
+                    let dims: &[i64] = shape;
+                    let fits = dims.len() == 4
+                        && (dims[1] < 0 || dims[1] as usize == heads)
+                        && (dims[3] < 0 || dims[3] as usize == head_dim);
+                    if !fits {
+                        return Err(bad(format!(
+                            "`{past}` has shape {dims:?}, config.json says [batch, {heads}, past, {head_dim}]"
+                        )));
+                    }
+                }
+                past_names.push(past);
+                present_names.push(present);
+            }
+        }
+        let kv_dtype = kv_dtype.ok_or_else(|| bad("config.json says n_layer 0".into()))?;
+        let has_position_ids = input("position_ids").is_some();
+        let host_memory = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(Error::ort("describe host memory"))?;
+        let kv_memory = match device {
+            Device::Cpu => host_memory.clone(),
+            Device::Cuda(id) => MemoryInfo::new(
+                AllocationDevice::CUDA,
+                id,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )
+            .map_err(Error::ort("describe device memory"))?,
+        };
+        let binding = session
+            .create_binding()
+            .map_err(Error::ort("create an io binding"))?;
+        let spec = ModelSpec {
+            dir: dir.to_path_buf(),
+            layers: config.n_layer,
+            heads,
+            head_dim,
+            hidden: config.n_embd,
+            vocab: config.vocab_size,
+            max_positions: config.n_positions,
+            eos: config.eos(),
+            kv_dtype,
+            device,
+        };
+        info!(
+            dir = %dir.display(),
+            layers = spec.layers,
+            heads = spec.heads,
+            hidden = spec.hidden,
+            kv_dtype = kv_dtype.as_str(),
+            device = %device,
+            "model loaded"
+        );
+        Ok(Model {
+            session,
+            binding,
+            tokenizer: Arc::new(tokenizer),
+            spec,
+            has_position_ids,
+            past_names,
+            present_names,
+            kv_memory,
+            host_memory,
+        })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    pub fn tokenizer(&self) -> Arc<Tokenizer> {
+        Arc::clone(&self.tokenizer)
+    }
+
+    pub fn kv_layout(&self) -> KvLayout {
+        KvLayout {
+            layers: self.spec.layers,
+            heads: self.spec.heads,
+            head_dim: self.spec.head_dim,
+            dtype: self.spec.kv_dtype,
+            device: self.spec.device,
+        }
+    }
+
+    /// One forward pass: the new tokens of every row, on top of `past`. Returns the logits and the
+    /// cache grown by `seq` positions (kept where the model runs: on the GPU under CUDA).
+    pub fn forward(&mut self, input: StepInput, past: &KvCache) -> Result<(Logits, KvCache)> {
+        let (b, s) = (input.batch, input.seq);
+        debug_assert_eq!(past.batch, b);
+        debug_assert_eq!(input.attention_mask.len(), b * (past.len + s));
+        let tensor = |shape: [usize; 2], data: Vec<i64>| {
+            Tensor::from_array((shape, data)).map_err(Error::ort("create an input tensor"))
+        };
+        let binding = &mut self.binding;
+        binding.clear();
+        let bind = Error::ort("bind a tensor");
+        binding
+            .bind_input("input_ids", &tensor([b, s], input.input_ids)?)
+            .map_err(bind)?;
+        binding
+            .bind_input(
+                "attention_mask",
+                &tensor([b, past.len + s], input.attention_mask)?,
+            )
+            .map_err(Error::ort("bind a tensor"))?;
+        if self.has_position_ids {
+            binding
+                .bind_input("position_ids", &tensor([b, s], input.position_ids)?)
+                .map_err(Error::ort("bind a tensor"))?;
+        }
+        for (name, value) in self.past_names.iter().zip(&past.tensors) {
+            binding
+                .bind_input(name.as_str(), value)
+                .map_err(Error::ort("bind a tensor"))?;
+        }
+        binding
+            .bind_output_to_device("logits", &self.host_memory)
+            .map_err(Error::ort("bind a tensor"))?;
+        for name in &self.present_names {
+            binding
+                .bind_output_to_device(name.as_str(), &self.kv_memory)
+                .map_err(Error::ort("bind a tensor"))?;
+        }
+        let mut outputs = self
+            .session
+            .run_binding(&self.binding)
+            .map_err(Error::ort("run the model"))?;
+        let take =
+            |outputs: &mut ort::session::SessionOutputs<'_>, name: &str| -> Result<DynTensor> {
+                outputs
+                    .remove(name)
+                    .ok_or_else(|| Error::Model {
+                        dir: self.spec.dir.clone(),
+                        reason: format!("model.onnx gave no `{name}`"),
+                    })?
+                    .downcast::<DynTensorValueType>()
+                    .map_err(Error::ort("read an output"))
+            };
+        let logits = take(&mut outputs, "logits")?;
+        let vocab = logits.shape().last().copied().unwrap_or(0) as usize;
+        let mut tensors = Vec::with_capacity(self.present_names.len());
+        for name in &self.present_names {
+            tensors.push(take(&mut outputs, name)?);
+        }
+        drop(outputs);
+        let logits = Logits {
+            value: logits,
+            seq: s,
+            vocab,
+            dtype: self.spec.kv_dtype,
+        };
+        let kv = KvCache {
+            tensors,
+            batch: b,
+            len: past.len + s,
+        };
+        Ok((logits, kv))
+    }
+}

@@ -1,0 +1,117 @@
+//! ONNX Runtime itself: the library loaded once per process from `ORT_DYLIB_PATH`, and sessions
+//! placed on the CPU or on a CUDA device.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use ort::{
+    environment::Environment,
+    ep::ExecutionProvider,
+    session::{Session, builder::GraphOptimizationLevel},
+};
+use tracing::{info, warn};
+
+use super::spec::Device;
+use crate::error::{Error, Result};
+
+static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
+
+/// The process-wide ONNX Runtime environment, loading the library the first time: `library`, or
+/// else the one named by `ORT_DYLIB_PATH`. A process loads one library; later paths are ignored.
+pub fn environment(library: Option<&Path>) -> Result<Environment> {
+    let mut slot = ENVIRONMENT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(env) = slot.as_ref() {
+        return Ok(env.clone());
+    }
+    let path = library
+        .map(Path::to_path_buf)
+        .or_else(|| {
+            std::env::var_os("ORT_DYLIB_PATH")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        })
+        .ok_or(Error::RuntimeNotConfigured)?;
+    if !path.is_file() {
+        return Err(Error::RuntimeLoad {
+            path,
+            reason: "no such file".into(),
+        });
+    }
+    let builder = ort::init_from(&path).map_err(|e| Error::RuntimeLoad {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let env = builder
+        .with_name("rpaflow-inference")
+        .build()
+        .map_err(Error::ort("create the environment"))?;
+    info!(library = %path.display(), "onnx runtime loaded");
+    *slot = Some(env.clone());
+    Ok(env)
+}
+
+/// Opens `model.onnx` on `device`, falling back to the CPU (and saying so) when CUDA cannot be
+/// used. Returns the session and the device it really runs on.
+pub fn open_session(
+    model: &Path,
+    library: Option<&Path>,
+    device: Device,
+    threads: usize,
+) -> Result<(Session, Device)> {
+    let env = environment(library)?;
+    let mut builder = Session::builder(&env)
+        .map_err(Error::ort("create a session builder"))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| Error::ort("set the optimization level")(e.into()))?;
+    // Spinning worker threads would take the CPU from the gRPC server and the sampler between
+    // two steps.
+    builder = builder
+        .with_intra_op_spinning(false)
+        .map_err(|e| Error::ort("turn off spinning")(e.into()))?;
+    if threads > 0 {
+        builder = builder
+            .with_intra_threads(threads)
+            .map_err(|e| Error::ort("set the thread count")(e.into()))?;
+    }
+    let device = match device {
+        Device::Cpu => {
+            info!("running on CPU (the CPU execution provider; pass --device cuda:N for a GPU)");
+            Device::Cpu
+        }
+        Device::Cuda(id) => {
+            let available = ort::ep::CUDA::is_available().unwrap_or(false);
+            let cuda = ort::ep::CUDA::default()
+                .with_device_id(id)
+                .build()
+                .error_on_failure();
+            if !available {
+                warn!(
+                    device = %device,
+                    "this ONNX Runtime library has no CUDA execution provider: running on CPU instead"
+                );
+                Device::Cpu
+            } else {
+                match builder.with_execution_providers([cuda]) {
+                    Ok(with_cuda) => {
+                        builder = with_cuda;
+                        info!(device = %device, "running on the CUDA execution provider");
+                        device
+                    }
+                    Err(e) => {
+                        warn!(device = %device, error = %e, "cannot use CUDA: running on CPU instead");
+                        builder = e.recover();
+                        Device::Cpu
+                    }
+                }
+            }
+        }
+    };
+    let session = builder
+        .commit_from_file(model)
+        .map_err(Error::ort("load model.onnx"))?;
+    Ok((session, device))
+}

@@ -1,0 +1,137 @@
+//! The `rpaflow.v1.Inference` gRPC service over an [`EngineHandle`].
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use rpaflow_proto::v1 as pb;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    engine::{Delivery, EngineHandle, Event, FinishReason, Finished, Timings},
+    error::Error,
+    params::GenerationParams,
+};
+
+#[derive(Debug, Clone)]
+pub struct InferenceService {
+    engine: EngineHandle,
+}
+
+impl InferenceService {
+    pub fn new(engine: EngineHandle) -> Self {
+        Self { engine }
+    }
+}
+
+impl From<FinishReason> for pb::FinishReason {
+    fn from(r: FinishReason) -> Self {
+        match r {
+            FinishReason::Length => pb::FinishReason::Length,
+            FinishReason::Eos => pb::FinishReason::Eos,
+            FinishReason::Stop => pb::FinishReason::Stop,
+        }
+    }
+}
+
+impl From<Timings> for pb::GenerationTimings {
+    fn from(t: Timings) -> Self {
+        pb::GenerationTimings {
+            queue_ms: t.queue.as_secs_f64() * 1e3,
+            time_to_first_token_ms: t.time_to_first_token.as_secs_f64() * 1e3,
+            total_ms: t.total.as_secs_f64() * 1e3,
+        }
+    }
+}
+
+impl From<&Finished> for pb::GenerateSummary {
+    fn from(f: &Finished) -> Self {
+        pb::GenerateSummary {
+            prompt_tokens: f.prompt_tokens,
+            generated_tokens: f.generated_tokens,
+            seed: f.seed,
+            timings: Some(f.timings.into()),
+        }
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::GenerateChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::inference_server::Inference for InferenceService {
+    async fn generate(
+        &self,
+        request: Request<pb::GenerateRequest>,
+    ) -> Result<Response<pb::GenerateResponse>, Status> {
+        let request = request.into_inner();
+        let params = GenerationParams::try_from(request.params)?;
+        let (_, mut events) = self
+            .engine
+            .submit(&request.prompt, params, Delivery::Whole)?;
+        // Dropping `events` (the client went away, the future is dropped) cancels the request.
+        match events.recv().await {
+            Some(Event::Completed(c)) => Ok(Response::new(pb::GenerateResponse {
+                text: c.text,
+                finish_reason: pb::FinishReason::from(c.finished.reason).into(),
+                prompt_tokens: c.finished.prompt_tokens,
+                generated_tokens: c.finished.generated_tokens,
+                token_ids: c.token_ids,
+                seed: c.finished.seed,
+                timings: Some(c.finished.timings.into()),
+            })),
+            Some(Event::Failed(e)) => Err(e.into()),
+            Some(Event::Token(_)) | None => Err(Error::NotRunning.into()),
+        }
+    }
+
+    type GenerateStreamStream = ChunkStream;
+
+    async fn generate_stream(
+        &self,
+        request: Request<pb::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        let request = request.into_inner();
+        let params = GenerationParams::try_from(request.params)?;
+        let (_, events) = self
+            .engine
+            .submit(&request.prompt, params, Delivery::Stream)?;
+        // When the client disconnects, tonic drops this stream and with it the receiver.
+        let chunks = UnboundedReceiverStream::new(events).map(|event| match event {
+            Event::Token(token) => Ok(pb::GenerateChunk {
+                token_id: token.token_id,
+                text: token.text,
+                finish_reason: token
+                    .finished
+                    .as_ref()
+                    .map(|f| pb::FinishReason::from(f.reason).into()),
+                summary: token.finished.as_ref().map(pb::GenerateSummary::from),
+            }),
+            Event::Failed(e) => Err(e.into()),
+            Event::Completed(_) => Err(Error::NotRunning.into()),
+        });
+        Ok(Response::new(Box::pin(chunks)))
+    }
+
+    async fn model_info(
+        &self,
+        _request: Request<pb::ModelInfoRequest>,
+    ) -> Result<Response<pb::ModelInfoResponse>, Status> {
+        let spec = self.engine.spec();
+        let config = self.engine.config();
+        Ok(Response::new(pb::ModelInfoResponse {
+            model_dir: spec.dir.display().to_string(),
+            layers: spec.layers as u32,
+            heads: spec.heads as u32,
+            hidden_size: spec.hidden as u32,
+            vocab_size: spec.vocab as u32,
+            max_positions: spec.max_positions as u32,
+            eos_token_id: spec.eos,
+            kv_dtype: spec.kv_dtype.as_str().into(),
+            device: spec.device.to_string(),
+            max_batch_size: config.max_batch_size as u32,
+            max_total_tokens: config.max_total_tokens as u32,
+            max_queue: config.max_queue as u32,
+            stats: Some((&self.engine.stats()).into()),
+        }))
+    }
+}
