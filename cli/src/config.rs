@@ -52,8 +52,11 @@ impl DevConfig {
         // Only variables for this configuration's sections: others (RPAFLOW_SERVER for the
         // client commands, RPAFLOW_CACHE for scripts, ...) are not configuration errors.
         let env = Env::prefixed("RPAFLOW_").split("__").filter(|key| {
+            // The key is `SECTION.FIELD` in the variable's case.
             let top = key.as_str().split('.').next().unwrap_or_default();
-            ["listen", "orchestrator", "worker", "telemetry"].contains(&top)
+            ["listen", "orchestrator", "worker", "telemetry"]
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(top))
         });
         figment = figment.merge(env);
         let config: Self = figment

@@ -28,7 +28,9 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(rpaflow_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .with_service_name("rpaflow.v1.FlowService")
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
         .build_v1()
         .expect("the descriptor sets compiled into the binary are valid");
     // Without TCP_NODELAY every streamed reply waits ~40 ms for Nagle's algorithm.
