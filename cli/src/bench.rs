@@ -55,7 +55,8 @@ struct Tracked {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let tmp = tempfile_dir()?;
-    let mut config = DevConfig::default();
+    // Defaults and RPAFLOW_* variables, as for `rpaflow dev`.
+    let mut config = DevConfig::load(None, figment::Figment::new())?;
     config.orchestrator.data_dir = args
         .data
         .clone()

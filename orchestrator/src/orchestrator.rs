@@ -42,7 +42,7 @@ impl Default for OrchestratorConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from(".rpaflow"),
-            arbiters: 2,
+            arbiters: 4,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_output_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
         }
