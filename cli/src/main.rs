@@ -43,6 +43,9 @@ enum Command {
     /// Start, inspect, watch, cancel, retry and answer runs.
     #[command(subcommand)]
     Run(client::RunCommand),
+    /// Approval steps waiting for a person.
+    #[command(subcommand)]
+    Approvals(client::ApprovalsCommand),
     /// Measure the embedded orchestrator: N runs of K no-op steps, C at a time.
     Bench(bench::BenchArgs),
     /// Serve a GPT-2 model (ONNX, Hugging Face Optimum layout) over gRPC.
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Flow(cmd) => client::flow(cmd).await,
             Command::Run(cmd) => client::run(cmd).await,
+            Command::Approvals(cmd) => client::approvals(cmd).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Inference(args) => inference(args).await,
             Command::Generate(args) => rpaflow_inference_node::cli::generate(args)

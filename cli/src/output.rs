@@ -5,7 +5,7 @@ use std::time::Duration;
 use rpaflow_proto::v1 as pb;
 use serde_json::{Value as Json, json};
 
-fn ms_to_rfc3339(ms: i64) -> String {
+pub fn ms_to_rfc3339(ms: i64) -> String {
     if ms <= 0 {
         return String::new();
     }
@@ -191,4 +191,16 @@ pub fn flow_text(f: &pb::Flow) -> String {
         out.push_str(&format!("  step {:<20} {:<10}{needs}\n", s.id, s.uses));
     }
     out.trim_end().to_owned()
+}
+
+pub fn approval_json(a: &pb::Approval) -> Json {
+    json!({
+        "run_id": a.run_id,
+        "flow": a.flow,
+        "flow_version": a.flow_version,
+        "step_id": a.step_id,
+        "message": a.message,
+        "requested_at": ms_to_rfc3339(a.requested_at_ms),
+        "deadline": if a.deadline_ms > 0 { Json::String(ms_to_rfc3339(a.deadline_ms)) } else { Json::Null },
+    })
 }

@@ -161,6 +161,9 @@ impl Handler<Deliver> for RunActor {
             }
             return AtomicResponse::new(Box::pin(fut::ready(Ok(()))));
         }
+        if let Err(err) = self.shared.track_approvals(&self.state, &events) {
+            warn!(run_id = %self.state.run_id, error = %err, "cannot update the pending approvals");
+        }
         let actions = self.state.actions_for(&events);
         let status_changed = events.iter().any(|e| e.kind.changes_run_status());
         let summary = status_changed.then(|| self.shared.summary(&self.state));

@@ -233,6 +233,16 @@ impl FlowService for Api {
         Ok(Response::new(convert::run(&state)))
     }
 
+    async fn list_approvals(
+        &self,
+        req: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        let approvals = self.handle.list_approvals(&req.into_inner().flow)?;
+        Ok(Response::new(pb::ListApprovalsResponse {
+            approvals: approvals.iter().map(convert::approval).collect(),
+        }))
+    }
+
     type WatchRunStream = EventStream;
 
     async fn watch_run(

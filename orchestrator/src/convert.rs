@@ -5,7 +5,7 @@ use serde_json::Value as Json;
 
 use crate::orchestrator::FlowView;
 use crate::state::{ErrorInfo, EventKind, RunEvent, RunState, RunStatus, StepStatus};
-use crate::store::RunSummary;
+use crate::store::{PendingApproval, RunSummary};
 
 pub fn run_status(status: RunStatus) -> pb::RunStatus {
     match status {
@@ -189,5 +189,17 @@ fn describe(kind: &EventKind) -> String {
         EventKind::RunFailed { error, .. } => {
             format!("run failed: {} ({})", error.message, error.code)
         }
+    }
+}
+
+pub fn approval(a: &PendingApproval) -> pb::Approval {
+    pb::Approval {
+        run_id: a.run_id.clone(),
+        flow: a.flow.clone(),
+        flow_version: a.version,
+        step_id: a.step.clone(),
+        message: a.message.clone(),
+        requested_at_ms: a.requested_at_ms,
+        deadline_ms: a.deadline_ms.unwrap_or(0),
     }
 }

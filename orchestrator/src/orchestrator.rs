@@ -23,7 +23,7 @@ use crate::registry::{Registered, Registry};
 use crate::state::{
     DEFAULT_MAX_PAYLOAD_BYTES, ErrorInfo, EventKind, Input, RunEvent, RunState, RunStatus, TaskSpec,
 };
-use crate::store::{Created, FlowRecord, RunSummary, Store};
+use crate::store::{Created, FlowRecord, PendingApproval, RunSummary, Store};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -72,6 +72,42 @@ impl Shared {
             idempotency_key: state.idempotency_key.clone(),
             error: state.error.clone(),
         }
+    }
+
+    /// Keeps the store's list of pending approvals in step with `events` (written before, and
+    /// made durable with, the events' commit).
+    pub(crate) fn track_approvals(&self, state: &RunState, events: &[RunEvent]) -> Result<()> {
+        for event in events {
+            match &event.kind {
+                EventKind::ApprovalRequested {
+                    step,
+                    message,
+                    deadline_ms,
+                } => {
+                    self.store.put_approval(&PendingApproval {
+                        run_id: state.run_id.clone(),
+                        flow: state.flow.name.clone(),
+                        version: state.flow_version,
+                        step: step.clone(),
+                        message: message.clone(),
+                        requested_at_ms: event.at_ms,
+                        deadline_ms: *deadline_ms,
+                    })?;
+                }
+                EventKind::StepFinished { step, .. } => {
+                    self.store.remove_approval(&state.run_id, step)?
+                }
+                EventKind::RunCancelled { .. } | EventKind::RunFailed { .. } => {
+                    for (def, st) in state.flow.steps.iter().zip(&state.steps) {
+                        if def.uses == "approval" && st.status.is_finished() {
+                            self.store.remove_approval(&state.run_id, &def.id)?;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn publish(&self, run_id: &str, events: Vec<RunEvent>) {
@@ -377,6 +413,7 @@ impl OrchestratorHandle {
         let mut state = RunState::new(&run_id, flow, version);
         state.max_payload_bytes = shared.config.max_payload_bytes;
         let events = state.start(inputs, req.idempotency_key.clone(), now_ms());
+        shared.track_approvals(&state, &events)?;
         match shared
             .store
             .create_run(&shared.summary(&state), &events)
@@ -494,6 +531,11 @@ impl OrchestratorHandle {
             }
         }
         self.get_run(run_id).await
+    }
+
+    /// Approval steps waiting for a person, oldest run first.
+    pub fn list_approvals(&self, flow: &str) -> Result<Vec<PendingApproval>> {
+        self.shared.store.approvals(flow)
     }
 
     /// Every batch of events of every run, as each becomes durable: `(run_id, events)`.

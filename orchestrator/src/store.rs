@@ -47,6 +47,18 @@ impl RunSummary {
     }
 }
 
+/// An approval step waiting for a person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingApproval {
+    pub run_id: String,
+    pub flow: String,
+    pub version: u32,
+    pub step: String,
+    pub message: String,
+    pub requested_at_ms: i64,
+    pub deadline_ms: Option<i64>,
+}
+
 /// The outcome of creating a run with an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Created {
@@ -72,6 +84,8 @@ struct Inner {
     events: sled::Tree,
     idempotency: sled::Tree,
     active: sled::Tree,
+    /// Pending approvals by `run_id \0 step`.
+    approvals: sled::Tree,
     flusher: Option<std_mpsc::Sender<oneshot::Sender<Result<()>>>>,
     flusher_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -135,12 +149,13 @@ impl Store {
             })?;
         let tree = |name: &str| db.open_tree(name).map_err(storage("open tree"));
         let (flusher, requests) = std_mpsc::channel::<oneshot::Sender<Result<()>>>();
-        let (flows, runs, events, idempotency, active) = (
+        let (flows, runs, events, idempotency, active, approvals) = (
             tree("flows")?,
             tree("runs")?,
             tree("events")?,
             tree("idempotency")?,
             tree("active")?,
+            tree("approvals")?,
         );
         let flusher_thread = std::thread::Builder::new()
             .name("rpaflow-flusher".into())
@@ -152,6 +167,7 @@ impl Store {
             events,
             idempotency,
             active,
+            approvals,
             flusher: Some(flusher),
             flusher_thread: Some(flusher_thread),
         };
@@ -308,6 +324,39 @@ impl Store {
             }
         }
         self.commit().await
+    }
+
+    /// Records a pending approval; durable with the next commit.
+    pub fn put_approval(&self, approval: &PendingApproval) -> Result<()> {
+        let key = [approval.run_id.as_bytes(), &[0], approval.step.as_bytes()].concat();
+        self.inner
+            .approvals
+            .insert(key, encode(approval)?)
+            .map_err(storage("put approval"))?;
+        Ok(())
+    }
+
+    /// Forgets a pending approval; durable with the next commit.
+    pub fn remove_approval(&self, run_id: &str, step: &str) -> Result<()> {
+        let key = [run_id.as_bytes(), &[0], step.as_bytes()].concat();
+        self.inner
+            .approvals
+            .remove(key)
+            .map_err(storage("remove approval"))?;
+        Ok(())
+    }
+
+    /// Pending approvals, oldest run first, of one flow or (with `""`) of all.
+    pub fn approvals(&self, flow: &str) -> Result<Vec<PendingApproval>> {
+        let mut out = Vec::new();
+        for entry in self.inner.approvals.iter() {
+            let (_, value) = entry.map_err(storage("scan approvals"))?;
+            let approval: PendingApproval = decode(&value, "approval")?;
+            if flow.is_empty() || approval.flow == flow {
+                out.push(approval);
+            }
+        }
+        Ok(out)
     }
 
     fn write_events(&self, run_id: &str, events: &[RunEvent]) -> Result<()> {

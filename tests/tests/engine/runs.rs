@@ -346,6 +346,25 @@ async fn an_approval_waits_for_a_person_answering_through_the_cli() {
     );
 
     let url = dev.url();
+    // The person sees what waits for them.
+    let listed = rpaflow(
+        &["approvals", "list", "--output", "json", "--server", &url],
+        CLI_TIMEOUT,
+    )
+    .await;
+    listed.expect_success();
+    let pending: serde_json::Value = serde_json::from_str(listed.stdout.trim())
+        .unwrap_or_else(|e| panic!("approvals list is not JSON ({e}):\n{listed}"));
+    let mine: Vec<&serde_json::Value> = pending
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|a| a["run_id"] == json!(id))
+        .collect();
+    assert_eq!(mine.len(), 1, "{listed}");
+    assert_eq!(mine[0]["step_id"], json!("ok"), "{listed}");
+    assert_eq!(mine[0]["flow"], json!("needs-ok"), "{listed}");
+
     let out = rpaflow(
         &[
             "run",
@@ -365,6 +384,15 @@ async fn an_approval_waits_for_a_person_answering_through_the_cli() {
     .await;
     out.expect_success();
     let run = dev.wait_succeeded(&id, RUN_TIMEOUT).await;
+    let listed = rpaflow(
+        &["approvals", "list", "--output", "json", "--server", &url],
+        CLI_TIMEOUT,
+    )
+    .await;
+    assert!(
+        !listed.stdout.contains(&id),
+        "an answered approval is still listed:\n{listed}"
+    );
     assert_eq!(
         outputs(&run),
         json!({"approved": true, "by": "ada"}),
