@@ -245,6 +245,14 @@ async fn stop(
 /// Prints the run's events as they happen; returns how the run ended.
 pub async fn follow(handle: &OrchestratorHandle, run_id: &str) -> anyhow::Result<RunStatus> {
     let started = Instant::now();
+    // What `log` steps say is shown in the progress, as a person running a flow expects.
+    let flow = handle.get_run(run_id).await?.flow;
+    let log_steps: std::collections::HashSet<&str> = flow
+        .steps
+        .iter()
+        .filter(|s| s.uses == "log")
+        .map(|s| s.id.as_str())
+        .collect();
     let mut events = Box::pin(handle.watch_run(run_id, 1)?);
     let mut status = RunStatus::Running;
     while let Some(event) = events.next().await {
@@ -256,7 +264,18 @@ pub async fn follow(handle: &OrchestratorHandle, run_id: &str) -> anyhow::Result
             EventKind::RunRetried { .. } => status = RunStatus::Running,
             _ => {}
         }
-        let pb = rpaflow_orchestrator::event_to_pb(run_id, &event);
+        let mut pb = rpaflow_orchestrator::event_to_pb(run_id, &event);
+        if let EventKind::TaskSucceeded {
+            step, output: out, ..
+        } = &event.kind
+        {
+            if let (true, Some(message)) = (
+                log_steps.contains(step.as_str()),
+                out.get("message").and_then(|m| m.as_str()),
+            ) {
+                pb.message = format!("log: {message}");
+            }
+        }
         println!("{}", output::event_line(&pb, started.elapsed()));
     }
     Ok(status)
