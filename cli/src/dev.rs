@@ -268,13 +268,12 @@ pub async fn follow(handle: &OrchestratorHandle, run_id: &str) -> anyhow::Result
         if let EventKind::TaskSucceeded {
             step, output: out, ..
         } = &event.kind
-        {
-            if let (true, Some(message)) = (
+            && let (true, Some(message)) = (
                 log_steps.contains(step.as_str()),
                 out.get("message").and_then(|m| m.as_str()),
-            ) {
-                pb.message = format!("log: {message}");
-            }
+            )
+        {
+            pb.message = format!("log: {message}");
         }
         println!("{}", output::event_line(&pb, started.elapsed()));
     }
