@@ -46,6 +46,9 @@ enum Command {
     /// Approval steps waiting for a person.
     #[command(subcommand)]
     Approvals(client::ApprovalsCommand),
+    /// Secrets that flows read as `{{ secrets.NAME }}`.
+    #[command(subcommand)]
+    Secret(client::SecretCommand),
     /// Measure the embedded orchestrator: N runs of K no-op steps, C at a time.
     Bench(bench::BenchArgs),
     /// Serve a GPT-2 model (ONNX, Hugging Face Optimum layout) over gRPC.
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
             Command::Flow(cmd) => client::flow(cmd).await,
             Command::Run(cmd) => client::run(cmd).await,
             Command::Approvals(cmd) => client::approvals(cmd).await,
+            Command::Secret(cmd) => client::secret(cmd).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Inference(args) => inference(args).await,
             Command::Generate(args) => rpaflow_inference_node::cli::generate(args)

@@ -5,12 +5,14 @@
 //! - [`flow`]: flow definitions: the model, parsing with positioned diagnostics, Mermaid.
 //! - [`expr`]: the expression language (MiniJinja) for templates, conditions and transforms.
 //! - [`bus`]: the [`bus::StepBus`] / [`bus::TaskSource`] contract and the in-process bus.
+//! - [`secrets`]: secret markers in step inputs, revealing and masking them.
 //! - [`telemetry`]: logging set-up.
 //! - [`time`]: wall-clock helpers.
 
 pub mod bus;
 pub mod expr;
 pub mod flow;
+pub mod secrets;
 pub mod telemetry;
 
 pub mod time {

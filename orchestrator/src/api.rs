@@ -243,6 +243,42 @@ impl FlowService for Api {
         }))
     }
 
+    async fn set_secret(
+        &self,
+        req: Request<pb::SetSecretRequest>,
+    ) -> Result<Response<pb::Secret>, Status> {
+        let req = req.into_inner();
+        let info = self.handle.set_secret(&req.name, &req.value).await?;
+        Ok(Response::new(pb::Secret {
+            name: info.name,
+            updated_at_ms: info.updated_at_ms,
+        }))
+    }
+
+    async fn delete_secret(
+        &self,
+        req: Request<pb::DeleteSecretRequest>,
+    ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
+        let deleted = self.handle.delete_secret(&req.into_inner().name).await?;
+        Ok(Response::new(pb::DeleteSecretResponse { deleted }))
+    }
+
+    async fn list_secrets(
+        &self,
+        _: Request<pb::ListSecretsRequest>,
+    ) -> Result<Response<pb::ListSecretsResponse>, Status> {
+        let secrets = self
+            .handle
+            .list_secrets()?
+            .into_iter()
+            .map(|s| pb::Secret {
+                name: s.name,
+                updated_at_ms: s.updated_at_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::ListSecretsResponse { secrets }))
+    }
+
     type WatchRunStream = EventStream;
 
     async fn watch_run(

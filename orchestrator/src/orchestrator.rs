@@ -23,7 +23,7 @@ use crate::registry::{Registered, Registry};
 use crate::state::{
     DEFAULT_MAX_PAYLOAD_BYTES, ErrorInfo, EventKind, Input, RunEvent, RunState, RunStatus, TaskSpec,
 };
-use crate::store::{Created, FlowRecord, PendingApproval, RunSummary, Store};
+use crate::store::{Created, FlowRecord, PendingApproval, RunSummary, SecretInfo, Store};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -122,7 +122,20 @@ impl Shared {
     }
 
     pub(crate) fn task(&self, state: &RunState, spec: TaskSpec) -> pb::Task {
+        // The values of the secrets the input refers to; a missing one is reported by the
+        // worker, naming it, when it puts the values in place.
+        let secrets = rpaflow_core::secrets::referenced(&spec.input)
+            .into_iter()
+            .filter_map(|name| match self.store.secret(&name) {
+                Ok(value) => value.map(|v| (name, v)),
+                Err(err) => {
+                    warn!(run_id = %state.run_id, secret = %name, error = %err, "cannot read secret");
+                    None
+                }
+            })
+            .collect();
         pb::Task {
+            secrets,
             run_id: state.run_id.clone(),
             step_id: spec.step,
             item: spec.item,
@@ -531,6 +544,30 @@ impl OrchestratorHandle {
             }
         }
         self.get_run(run_id).await
+    }
+
+    /// Stores a secret (flows read it as `{{ secrets.NAME }}` in `with`).
+    pub async fn set_secret(&self, name: &str, value: &str) -> Result<SecretInfo> {
+        if !rpaflow_core::secrets::valid_name(name) {
+            return Err(Error::InvalidArgument(format!(
+                "secret name `{name}` must start with a letter or `_` and use only letters, digits and `_`"
+            )));
+        }
+        if value.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "secret `{name}` needs a value"
+            )));
+        }
+        self.shared.store.put_secret(name, value).await
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> Result<bool> {
+        self.shared.store.delete_secret(name).await
+    }
+
+    /// Secret names and update times, never values.
+    pub fn list_secrets(&self) -> Result<Vec<SecretInfo>> {
+        self.shared.store.secrets()
     }
 
     /// Approval steps waiting for a person, oldest run first.

@@ -59,6 +59,21 @@ pub struct PendingApproval {
     pub deadline_ms: Option<i64>,
 }
 
+/// A secret as the API shows it: no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretInfo {
+    pub name: String,
+    pub updated_at_ms: i64,
+}
+
+/// A secret as stored. Values are kept in clear in the data directory (its file permissions are
+/// the protection); encryption at rest is not built.
+#[derive(Serialize, Deserialize)]
+struct StoredSecret {
+    value: String,
+    updated_at_ms: i64,
+}
+
 /// The outcome of creating a run with an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Created {
@@ -86,6 +101,8 @@ struct Inner {
     active: sled::Tree,
     /// Pending approvals by `run_id \0 step`.
     approvals: sled::Tree,
+    /// Secret values by name.
+    secrets: sled::Tree,
     flusher: Option<std_mpsc::Sender<oneshot::Sender<Result<()>>>>,
     flusher_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -157,6 +174,7 @@ impl Store {
             tree("active")?,
             tree("approvals")?,
         );
+        let secrets = tree("secrets")?;
         let flusher_thread = std::thread::Builder::new()
             .name("rpaflow-flusher".into())
             .spawn(move || group_flush(&db, &requests))
@@ -168,6 +186,7 @@ impl Store {
             idempotency,
             active,
             approvals,
+            secrets,
             flusher: Some(flusher),
             flusher_thread: Some(flusher_thread),
         };
@@ -324,6 +343,65 @@ impl Store {
             }
         }
         self.commit().await
+    }
+
+    /// Stores a secret's value, durably.
+    pub async fn put_secret(&self, name: &str, value: &str) -> Result<SecretInfo> {
+        let info = SecretInfo {
+            name: name.to_owned(),
+            updated_at_ms: rpaflow_core::time::now_ms(),
+        };
+        let record = StoredSecret {
+            value: value.to_owned(),
+            updated_at_ms: info.updated_at_ms,
+        };
+        self.inner
+            .secrets
+            .insert(name.as_bytes(), encode(&record)?)
+            .map_err(storage("put secret"))?;
+        self.commit().await?;
+        Ok(info)
+    }
+
+    /// Deletes a secret, durably; false when there was none.
+    pub async fn delete_secret(&self, name: &str) -> Result<bool> {
+        let existed = self
+            .inner
+            .secrets
+            .remove(name.as_bytes())
+            .map_err(storage("delete secret"))?
+            .is_some();
+        self.commit().await?;
+        Ok(existed)
+    }
+
+    /// A secret's value.
+    pub fn secret(&self, name: &str) -> Result<Option<String>> {
+        match self
+            .inner
+            .secrets
+            .get(name.as_bytes())
+            .map_err(storage("get secret"))?
+        {
+            Some(bytes) => decode::<StoredSecret>(&bytes, "secret").map(|s| Some(s.value)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every secret's name and update time, by name (never the values).
+    pub fn secrets(&self) -> Result<Vec<SecretInfo>> {
+        self.inner
+            .secrets
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(storage("scan secrets"))?;
+                let stored: StoredSecret = decode(&value, "secret")?;
+                Ok(SecretInfo {
+                    name: String::from_utf8_lossy(&key).into_owned(),
+                    updated_at_ms: stored.updated_at_ms,
+                })
+            })
+            .collect()
     }
 
     /// Records a pending approval; durable with the next commit.

@@ -144,6 +144,8 @@ pub mod codes {
     pub const HTTP_CONNECT: &str = "http_connect";
     /// The executor failed in a way that is a bug (a panic, for instance).
     pub const INTERNAL: &str = "internal";
+    /// The input refers to a secret that is not set.
+    pub const SECRET_MISSING: &str = "secret_missing";
 }
 
 /// Why a step attempt failed: a short code, a message for people, and whether trying again may

@@ -286,7 +286,12 @@ impl Shared {
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let started_at_ms = now_ms();
             let started = Instant::now();
-            let outcome = self.execute(&task, cancel.token()).await;
+            let mut outcome = self.execute(&task, cancel.token()).await;
+            // Error messages may quote a secret (an API echoing a header, say): masked before
+            // they are logged or sent back.
+            if let Err(err) = &mut outcome {
+                err.message = rpaflow_core::secrets::redact_str(&err.message, &task.secrets);
+            }
             let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             match &outcome {
                 Ok(_) => {
@@ -343,7 +348,13 @@ impl Shared {
         let Some(executor) = self.registry.get(&task.kind) else {
             return Err(StepError::unknown_kind(&task.kind, &self.registry.kinds()));
         };
-        let input = parse_input(&task.input_json)?;
+        let mut input = parse_input(&task.input_json)?;
+        rpaflow_core::secrets::reveal(&mut input, &task.secrets).map_err(|name| {
+            StepError::permanent(
+                crate::codes::SECRET_MISSING,
+                format!("secret `{name}` is not set (set it with `rpaflow secret set {name}`)"),
+            )
+        })?;
         let ctx = TaskContext::from_task(
             task,
             self.config.default_timeout,
@@ -365,6 +376,8 @@ impl Shared {
                 Ok(Ok(result)) => result?,
             },
         };
+        let mut output = output;
+        rpaflow_core::secrets::redact(&mut output, &task.secrets);
         encode_output(&output, ctx.max_output_bytes)
     }
 }

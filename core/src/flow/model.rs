@@ -30,6 +30,9 @@ pub struct Flow {
     pub steps: Vec<Step>,
     /// Output templates rendered when the run succeeds.
     pub outputs: BTreeMap<String, Json>,
+    /// The secrets the steps read (`secrets.NAME` in `with`).
+    #[serde(default)]
+    pub secrets: std::collections::BTreeSet<String>,
 }
 
 impl Flow {

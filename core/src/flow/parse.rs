@@ -52,6 +52,7 @@ pub fn parse(file: &str, source: &str) -> Result<Flow, Diagnostics> {
     let mut p = Parser {
         file,
         diags: Vec::new(),
+        secrets: BTreeSet::new(),
     };
     let options = LoaderOptions::default()
         .error_on_duplicate_keys(true)
@@ -118,6 +119,8 @@ struct Defaults {
 struct Parser<'a> {
     file: &'a str,
     diags: Vec<Diagnostic>,
+    /// The secrets read by the flow's steps.
+    secrets: BTreeSet<String>,
 }
 
 /// Where a step's expressions are checked: what names they may read.
@@ -128,6 +131,8 @@ struct Scope<'s> {
     all_steps: &'s BTreeSet<String>,
     item: bool,
     output: bool,
+    /// True in a step's `with`, the only place secrets may be read.
+    secrets: bool,
 }
 
 impl<'a> Parser<'a> {
@@ -313,8 +318,10 @@ impl<'a> Parser<'a> {
             inputs,
             steps,
             outputs,
+            secrets: BTreeSet::new(),
         };
         self.check_graph(&mut flow, map);
+        flow.secrets = std::mem::take(&mut self.secrets);
         Some(flow)
     }
 
@@ -742,6 +749,7 @@ impl<'a> Parser<'a> {
                 all_steps: &all,
                 item,
                 output,
+                secrets: false,
             };
             let in_loop = step.for_each.is_some();
             if let Some(cond) = &step.condition {
@@ -772,7 +780,11 @@ impl<'a> Parser<'a> {
                 );
             }
             if let Some(with) = node_of(&step.id).and_then(|m| m.get_node("with")) {
-                self.check_templates_in(with, &scope(in_loop, false));
+                let scope = Scope {
+                    secrets: true,
+                    ..scope(in_loop, false)
+                };
+                self.check_templates_in(with, &scope);
             }
         }
         if let Some(outputs) = map.get_node("outputs") {
@@ -782,6 +794,7 @@ impl<'a> Parser<'a> {
                 all_steps: &all,
                 item: false,
                 output: false,
+                secrets: false,
             };
             self.check_templates_in(outputs, &scope);
         }
@@ -823,6 +836,16 @@ impl<'a> Parser<'a> {
                 _ if expr::is_global(root) => {}
                 "item" | "index" if scope.item => {}
                 "output" if scope.output => {}
+                "secrets" if !scope.secrets => self.err(
+                    span,
+                    format!("{what} reads `secrets`: secrets may only be read in a step's `with`, so that their values never reach run records"),
+                ),
+                "secrets" => match parts.next() {
+                    Some(name) if crate::secrets::valid_name(name) => {
+                        self.secrets.insert(name.to_owned());
+                    }
+                    _ => self.err(span, format!("{what} must read one secret at a time, as `secrets.NAME`")),
+                },
                 "steps" => {
                     let Some(target) = parts.next() else { continue };
                     if !scope.all_steps.contains(target) {
@@ -1154,6 +1177,32 @@ steps:
             "{err}"
         );
         assert!(err.contains("reads unknown name `item`"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_read_only_in_with() {
+        let src = "name: s
+steps:
+  - { id: a, uses: http, with: { headers: { Authorization: 'Bearer {{ secrets.API_TOKEN }}' } } }
+  - { id: b, uses: log, needs: a, if: 'secrets.API_TOKEN', with: { m: x } }
+outputs: { leak: '{{ secrets.API_TOKEN }}' }
+";
+        let err = parse("s.yaml", src).unwrap_err().to_string();
+        assert_eq!(err.lines().count(), 2, "{err}");
+        assert!(
+            err.contains("s.yaml:4:") && err.contains("`if` reads `secrets`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("s.yaml:5:") && err.contains("template reads `secrets`"),
+            "{err}"
+        );
+        let ok = parse(
+            "s.yaml",
+            "name: s\nsteps:\n  - { id: a, uses: http, with: { t: '{{ secrets.API_TOKEN }}' } }\n",
+        )
+        .unwrap();
+        assert_eq!(ok.secrets, BTreeSet::from(["API_TOKEN".to_owned()]));
     }
 
     #[test]
