@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "error: cargo is not installed" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "error: python3 is needed by the end-to-end tests" >&2; exit 1; }
 
+# PostgreSQL for the sql executor's tests (started when it is down).
+scripts/setup-postgres.sh >/dev/null
+
 # The end-to-end tests run the rpaflow binary as a separate process: build it first.
 cargo build --locked -p rpaflow-cli --bin rpaflow
 cargo test --locked --workspace --no-fail-fast "$@"

@@ -261,7 +261,9 @@ impl Registry {
             .register(executors::SleepExecutor)
             .register(executors::LogExecutor)
             .register(executors::EchoExecutor)
-            .register(executors::LlmExecutor::unconfigured());
+            .register(executors::LlmExecutor::unconfigured())
+            .register(executors::SqlExecutor::new())
+            .register(executors::NotifyExecutor::with_default_client()?);
         Ok(registry)
     }
 
@@ -348,7 +350,7 @@ mod tests {
         let registry = Registry::builtin().unwrap();
         assert_eq!(
             registry.kinds(),
-            ["echo", "http", "llm", "log", "sleep", "transform"]
+            ["echo", "http", "llm", "log", "notify", "sleep", "sql", "transform"]
         );
         // The flow validator accepts exactly the kinds the workers ship.
         let mut validated = rpaflow_core::flow::WORKER_KINDS.to_vec();

@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 pub const ORCHESTRATOR_KINDS: &[&str] = &["approval"];
 
 /// Step kinds the workers of this release ship.
-pub const WORKER_KINDS: &[&str] = &["http", "transform", "sleep", "log", "echo", "llm"];
+pub const WORKER_KINDS: &[&str] = &["http", "transform", "sleep", "log", "echo", "llm", "sql", "notify"];
 
 /// The queue (worker pool) a step runs on when it names none.
 pub const DEFAULT_QUEUE: &str = "default";

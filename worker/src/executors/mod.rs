@@ -8,13 +8,17 @@
 //! | [`log`] | writes a message to the worker's log |
 //! | [`echo`] | returns its input (computes values, benchmarks) |
 //! | [`llm`] | generates text on an inference node (registered when one is configured) |
+//! | [`sql`] | queries and writes PostgreSQL, one transaction per step |
+//! | [`notify`] | sends a signed webhook or an e-mail over SMTP |
 
 pub mod echo;
 pub mod http;
 pub mod input;
 pub mod llm;
 pub mod log;
+pub mod notify;
 pub mod sleep;
+pub mod sql;
 pub mod transform;
 
 pub use echo::EchoExecutor;
@@ -22,5 +26,7 @@ pub use http::{HttpConfig, HttpExecutor};
 pub use input::Input;
 pub use llm::LlmExecutor;
 pub use log::LogExecutor;
+pub use notify::{NotifyExecutor, SmtpConfig};
 pub use sleep::SleepExecutor;
+pub use sql::SqlExecutor;
 pub use transform::TransformExecutor;

@@ -1,0 +1,218 @@
+//! `notify` by webhook: a JSON POST, signed when the step gives a secret.
+
+use std::error::Error as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, KeyInit, Mac};
+use reqwest::header::CONTENT_TYPE;
+use reqwest::{StatusCode, Url};
+use serde_json::{Value as Json, json};
+use sha2::Sha256;
+
+use super::codes;
+use crate::executors::Input;
+use crate::{StepError, TaskContext};
+
+const FIELDS: [&str; 4] = ["channel", "url", "body", "secret"];
+pub(super) const SIGNATURE: &str = "x-rpaflow-signature";
+pub(super) const TIMESTAMP: &str = "x-rpaflow-timestamp";
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// How much of a refusing response's body goes into the error message.
+const SNIPPET_CHARS: usize = 300;
+
+/// `sha256=<hex HMAC-SHA256 of body under secret>`.
+pub(super) fn signature(secret: &[u8], body: &[u8]) -> String {
+    // HMAC takes keys of any length, so this cannot fail.
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("hmac accepts keys of any length"));
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+pub(super) async fn send(
+    client: &reqwest::Client,
+    ctx: &TaskContext,
+    input: &Input<'_>,
+) -> Result<Json, StepError> {
+    input.deny_unknown(&FIELDS)?;
+    let url = Url::parse(input.required_str("url")?.trim())
+        .map_err(|e| StepError::invalid_input(format!("`url` is not a valid URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(StepError::invalid_input(format!(
+            "`url` must be http or https, not `{}`",
+            url.scheme()
+        )));
+    }
+    let target = target(&url);
+    let body = serde_json::to_vec(input.required("body")?)
+        .map_err(|e| StepError::internal(format!("could not serialize `body`: {e}")))?;
+    let mut request = client
+        .post(url)
+        .header(CONTENT_TYPE, "application/json")
+        .header(IDEMPOTENCY_KEY, ctx.idempotency_key());
+    if let Some(secret) = input.str("secret")? {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        request = request
+            .header(TIMESTAMP, now.to_string())
+            .header(SIGNATURE, signature(secret.as_bytes(), &body));
+    }
+    let response = request
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| transport_error(e, &target))?;
+    let status = response.status();
+    if !status.is_success() {
+        let text = response.text().await.unwrap_or_default();
+        let text = text.trim();
+        let mut message = format!("{target} answered {status}");
+        if !text.is_empty() {
+            let snippet: String = text.chars().take(SNIPPET_CHARS).collect();
+            message.push_str(&format!(": {snippet}"));
+        }
+        let retryable = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
+        return Err(StepError::new(codes::NOTIFY_FAILED, message, retryable));
+    }
+    Ok(json!({"status": status.as_u16()}))
+}
+
+/// A request that could not be sent, with its causes but without the URL (it may hold secrets).
+fn transport_error(err: reqwest::Error, target: &str) -> StepError {
+    let err = err.without_url();
+    let mut detail = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    StepError::retryable(codes::NOTIFY_FAILED, format!("{target} failed: {detail}"))
+}
+
+/// The webhook as messages name it: `POST` and the URL without query or credentials.
+fn target(url: &Url) -> String {
+    let mut url = url.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    // Both only fail for URLs that cannot have credentials, which then have none.
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    format!("POST {url}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::Router;
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode as AxumStatus};
+    use axum::routing::post;
+
+    use super::*;
+    use crate::Executor;
+    use crate::executors::notify::NotifyExecutor;
+
+    /// What the receiver saw: headers and the raw body bytes.
+    type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+
+    async fn receiver() -> (String, Seen) {
+        let seen: Seen = Arc::default();
+        async fn hook(State(seen): State<Seen>, headers: HeaderMap, body: Bytes) -> AxumStatus {
+            seen.lock().unwrap().push((headers, body));
+            AxumStatus::NO_CONTENT
+        }
+        async fn broken() -> (AxumStatus, &'static str) {
+            (AxumStatus::INTERNAL_SERVER_ERROR, "database is down")
+        }
+        async fn gone() -> AxumStatus {
+            AxumStatus::GONE
+        }
+        let app = Router::new()
+            .route("/hook", post(hook))
+            .route("/broken", post(broken))
+            .route("/gone", post(gone))
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn ctx() -> TaskContext {
+        let mut ctx = TaskContext::new("run-9", "tell");
+        ctx.attempt = 2;
+        ctx
+    }
+
+    #[tokio::test]
+    async fn signs_the_exact_body_and_sends_the_idempotency_key() {
+        let (base, seen) = receiver().await;
+        let executor = NotifyExecutor::with_default_client().unwrap();
+        let out = executor
+            .execute(
+                &ctx(),
+                json!({"channel": "webhook", "url": format!("{base}/hook?token=t"),
+                       "body": {"ticket": 42, "text": "Grüße, \"quoted\""}, "secret": "s3cret"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out, json!({"status": 204}));
+        let seen = seen.lock().unwrap();
+        let (headers, body) = &seen[0];
+        let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
+        // The receiver's check: HMAC-SHA256 of the raw bytes it read, under the shared secret.
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(b"s3cret").unwrap();
+        mac.update(body);
+        let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(header(SIGNATURE), expected);
+        assert_ne!(header(SIGNATURE), signature(b"other", body));
+        assert!(header(TIMESTAMP).parse::<u64>().unwrap() > 1_700_000_000);
+        assert_eq!(header("idempotency-key"), "run-9/tell/2");
+        assert_eq!(header("content-type"), "application/json");
+        let sent: Json = serde_json::from_slice(body).unwrap();
+        assert_eq!(sent, json!({"ticket": 42, "text": "Grüße, \"quoted\""}));
+    }
+
+    #[tokio::test]
+    async fn unsigned_without_a_secret() {
+        let (base, seen) = receiver().await;
+        let executor = NotifyExecutor::with_default_client().unwrap();
+        executor
+            .execute(
+                &ctx(),
+                json!({"channel": "webhook", "url": format!("{base}/hook"), "body": [1]}),
+            )
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap();
+        assert!(seen[0].0.get(SIGNATURE).is_none());
+        assert_eq!(&seen[0].1[..], b"[1]");
+    }
+
+    #[tokio::test]
+    async fn refusals_fail_and_say_whether_to_retry() {
+        let (base, _) = receiver().await;
+        let executor = NotifyExecutor::with_default_client().unwrap();
+        let ctx = ctx();
+        let call = |path: &str| {
+            executor.execute(
+                &ctx,
+                json!({"channel": "webhook", "url": format!("{base}{path}?key=hidden"),
+                       "body": {}, "secret": "s3cret"}),
+            )
+        };
+        let err = call("/broken").await.unwrap_err();
+        assert_eq!(err.code, "notify_failed");
+        assert!(err.retryable);
+        assert!(err.message.contains("500"), "{}", err.message);
+        assert!(err.message.contains("database is down"), "{}", err.message);
+        assert!(!err.message.contains("hidden") && !err.message.contains("s3cret"));
+        let err = call("/gone").await.unwrap_err();
+        assert_eq!(err.code, "notify_failed");
+        assert!(!err.retryable);
+    }
+}
