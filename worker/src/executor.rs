@@ -27,6 +27,9 @@ pub trait Executor: Send + Sync {
 
     /// Runs one attempt of a step with its rendered inputs and returns its output.
     async fn execute(&self, ctx: &TaskContext, input: Json) -> Result<Json, StepError>;
+
+    /// Releases what the executor holds (a browser, say) once the worker has drained.
+    async fn shutdown(&self) {}
 }
 
 /// Where an attempt runs: its identity, its budget and its cancellation signal.
@@ -263,7 +266,10 @@ impl Registry {
             .register(executors::EchoExecutor)
             .register(executors::LlmExecutor::unconfigured())
             .register(executors::SqlExecutor::new())
-            .register(executors::NotifyExecutor::with_default_client()?);
+            .register(executors::NotifyExecutor::with_default_client()?)
+            .register(executors::BrowserExecutor::new(
+                executors::BrowserConfig::default(),
+            ));
         Ok(registry)
     }
 
@@ -274,6 +280,15 @@ impl Registry {
             registry.register(executors::LlmExecutor::new(endpoint)?);
         }
         Ok(registry)
+    }
+
+    /// Shuts every executor down (after the worker has drained).
+    pub async fn shutdown(&self) {
+        for kind in self.kinds() {
+            if let Some(executor) = self.get(kind) {
+                executor.shutdown().await;
+            }
+        }
     }
 
     /// Adds an executor under its kind, replacing any executor already registered for it (so a
@@ -350,14 +365,24 @@ mod tests {
         let registry = Registry::builtin().unwrap();
         assert_eq!(
             registry.kinds(),
-            ["echo", "http", "llm", "log", "notify", "sleep", "sql", "transform"]
+            [
+                "browser",
+                "echo",
+                "http",
+                "llm",
+                "log",
+                "notify",
+                "sleep",
+                "sql",
+                "transform"
+            ]
         );
         // The flow validator accepts exactly the kinds the workers ship.
         let mut validated = rpaflow_core::flow::WORKER_KINDS.to_vec();
         validated.sort_unstable();
         assert_eq!(registry.kinds(), validated);
         assert!(registry.get("http").is_some());
-        assert!(registry.get("browser").is_none());
+        assert!(registry.get("teleport").is_none());
     }
 
     #[test]

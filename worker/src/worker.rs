@@ -255,6 +255,8 @@ impl Worker {
         while let Some(joined) = in_flight.join_next().await {
             report_join(joined);
         }
+        // Nothing runs any more: executors may let go of browsers and connections.
+        shared.registry.shutdown().await;
         shared.stats.running.store(false, Ordering::Relaxed);
         info!(worker_id = %shared.config.id, "worker stopped");
         Ok(())

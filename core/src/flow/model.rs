@@ -10,7 +10,17 @@ use serde_json::Value as Json;
 pub const ORCHESTRATOR_KINDS: &[&str] = &["approval"];
 
 /// Step kinds the workers of this release ship.
-pub const WORKER_KINDS: &[&str] = &["http", "transform", "sleep", "log", "echo", "llm", "sql", "notify"];
+pub const WORKER_KINDS: &[&str] = &[
+    "http",
+    "transform",
+    "sleep",
+    "log",
+    "echo",
+    "llm",
+    "sql",
+    "notify",
+    "browser",
+];
 
 /// The queue (worker pool) a step runs on when it names none.
 pub const DEFAULT_QUEUE: &str = "default";

@@ -2,6 +2,7 @@
 //!
 //! | kind | what it does |
 //! |---|---|
+//! | [`browser`] | drives a real headless Chromium through chromedriver: open, fill, click, read, screenshot |
 //! | [`http`] | calls an API, with the task's idempotency key |
 //! | [`transform`] | reshapes and cleans JSON records |
 //! | [`sleep`] | waits, honouring cancellation |
@@ -11,6 +12,7 @@
 //! | [`sql`] | queries and writes PostgreSQL, one transaction per step |
 //! | [`notify`] | sends a signed webhook or an e-mail over SMTP |
 
+pub mod browser;
 pub mod echo;
 pub mod http;
 pub mod input;
@@ -21,6 +23,7 @@ pub mod sleep;
 pub mod sql;
 pub mod transform;
 
+pub use browser::{BrowserConfig, BrowserExecutor};
 pub use echo::EchoExecutor;
 pub use http::{HttpConfig, HttpExecutor};
 pub use input::Input;

@@ -218,13 +218,13 @@ async fn runs_tasks_and_publishes_results() {
 async fn unknown_kinds_and_bad_inputs_fail_for_good() {
     let worker = Harness::start(builtin(), 4);
     worker
-        .dispatch(task("run-1", "drive", "browser", json!({})))
+        .dispatch(task("run-1", "drive", "teleport", json!({})))
         .await;
     let result = worker.result().await;
     let err = error(&result);
     assert_eq!(err.code, "unknown_kind");
     assert!(!err.retryable);
-    assert!(err.message.contains("`browser`"), "{}", err.message);
+    assert!(err.message.contains("`teleport`"), "{}", err.message);
 
     let mut bad = task("run-1", "compute", "echo", Json::Null);
     bad.input_json = "{not json".into();
