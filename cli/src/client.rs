@@ -314,6 +314,16 @@ fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", status.message(), status.code())
 }
 
+/// Prints the run an RPC answered with.
+fn answered_run(
+    answer: Result<tonic::Response<pb::Run>, tonic::Status>,
+    format: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    let run = answer.map_err(status_error)?.into_inner();
+    print_run(&run, format);
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_run(run: &pb::Run, format: OutputFormat) {
     match format {
         OutputFormat::Text => println!("{}", output::run_text(run)),
@@ -523,13 +533,10 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
         }
         RunCommand::Get { run_id, opts } => {
             let mut client = connect(&opts.server).await?;
-            let run = client
-                .get_run(pb::GetRunRequest { run_id })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            print_run(&run, opts.output);
-            Ok(ExitCode::SUCCESS)
+            answered_run(
+                client.get_run(pb::GetRunRequest { run_id }).await,
+                opts.output,
+            )
         }
         RunCommand::List {
             flow,
@@ -592,23 +599,19 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
             opts,
         } => {
             let mut client = connect(&opts.server).await?;
-            let run = client
-                .cancel_run(pb::CancelRunRequest { run_id, reason })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            print_run(&run, opts.output);
-            Ok(ExitCode::SUCCESS)
+            answered_run(
+                client
+                    .cancel_run(pb::CancelRunRequest { run_id, reason })
+                    .await,
+                opts.output,
+            )
         }
         RunCommand::Retry { run_id, opts } => {
             let mut client = connect(&opts.server).await?;
-            let run = client
-                .retry_run(pb::RetryRunRequest { run_id })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            print_run(&run, opts.output);
-            Ok(ExitCode::SUCCESS)
+            answered_run(
+                client.retry_run(pb::RetryRunRequest { run_id }).await,
+                opts.output,
+            )
         }
         RunCommand::Signal {
             run_id,
@@ -627,13 +630,7 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
                 comment,
                 by,
             };
-            let run = client
-                .signal_run(req)
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            print_run(&run, opts.output);
-            Ok(ExitCode::SUCCESS)
+            answered_run(client.signal_run(req).await, opts.output)
         }
     }
 }
