@@ -200,6 +200,10 @@ impl RunActor {
         let mut tasks = Vec::new();
         for action in actions {
             match action {
+                Action::Dispatch(spec) if spec.kind == "subflow" => {
+                    let (shared, run_id) = (self.shared.clone(), self.state.run_id.clone());
+                    actix_rt::spawn(crate::subflow::start_child(shared, run_id, spec));
+                }
                 Action::Dispatch(spec) => tasks.push(self.shared.task(&self.state, spec)),
                 Action::SetTimer { at_ms, timer } => {
                     let delay = u64::try_from(at_ms - rpaflow_core::time::now_ms()).unwrap_or(0);
@@ -211,6 +215,13 @@ impl RunActor {
                     });
                 }
                 Action::CancelWorkers => {
+                    let children = self.state.flow.steps.iter().any(|s| s.uses == "subflow");
+                    if children {
+                        actix_rt::spawn(crate::subflow::cancel_children(
+                            self.shared.clone(),
+                            self.state.clone(),
+                        ));
+                    }
                     let bus = self.shared.bus.clone();
                     let run_id = self.state.run_id.clone();
                     // Not tied to the actor, which may stop right after.
@@ -221,6 +232,7 @@ impl RunActor {
                     });
                 }
                 Action::Finished(status) => {
+                    crate::subflow::notify_parent(&self.shared, &self.state);
                     debug!(run_id = %self.state.run_id, status = status.name(), "run finished");
                     self.shared.forget(&self.state.run_id);
                     ctx.stop();

@@ -160,6 +160,7 @@ impl FlowService for Api {
                 version: req.version,
                 inputs,
                 idempotency_key: req.idempotency_key,
+                parent: None,
             })
             .await?;
         Ok(Response::new(pb::StartRunResponse {

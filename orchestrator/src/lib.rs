@@ -7,6 +7,7 @@
 //! - `actors`: the actix actors that run it and perform its actions.
 //! - [`store`]: sled storage with grouped flushes.
 //! - [`registry`]: flow versions.
+//! - `subflow`: steps that run another flow and wait for it.
 //! - [`api`]: the gRPC service, health and reflection; `convert`: proto conversions.
 //! - [`error`]: the crate's error and its mapping to gRPC codes.
 
@@ -19,6 +20,7 @@ pub mod orchestrator;
 pub mod registry;
 pub mod state;
 pub mod store;
+mod subflow;
 
 pub use convert::{event as event_to_pb, run as run_to_pb};
 pub use error::{Error, Result};

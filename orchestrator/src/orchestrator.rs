@@ -151,7 +151,7 @@ impl Shared {
         }
     }
 
-    fn actor(&self, run_id: &str) -> Option<Addr<RunActor>> {
+    pub(crate) fn actor(&self, run_id: &str) -> Option<Addr<RunActor>> {
         self.actors.lock().ok()?.get(run_id).cloned()
     }
 
@@ -343,6 +343,8 @@ pub struct StartRun {
     pub version: u32,
     pub inputs: serde_json::Map<String, Json>,
     pub idempotency_key: String,
+    /// The subflow step starting this run, if any.
+    pub parent: Option<crate::state::ParentRef>,
 }
 
 /// A flow version with what clients want to know about it.
@@ -366,6 +368,10 @@ impl std::fmt::Debug for OrchestratorHandle {
 }
 
 impl OrchestratorHandle {
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
     pub async fn register_flow(&self, file_name: &str, source: &str) -> Result<Registered> {
         self.shared.registry.register(file_name, source).await
     }
@@ -425,7 +431,12 @@ impl OrchestratorHandle {
         let run_id = uuid::Uuid::now_v7().to_string();
         let mut state = RunState::new(&run_id, flow, version);
         state.max_payload_bytes = shared.config.max_payload_bytes;
-        let events = state.start(inputs, req.idempotency_key.clone(), now_ms());
+        let events = state.start(
+            inputs,
+            req.idempotency_key.clone(),
+            req.parent.clone(),
+            now_ms(),
+        );
         shared.track_approvals(&state, &events)?;
         match shared
             .store

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 /// Step kinds the orchestrator handles itself rather than dispatching to a worker.
-pub const ORCHESTRATOR_KINDS: &[&str] = &["approval"];
+pub const ORCHESTRATOR_KINDS: &[&str] = &["approval", "subflow"];
 
 /// Step kinds the workers of this release ship.
 pub const WORKER_KINDS: &[&str] = &[

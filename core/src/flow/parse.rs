@@ -719,7 +719,21 @@ impl<'a> Parser<'a> {
                     self.err(&span_of(&step.id, "needs"), format!("step `{}` needs `{need}`, which is a compensation step and only runs when another step fails", step.id));
                 }
             }
-            if step.is_orchestrator_kind() && step.for_each.is_some() {
+            if step.uses == "subflow"
+                && !step
+                    .with
+                    .get("flow")
+                    .is_some_and(serde_json::Value::is_string)
+            {
+                self.err(
+                    &span_of(&step.id, "with"),
+                    format!(
+                        "`subflow` step `{}` needs `with.flow`, the name of a registered flow",
+                        step.id
+                    ),
+                );
+            }
+            if step.uses == "approval" && step.for_each.is_some() {
                 self.err(
                     &span_of(&step.id, "for_each"),
                     format!("`{}` steps cannot use `for_each`", step.uses),

@@ -23,6 +23,15 @@ impl ErrorInfo {
     }
 }
 
+/// The step attempt of another run that started this run as a `subflow`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    pub run_id: String,
+    pub step: String,
+    pub item: Option<u32>,
+    pub attempt: u32,
+}
+
 /// One stored event, numbered from 1 within its run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunEvent {
@@ -49,6 +58,9 @@ pub enum EventKind {
         inputs: Json,
         #[serde(default)]
         idempotency_key: String,
+        /// Set when a `subflow` step of another run started this one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<ParentRef>,
     },
     /// The step's `if` was false.
     StepSkipped {

@@ -169,7 +169,13 @@ impl RunState {
     }
 
     /// The first events of a new run.
-    pub fn start(&mut self, inputs: Json, idempotency_key: String, now_ms: i64) -> Vec<RunEvent> {
+    pub fn start(
+        &mut self,
+        inputs: Json,
+        idempotency_key: String,
+        parent: Option<super::ParentRef>,
+        now_ms: i64,
+    ) -> Vec<RunEvent> {
         let mut tx = Tx {
             state: self,
             now: now_ms,
@@ -181,6 +187,7 @@ impl RunState {
             version: tx.state.flow_version,
             inputs,
             idempotency_key,
+            parent,
         };
         tx.emit(kind);
         advance(&mut tx);
@@ -263,7 +270,7 @@ impl RunState {
             }
             Input::Recover => {
                 if tx.state.status == RunStatus::Running {
-                    let deadline = |step: &Step| tx.now + millis(step.timeout);
+                    let deadline = |step: &Step| deadline_after(tx.now, step.timeout);
                     let mut redispatch = Vec::new();
                     for (def, st) in tx.state.flow.steps.iter().zip(&tx.state.steps) {
                         for (i, unit) in st.units.iter().enumerate() {
@@ -310,14 +317,16 @@ impl RunState {
                             self.unit_status(step, *item)
                     {
                         actions.push(Action::Dispatch(spec));
-                        actions.push(Action::SetTimer {
-                            at_ms: deadline_ms,
-                            timer: Timer::Deadline {
-                                step: step.clone(),
-                                item: *item,
-                                attempt: *attempt,
-                            },
-                        });
+                        if deadline_ms != NO_DEADLINE {
+                            actions.push(Action::SetTimer {
+                                at_ms: deadline_ms,
+                                timer: Timer::Deadline {
+                                    step: step.clone(),
+                                    item: *item,
+                                    attempt: *attempt,
+                                },
+                            });
+                        }
                     }
                 }
                 EventKind::RetryScheduled {
@@ -423,6 +432,19 @@ impl RunState {
         })
     }
 }
+
+/// When an attempt started `now` times out; never for steps without a timeout (a `subflow`
+/// or `approval` that sets none).
+fn deadline_after(now: i64, timeout: Duration) -> i64 {
+    if timeout.is_zero() {
+        NO_DEADLINE
+    } else {
+        now.saturating_add(millis(timeout))
+    }
+}
+
+/// The deadline of attempts that have none.
+pub const NO_DEADLINE: i64 = i64::MAX;
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -885,7 +907,7 @@ fn dispatch(tx: &mut Tx<'_>, index: usize, item: Option<u32>) {
     });
     match rendered {
         Ok(input) => {
-            let deadline_ms = tx.now + millis(def.timeout);
+            let deadline_ms = deadline_after(tx.now, def.timeout);
             tx.emit(EventKind::TaskDispatched {
                 step: def.id.clone(),
                 item,

@@ -22,7 +22,7 @@ use rpaflow_core::flow::Flow;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-pub use event::{ErrorInfo, EventKind, RunEvent, StepOutcome};
+pub use event::{ErrorInfo, EventKind, ParentRef, RunEvent, StepOutcome};
 pub use machine::{Action, Input, Rejection, TaskSpec, Timer};
 
 /// The largest JSON payload (inputs, a rendered step input) accepted by default.
@@ -228,6 +228,8 @@ pub struct RunState {
     pub flow_version: u32,
     pub inputs: Json,
     pub idempotency_key: String,
+    /// The subflow step that started this run, if one did.
+    pub parent: Option<ParentRef>,
     pub status: RunStatus,
     pub steps: Vec<StepState>,
     pub outputs: Option<Json>,
@@ -255,6 +257,7 @@ impl RunState {
             flow_version,
             inputs: Json::Null,
             idempotency_key: String::new(),
+            parent: None,
             status: RunStatus::Running,
             steps,
             outputs: None,
@@ -291,10 +294,12 @@ impl RunState {
             EventKind::RunStarted {
                 inputs,
                 idempotency_key,
+                parent,
                 ..
             } => {
                 self.inputs = inputs.clone();
                 self.idempotency_key = idempotency_key.clone();
+                self.parent = parent.clone();
                 self.status = RunStatus::Running;
                 self.created_at_ms = at;
             }

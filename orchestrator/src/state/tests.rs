@@ -39,7 +39,7 @@ struct Sim {
 impl Sim {
     fn start(flow: Arc<Flow>, inputs: Json) -> Self {
         let mut state = RunState::new("run-1", flow, 1);
-        let events = state.start(inputs, String::new(), 1_000);
+        let events = state.start(inputs, String::new(), None, 1_000);
         let actions = state.actions_for(&events);
         let sim = Self {
             state,
@@ -467,7 +467,7 @@ fn oversized_inputs_fail_the_step_with_a_clear_error() {
     );
     let mut state = RunState::new("r", f, 1);
     state.max_payload_bytes = 100;
-    state.start(json!({"blob": "x".repeat(200)}), String::new(), 0);
+    state.start(json!({"blob": "x".repeat(200)}), String::new(), None, 0);
     assert_eq!(state.status, RunStatus::Failed);
     let err = state.error.unwrap();
     assert_eq!(err.code, "payload_too_large");

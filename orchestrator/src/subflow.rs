@@ -1,0 +1,163 @@
+//! `subflow` steps: a step that runs another registered flow and waits for its outcome.
+//!
+//! The step's attempt starts the child run with the idempotency key `parent/step[/item]/attempt`,
+//! so handing the attempt out again (after a restart) finds the same child instead of starting a
+//! second one. The child records its parent in its `run_started` event; when it finishes, its
+//! outcome is delivered to the parent as the attempt's result (outputs, or `subflow_failed`). A
+//! child that had already finished when the attempt was handed out again answers at once.
+
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+use tracing::warn;
+
+use crate::actors::Deliver;
+use crate::orchestrator::{OrchestratorHandle, Shared, StartRun};
+use crate::state::{ErrorInfo, Input, ParentRef, RunState, RunStatus, TaskSpec};
+
+/// Error code of a subflow that could not start or did not succeed.
+pub const SUBFLOW_FAILED: &str = "subflow_failed";
+
+fn child_key(parent: &ParentRef) -> String {
+    match parent.item {
+        Some(item) => format!(
+            "{}/{}/{item}/{}",
+            parent.run_id, parent.step, parent.attempt
+        ),
+        None => format!("{}/{}/{}", parent.run_id, parent.step, parent.attempt),
+    }
+}
+
+/// Starts (or finds) the child run of a subflow attempt.
+pub(crate) async fn start_child(shared: Arc<Shared>, parent_run: String, spec: TaskSpec) {
+    let parent = ParentRef {
+        run_id: parent_run,
+        step: spec.step.clone(),
+        item: spec.item,
+        attempt: spec.attempt,
+    };
+    let flow = spec
+        .input
+        .get("flow")
+        .and_then(Json::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let version = spec
+        .input
+        .get("version")
+        .and_then(Json::as_u64)
+        .unwrap_or(0) as u32;
+    let inputs = match spec.input.get("inputs") {
+        None | Some(Json::Null) => serde_json::Map::new(),
+        Some(Json::Object(map)) => map.clone(),
+        Some(_) => {
+            let error = ErrorInfo::new(
+                "invalid_input",
+                "`inputs` of a subflow step must be a mapping",
+                false,
+            );
+            return deliver(&shared, &parent, Err(error));
+        }
+    };
+    let req = StartRun {
+        flow: flow.clone(),
+        version,
+        inputs,
+        idempotency_key: child_key(&parent),
+        parent: Some(parent.clone()),
+    };
+    let handle = OrchestratorHandle::from_shared(shared.clone());
+    match handle.start_run(req).await {
+        Ok((child, _)) if child.status.is_finished() => notify_parent(&shared, &child),
+        Ok(_) => {}
+        Err(err) => {
+            let retryable = matches!(
+                err,
+                crate::Error::NotRunning(_) | crate::Error::Storage { .. }
+            );
+            let error = ErrorInfo::new(
+                SUBFLOW_FAILED,
+                format!("cannot start flow `{flow}`: {err}"),
+                retryable,
+            );
+            deliver(&shared, &parent, Err(error));
+        }
+    }
+}
+
+/// Delivers a finished child's outcome to its parent, if it has one.
+pub(crate) fn notify_parent(shared: &Shared, child: &RunState) {
+    let Some(parent) = &child.parent else { return };
+    let outcome = match child.status {
+        RunStatus::Succeeded => Ok(child.outputs.clone().unwrap_or(Json::Null)),
+        RunStatus::Failed => {
+            let why = child.error.as_ref().map_or_else(
+                || "failed".to_owned(),
+                |e| format!("{} ({})", e.message, e.code),
+            );
+            Err(ErrorInfo::new(
+                SUBFLOW_FAILED,
+                format!("run {} of {} failed: {why}", child.run_id, child.flow.name),
+                false,
+            ))
+        }
+        RunStatus::Cancelled => Err(ErrorInfo::new(
+            SUBFLOW_FAILED,
+            format!("run {} of {} was cancelled", child.run_id, child.flow.name),
+            false,
+        )),
+        RunStatus::Running => return,
+    };
+    deliver(shared, parent, outcome);
+}
+
+fn deliver(shared: &Shared, parent: &ParentRef, outcome: Result<Json, ErrorInfo>) {
+    // A parent that is no longer active (finished, cancelled) has no use for the result.
+    if let Some(addr) = shared.actor(&parent.run_id) {
+        let input = Input::Result {
+            step: parent.step.clone(),
+            item: parent.item,
+            attempt: parent.attempt,
+            outcome,
+        };
+        addr.do_send(Deliver { input, ack: None });
+    }
+}
+
+/// Cancels the children a cancelled or failed run still has running.
+pub(crate) async fn cancel_children(shared: Arc<Shared>, parent: RunState) {
+    let handle = OrchestratorHandle::from_shared(shared.clone());
+    for (def, st) in parent.flow.steps.iter().zip(&parent.steps) {
+        if def.uses != "subflow" {
+            continue;
+        }
+        for (i, unit) in st.units.iter().enumerate() {
+            let Some(flow) = unit
+                .input
+                .as_ref()
+                .and_then(|input| input.get("flow"))
+                .and_then(Json::as_str)
+            else {
+                continue;
+            };
+            let item = st.items.as_ref().map(|_| i as u32);
+            let key = child_key(&ParentRef {
+                run_id: parent.run_id.clone(),
+                step: def.id.clone(),
+                item,
+                attempt: unit.attempt,
+            });
+            let Ok(Some(child)) = shared.store.run_for_key(flow, &key) else {
+                continue;
+            };
+            if let Err(err) = handle.cancel_run(&child, "its parent run ended").await
+                && !matches!(
+                    err,
+                    crate::Error::Rejected { .. } | crate::Error::FailedPrecondition(_)
+                )
+            {
+                warn!(run_id = %parent.run_id, child = %child, error = %err, "cannot cancel a subflow run");
+            }
+        }
+    }
+}
