@@ -55,6 +55,8 @@ pub struct Dev {
     channel: Option<Channel>,
     /// How many processes this handle has started (1 for the first).
     generation: u32,
+    /// More `rpaflow dev` arguments, for every start.
+    extra: Vec<String>,
 }
 
 impl std::fmt::Debug for Dev {
@@ -79,6 +81,34 @@ impl Dev {
         dev
     }
 
+    /// Starts a process on a new temporary data directory, with more `rpaflow dev` arguments
+    /// (kept for restarts).
+    pub async fn launch_with(args: &[&str]) -> Self {
+        let temp = tempfile::Builder::new()
+            .prefix("rpaflow-e2e-")
+            .tempdir()
+            .expect("cannot create a temporary data directory");
+        let mut dev = Self::new_in(temp.path());
+        dev.extra = args.iter().map(|a| (*a).to_owned()).collect();
+        dev._temp = Some(temp);
+        dev.spawn().await;
+        dev
+    }
+
+    fn new_in(data_dir: &Path) -> Self {
+        Self {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.to_path_buf(),
+            _temp: None,
+            output: OutputBuffer::default(),
+            drains: Vec::new(),
+            channel: None,
+            generation: 0,
+            extra: Vec::new(),
+        }
+    }
+
     /// Starts a process on `data_dir` (created by the process when missing).
     pub async fn launch_in(data_dir: &Path) -> Self {
         let mut dev = Self {
@@ -90,6 +120,7 @@ impl Dev {
             drains: Vec::new(),
             channel: None,
             generation: 0,
+            extra: Vec::new(),
         };
         dev.spawn().await;
         dev
@@ -101,6 +132,7 @@ impl Dev {
         let mut child = crate::binary::command()
             .args(["dev", "--keep-running", "--listen", "127.0.0.1:0", "--data"])
             .arg(&self.data_dir)
+            .args(&self.extra)
             .env("RPAFLOW_TELEMETRY__LOG_LEVEL", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
