@@ -16,7 +16,11 @@ fn setup(script: &str) -> HashMap<String, String> {
         .arg(workspace_root().join("scripts").join(script))
         .output()
         .unwrap_or_else(|e| panic!("cannot run scripts/{script}: {e}"));
-    assert!(out.status.success(), "scripts/{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "scripts/{script} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.strip_prefix("export "))
@@ -27,10 +31,23 @@ fn setup(script: &str) -> HashMap<String, String> {
 
 fn psql(query: &str) -> String {
     let out = std::process::Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-tAc", query])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-tAc",
+            query,
+        ])
         .output()
         .expect("cannot run psql");
-    assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -66,9 +83,19 @@ async fn messages_are_collected_stored_drafted_approved_answered_and_recorded() 
     .await
     .expect("the customer API did not start in time");
 
-    let dev = Dev::launch_with(&["--model", &env["RPAFLOW_TEST_MODEL"], "--onnxruntime", &env["ORT_DYLIB_PATH"]]).await;
-    for file in ["examples/customer-service/handle-message.yaml", "examples/customer-service.yaml"] {
-        let source = std::fs::read_to_string(workspace_root().join(file)).expect("the example exists");
+    let dev = Dev::launch_with(&[
+        "--model",
+        &env["RPAFLOW_TEST_MODEL"],
+        "--onnxruntime",
+        &env["ORT_DYLIB_PATH"],
+    ])
+    .await;
+    for file in [
+        "examples/customer-service/handle-message.yaml",
+        "examples/customer-service.yaml",
+    ] {
+        let source =
+            std::fs::read_to_string(workspace_root().join(file)).expect("the example exists");
         dev.register(&source).await;
     }
     let id = dev.run("customer-service", json!({"api": base})).await;
@@ -78,7 +105,9 @@ async fn messages_are_collected_stored_drafted_approved_answered_and_recorded() 
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     let approval = loop {
         let pending = client
-            .list_approvals(pb::ListApprovalsRequest { flow: "handle-message".into() })
+            .list_approvals(pb::ListApprovalsRequest {
+                flow: "handle-message".into(),
+            })
             .await
             .expect("ListApprovals")
             .into_inner()
@@ -87,12 +116,25 @@ async fn messages_are_collected_stored_drafted_approved_answered_and_recorded() 
             break a;
         }
         let now = dev.get(&id).await;
-        assert_eq!(now.status(), pb::RunStatus::Running, "{}\n{}", describe_run(&now), dev.output());
-        assert!(tokio::time::Instant::now() < deadline, "no approval was requested:\n{}", dev.output());
+        assert_eq!(
+            now.status(),
+            pb::RunStatus::Running,
+            "{}\n{}",
+            describe_run(&now),
+            dev.output()
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no approval was requested:\n{}",
+            dev.output()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(approval.message.contains("Refund of 2400"), "{approval:?}");
-    assert!(approval.message.contains("dave@example.com"), "{approval:?}");
+    assert!(
+        approval.message.contains("dave@example.com"),
+        "{approval:?}"
+    );
     client
         .signal_run(pb::SignalRunRequest {
             run_id: approval.run_id.clone(),
@@ -105,7 +147,13 @@ async fn messages_are_collected_stored_drafted_approved_answered_and_recorded() 
         .expect("SignalRun");
 
     let run = dev.wait_finished(&id, TIMEOUT).await;
-    assert_eq!(run.status(), pb::RunStatus::Succeeded, "{}\n{}", describe_run(&run), dev.output());
+    assert_eq!(
+        run.status(),
+        pb::RunStatus::Succeeded,
+        "{}\n{}",
+        describe_run(&run),
+        dev.output()
+    );
     let outputs: Json = serde_json::from_str(&run.outputs_json).expect("JSON outputs");
     assert_eq!(outputs, json!({"collected": 7, "cleaned": 4, "sent": 4}));
 
@@ -123,6 +171,11 @@ async fn messages_are_collected_stored_drafted_approved_answered_and_recorded() 
     let replies = get_json(&format!("{base}/replies"));
     let replies = replies["replies"].as_array().expect("a list");
     assert_eq!(replies.len(), 4, "{replies:?}");
-    assert!(replies.iter().all(|r| r["text"].as_str().is_some_and(|t| !t.is_empty())), "{replies:?}");
+    assert!(
+        replies
+            .iter()
+            .all(|r| r["text"].as_str().is_some_and(|t| !t.is_empty())),
+        "{replies:?}"
+    );
     let _ = api.kill().await;
 }
