@@ -29,6 +29,7 @@ mod cli;
 mod dev;
 mod events;
 mod http;
+mod setup;
 
 pub use binary::{rpaflow_bin, workspace_root};
 pub use cli::{CliOutput, rpaflow};
@@ -36,6 +37,7 @@ pub use dev::{Dev, describe_run};
 pub use events::{EventLog, Events};
 pub use http::{HttpServer, Recorded};
 pub use rpaflow_proto::v1 as pb;
+pub use setup::{get_json, printed_outputs, psql, setup_script};
 
 /// The last `lines` lines of `text`, for failure messages.
 pub fn tail(text: &str, lines: usize) -> String {

@@ -1,68 +1,19 @@
 //! The customer-service process end to end, on the real parts: the customer API (the example's
 //! own server), PostgreSQL, an inference node with an ONNX GPT-2, a person approving a refund.
 
-use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use rpaflow_tests::{Dev, describe_run, pb, workspace_root};
+use rpaflow_tests::{Dev, describe_run, get_json, pb, psql, setup_script, workspace_root};
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-fn setup(script: &str) -> HashMap<String, String> {
-    let out = std::process::Command::new("bash")
-        .arg(workspace_root().join("scripts").join(script))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run scripts/{script}: {e}"));
-    assert!(
-        out.status.success(),
-        "scripts/{script} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-        .collect()
-}
-
-fn psql(query: &str) -> String {
-    let out = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-tAc",
-            query,
-        ])
-        .output()
-        .expect("cannot run psql");
-    assert!(
-        out.status.success(),
-        "psql failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn get_json(url: &str) -> Json {
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())", url])
-        .output()
-        .expect("cannot run python3");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{url} is not JSON ({e})"))
-}
-
 #[tokio::test]
 async fn messages_are_collected_stored_drafted_approved_answered_and_recorded() {
-    let env = setup("setup-inference.sh");
-    setup("setup-postgres.sh");
+    let env = setup_script("setup-inference.sh");
+    setup_script("setup-postgres.sh");
 
     let mut api = tokio::process::Command::new("python3")
         .arg(workspace_root().join("examples/customer-api/server.py"))

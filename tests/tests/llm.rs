@@ -1,46 +1,17 @@
 //! An `llm` step on a real inference node (ONNX Runtime, an ONNX GPT-2 in the Optimum layout),
 //! started by `rpaflow dev --model`, checked against `rpaflow generate` on a separate node.
 
-use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use rpaflow_tests::{rpaflow, rpaflow_bin, workspace_root};
+use rpaflow_tests::{printed_outputs, rpaflow, rpaflow_bin, setup_script};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The ONNX Runtime library and the test model, from `scripts/setup-inference.sh` (which makes
-/// them once and caches them). Fails, never skips, when they cannot be had.
-fn inference_setup() -> HashMap<String, String> {
-    let out = std::process::Command::new("bash")
-        .arg(workspace_root().join("scripts/setup-inference.sh"))
-        .output()
-        .expect("cannot run scripts/setup-inference.sh");
-    assert!(
-        out.status.success(),
-        "scripts/setup-inference.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-        .collect()
-}
-
-fn printed_outputs(stdout: &str) -> serde_json::Value {
-    let at = stdout
-        .find("outputs: ")
-        .unwrap_or_else(|| panic!("no `outputs:` in:\n{stdout}"));
-    serde_json::from_str(stdout[at + "outputs: ".len()..].trim())
-        .unwrap_or_else(|e| panic!("`outputs:` is not followed by JSON ({e}):\n{stdout}"))
-}
-
 #[tokio::test]
 async fn an_llm_step_drafts_on_the_inference_node_started_by_dev() {
-    let env = inference_setup();
+    let env = setup_script("setup-inference.sh");
     let model = env["RPAFLOW_TEST_MODEL"].as_str();
     let ort = env["ORT_DYLIB_PATH"].as_str();
     let data = tempfile::tempdir().expect("a temp dir");

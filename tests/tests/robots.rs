@@ -5,59 +5,16 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use rpaflow_tests::{rpaflow, workspace_root};
+use rpaflow_tests::{get_json, printed_outputs, psql, rpaflow, setup_script, workspace_root};
 use serde_json::Value as Json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Runs a set-up script of the project (idempotent), failing loudly.
-fn setup(script: &str) {
-    let out = std::process::Command::new("bash")
-        .arg(workspace_root().join("scripts").join(script))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run scripts/{script}: {e}"));
-    assert!(
-        out.status.success(),
-        "scripts/{script} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn psql(query: &str) -> String {
-    let out = std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-tAc",
-            query,
-        ])
-        .output()
-        .expect("cannot run psql");
-    assert!(
-        out.status.success(),
-        "psql failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn printed_outputs(stdout: &str) -> Json {
-    let at = stdout
-        .find("outputs: ")
-        .unwrap_or_else(|| panic!("no `outputs:` in:\n{stdout}"));
-    serde_json::from_str(stdout[at + "outputs: ".len()..].trim())
-        .unwrap_or_else(|e| panic!("`outputs:` is not followed by JSON ({e}):\n{stdout}"))
-}
-
 #[tokio::test]
 async fn the_web_form_robot_places_an_order_and_records_it() {
-    setup("setup-browser.sh");
-    setup("setup-postgres.sh");
+    setup_script("setup-browser.sh");
+    setup_script("setup-postgres.sh");
 
     // The web application, on a free port.
     let mut app = tokio::process::Command::new("python3")
@@ -118,18 +75,7 @@ async fn the_web_form_robot_places_an_order_and_records_it() {
     assert!(png.starts_with(b"\x89PNG"), "the receipt is not a PNG");
 
     // The application got the order the robot typed in.
-    let orders: Json = tokio::task::spawn_blocking({
-        let url = format!("{base}/orders.json");
-        move || {
-            let out = std::process::Command::new("python3")
-                .args(["-c", "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())", &url])
-                .output()
-                .expect("cannot run python3");
-            serde_json::from_slice(&out.stdout).expect("orders.json is JSON")
-        }
-    })
-    .await
-    .expect("the order query ran");
+    let orders = get_json(&format!("{base}/orders.json"));
     let placed: Vec<&Json> = orders["orders"]
         .as_array()
         .expect("a list")
