@@ -41,6 +41,19 @@ async fn child_runs(dev: &Dev, status: &str) -> Vec<pb::Run> {
     dev.list_runs("greet-one", status).await
 }
 
+/// Waits until three child runs have `status`, failing with `what` and the process output.
+async fn wait_children(dev: &Dev, status: &str, what: &str) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while child_runs(dev, status).await.len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}:\n{}",
+            dev.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_subflow_per_item_returns_the_child_outputs() {
     let dev = Dev::launch().await;
@@ -91,15 +104,7 @@ async fn subflows_survive_a_sigkill_and_run_once_per_item() {
     dev.register(PARENT).await;
     let id = dev.run("greet-all", json!({"pause": "2s"})).await;
     // Wait until the children are running, then kill the whole process.
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while child_runs(&dev, "running").await.len() < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the children never started:\n{}",
-            dev.output()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_children(&dev, "running", "the children never started").await;
     dev.kill9();
     dev.restart().await;
     let run = dev.wait_finished(&id, TIMEOUT).await;
@@ -128,15 +133,7 @@ async fn cancelling_the_parent_cancels_its_children() {
     dev.register(CHILD).await;
     dev.register(PARENT).await;
     let id = dev.run("greet-all", json!({"pause": "30s"})).await;
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while child_runs(&dev, "running").await.len() < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the children never started:\n{}",
-            dev.output()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_children(&dev, "running", "the children never started").await;
     let mut client = dev.client().await;
     client
         .cancel_run(pb::CancelRunRequest {
@@ -145,13 +142,5 @@ async fn cancelling_the_parent_cancels_its_children() {
         })
         .await
         .expect("cancel");
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while child_runs(&dev, "cancelled").await.len() < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the children were not cancelled:\n{}",
-            dev.output()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_children(&dev, "cancelled", "the children were not cancelled").await;
 }
