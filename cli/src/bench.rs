@@ -17,7 +17,7 @@ use rpaflow_orchestrator::state::{EventKind, RunStatus};
 use rpaflow_orchestrator::{OrchestratorHandle, StartRun};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::config::DevConfig;
+use crate::config::{DevConfig, Layered as _};
 use crate::dev::Embedded;
 
 #[derive(Debug, Args)]
@@ -40,6 +40,12 @@ pub struct BenchArgs {
     /// Steps the embedded worker pool runs at once.
     #[arg(long, default_value_t = 256)]
     pub worker_concurrency: usize,
+    /// Send steps through this Kafka cluster instead of in-process channels.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// With --kafka, run no embedded worker: `rpaflow worker` processes serve the `default` queue.
+    #[arg(long, requires = "kafka")]
+    pub external_workers: bool,
 }
 
 /// Waiters for run completions, fed by one subscription to the orchestrator's events.
@@ -62,8 +68,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| tmp.path().to_path_buf());
     config.worker.concurrency = args.worker_concurrency;
+    if let Some(brokers) = &args.kafka {
+        config.kafka.brokers.clone_from(brokers);
+    }
     let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry);
-    let embedded = Embedded::start(&config).await?;
+    let embedded = Embedded::start_with(&config, !args.external_workers).await?;
     let result = match args.waiting {
         Some(n) => waiting(&embedded.handle, n).await,
         None => throughput(&embedded.handle, &args).await,

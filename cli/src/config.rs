@@ -1,6 +1,10 @@
-//! Configuration of `rpaflow dev`, layered: defaults, then a TOML file (`--config`), then
-//! `RPAFLOW_*` environment variables (`RPAFLOW_ORCHESTRATOR__DATA_DIR=/var/lib/rpaflow`), then
-//! flags. `--print-config` shows the result.
+//! Configuration of the rpaflow services, layered: defaults, then a TOML file (`--config`), then
+//! `RPAFLOW_*` environment variables (`RPAFLOW_ORCHESTRATOR__DATA_DIR=/var/lib/rpaflow`,
+//! `RPAFLOW_KAFKA__BROKERS=kafka:9092`), then flags. `--print-config` shows the result.
+//!
+//! - [`DevConfig`]: `rpaflow dev` and `rpaflow bench`, everything in one process.
+//! - [`OrchestratorServiceConfig`]: `rpaflow orchestrator`.
+//! - [`WorkerServiceConfig`]: `rpaflow worker`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,38 +12,24 @@ use std::path::Path;
 use anyhow::Context as _;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use rpaflow_core::kafka::KafkaConfig;
 use rpaflow_core::telemetry::TelemetryConfig;
 use rpaflow_orchestrator::OrchestratorConfig;
 use rpaflow_worker::WorkerConfig;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DevConfig {
-    /// Where the gRPC API listens (port 0 picks a free port).
-    pub listen: SocketAddr,
-    pub orchestrator: OrchestratorConfig,
-    pub worker: WorkerConfig,
-    pub telemetry: TelemetryConfig,
-}
+const DEFAULT_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 50051);
 
-impl Default for DevConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            orchestrator: OrchestratorConfig::default(),
-            worker: WorkerConfig::default(),
-            telemetry: TelemetryConfig {
-                log_level: "warn".into(),
-                ..TelemetryConfig::default()
-            },
-        }
-    }
-}
+/// A configuration that can be layered.
+pub trait Layered: Default + Serialize + DeserializeOwned {
+    /// Its top-level sections: only `RPAFLOW_<SECTION>...` variables are read.
+    const SECTIONS: &'static [&'static str];
 
-impl DevConfig {
+    fn validate(&self) -> anyhow::Result<()>;
+
     /// Defaults, then the file, then the environment, then `overrides` (from flags).
-    pub fn load(file: Option<&Path>, overrides: Figment) -> anyhow::Result<Self> {
+    fn load(file: Option<&Path>, overrides: Figment) -> anyhow::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Self::default()));
         if let Some(file) = file {
             anyhow::ensure!(
@@ -54,9 +44,7 @@ impl DevConfig {
         let env = Env::prefixed("RPAFLOW_").split("__").filter(|key| {
             // The key is `SECTION.FIELD` in the variable's case.
             let top = key.as_str().split('.').next().unwrap_or_default();
-            ["listen", "orchestrator", "worker", "telemetry"]
-                .iter()
-                .any(|s| s.eq_ignore_ascii_case(top))
+            Self::SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(top))
         });
         figment = figment.merge(env);
         let config: Self = figment
@@ -66,22 +54,154 @@ impl DevConfig {
         config.validate()?;
         Ok(config)
     }
+}
 
-    pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.orchestrator.arbiters >= 1,
-            "orchestrator.arbiters must be at least 1"
-        );
-        anyhow::ensure!(
-            self.orchestrator.max_payload_bytes >= 1024,
-            "orchestrator.max_payload_bytes must be at least 1024"
-        );
-        anyhow::ensure!(
-            matches!(self.telemetry.log_format.as_str(), "text" | "json"),
-            "telemetry.log_format must be `text` or `json`"
-        );
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevConfig {
+    /// Where the gRPC API listens (port 0 picks a free port).
+    pub listen: SocketAddr,
+    pub orchestrator: OrchestratorConfig,
+    pub worker: WorkerConfig,
+    /// With `kafka.brokers` set, steps go through Kafka instead of in-process channels, and
+    /// the embedded worker serves these queues (plus those of the flow given on the command line).
+    pub queues: Vec<String>,
+    pub kafka: KafkaConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(DEFAULT_LISTEN),
+            orchestrator: OrchestratorConfig::default(),
+            worker: WorkerConfig::default(),
+            queues: vec![rpaflow_core::flow::DEFAULT_QUEUE.to_owned()],
+            kafka: KafkaConfig::default(),
+            telemetry: TelemetryConfig {
+                log_level: "warn".into(),
+                ..TelemetryConfig::default()
+            },
+        }
+    }
+}
+
+impl Layered for DevConfig {
+    const SECTIONS: &'static [&'static str] = &[
+        "listen",
+        "orchestrator",
+        "worker",
+        "queues",
+        "kafka",
+        "telemetry",
+    ];
+
+    fn validate(&self) -> anyhow::Result<()> {
+        validate_orchestrator(&self.orchestrator)?;
+        validate_telemetry(&self.telemetry)?;
+        if self.kafka.is_enabled() {
+            self.kafka.validate()?;
+        }
         Ok(())
     }
+}
+
+/// `rpaflow orchestrator`: the orchestrator and its gRPC API, on Kafka.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrchestratorServiceConfig {
+    /// Where the gRPC API listens.
+    pub listen: SocketAddr,
+    pub orchestrator: OrchestratorConfig,
+    pub kafka: KafkaConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for OrchestratorServiceConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(DEFAULT_LISTEN),
+            orchestrator: OrchestratorConfig::default(),
+            kafka: KafkaConfig::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+impl Layered for OrchestratorServiceConfig {
+    const SECTIONS: &'static [&'static str] = &["listen", "orchestrator", "kafka", "telemetry"];
+
+    fn validate(&self) -> anyhow::Result<()> {
+        validate_orchestrator(&self.orchestrator)?;
+        validate_telemetry(&self.telemetry)?;
+        self.kafka
+            .validate()
+            .context("the orchestrator service needs Kafka (--kafka BROKERS)")
+    }
+}
+
+/// `rpaflow worker`: a member of the worker pools of some queues, on Kafka.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerServiceConfig {
+    /// The queues whose pools this worker joins.
+    pub queues: Vec<String>,
+    pub worker: WorkerConfig,
+    pub kafka: KafkaConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for WorkerServiceConfig {
+    fn default() -> Self {
+        Self {
+            queues: vec![rpaflow_core::flow::DEFAULT_QUEUE.to_owned()],
+            worker: WorkerConfig::default(),
+            kafka: KafkaConfig::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+impl Layered for WorkerServiceConfig {
+    const SECTIONS: &'static [&'static str] = &["queues", "worker", "kafka", "telemetry"];
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!self.queues.is_empty(), "queues: name at least one queue");
+        for queue in &self.queues {
+            anyhow::ensure!(
+                !queue.is_empty()
+                    && queue
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
+                "queues: `{queue}` is not a queue name (letters, digits, `-`, `_`, `.`)"
+            );
+        }
+        self.worker.validate()?;
+        validate_telemetry(&self.telemetry)?;
+        self.kafka
+            .validate()
+            .context("the worker service needs Kafka (--kafka BROKERS)")
+    }
+}
+
+fn validate_orchestrator(orchestrator: &OrchestratorConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        orchestrator.arbiters >= 1,
+        "orchestrator.arbiters must be at least 1"
+    );
+    anyhow::ensure!(
+        orchestrator.max_payload_bytes >= 1024,
+        "orchestrator.max_payload_bytes must be at least 1024"
+    );
+    Ok(())
+}
+
+fn validate_telemetry(telemetry: &TelemetryConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        matches!(telemetry.log_format.as_str(), "text" | "json"),
+        "telemetry.log_format must be `text` or `json`"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -117,6 +237,49 @@ mod tests {
             jail.create_file("bad.toml", "[orchestrator]\narbitres = 3\n")?;
             let err = DevConfig::load(Some(Path::new("bad.toml")), Figment::new()).unwrap_err();
             assert!(format!("{err:#}").contains("arbitres"), "{err:#}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn kafka_settings_come_from_file_and_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "worker.toml",
+                "queues = [\"web\"]\n[kafka]\nbrokers = \"k1:9092\"\n[kafka.client]\n\"security.protocol\" = \"SASL_SSL\"\n",
+            )?;
+            jail.set_env("RPAFLOW_KAFKA__BROKERS", "k2:9092");
+            jail.set_env("RPAFLOW_KAFKA__PRODUCER__LINGER_MS", "10");
+            let cfg = WorkerServiceConfig::load(Some(Path::new("worker.toml")), Figment::new())
+                .map_err(|e| format!("{e:#}"))?;
+            assert_eq!(cfg.queues, vec!["web".to_owned()]);
+            assert_eq!(cfg.kafka.brokers, "k2:9092");
+            assert_eq!(
+                cfg.kafka
+                    .client
+                    .get("security.protocol")
+                    .map(String::as_str),
+                Some("SASL_SSL")
+            );
+            assert_eq!(
+                cfg.kafka.producer.get("linger_ms").map(String::as_str),
+                Some("10")
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn services_without_kafka_say_so() {
+        figment::Jail::expect_with(|_jail| {
+            let err = OrchestratorServiceConfig::load(None, Figment::new()).unwrap_err();
+            assert!(format!("{err:#}").contains("--kafka"), "{err:#}");
+            let err = WorkerServiceConfig::load(
+                None,
+                Figment::from(Serialized::default("queues", vec!["bad queue"])),
+            )
+            .unwrap_err();
+            assert!(format!("{err:#}").contains("bad queue"), "{err:#}");
             Ok(())
         });
     }

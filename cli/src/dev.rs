@@ -11,13 +11,14 @@ use clap::Args;
 use figment::Figment;
 use figment::providers::Serialized;
 use futures::StreamExt;
-use rpaflow_core::bus::InProcessBus;
+use rpaflow_core::bus::{InProcessBus, StepBus, TaskSource};
+use rpaflow_core::kafka::{KafkaStepBus, KafkaTaskSource};
 use rpaflow_orchestrator::state::{EventKind, RunStatus};
 use rpaflow_orchestrator::{Orchestrator, OrchestratorHandle, StartRun, api};
 use rpaflow_worker::{Registry, Worker};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DevConfig;
+use crate::config::{DevConfig, Layered as _};
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -39,6 +40,13 @@ pub struct DevArgs {
     /// How many steps the embedded worker pool runs at once.
     #[arg(long)]
     pub concurrency: Option<usize>,
+    /// Send steps through this Kafka cluster (`host:port,...`) instead of in-process channels.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// With --kafka, a queue the embedded worker serves (repeatable; default: `default` and the
+    /// queues of the flow file).
+    #[arg(long = "queue", value_name = "NAME")]
+    pub queues: Vec<String>,
     /// A TOML configuration file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -68,9 +76,42 @@ pub struct Embedded {
 }
 
 impl Embedded {
+    /// Orchestrator and worker pool, on Kafka when `kafka.brokers` is set.
     pub async fn start(config: &DevConfig) -> anyhow::Result<Self> {
-        let bus = InProcessBus::new();
-        let orchestrator = Orchestrator::start(config.orchestrator.clone(), Arc::new(bus.clone()))
+        Self::start_with(config, true).await
+    }
+
+    /// Without the embedded worker (`with_worker = false`), steps wait for `rpaflow worker`
+    /// processes on Kafka.
+    pub async fn start_with(config: &DevConfig, with_worker: bool) -> anyhow::Result<Self> {
+        let (bus, source): (Arc<dyn StepBus>, Option<Arc<dyn TaskSource>>) =
+            if config.kafka.is_enabled() {
+                let bus = KafkaStepBus::connect(config.kafka.clone())
+                    .await
+                    .with_context(|| format!("cannot reach Kafka at {}", config.kafka.brokers))?;
+                for queue in &config.queues {
+                    bus.ensure_queue(queue).await?;
+                }
+                let source = if with_worker {
+                    let source: Arc<dyn TaskSource> = Arc::new(
+                        KafkaTaskSource::connect(
+                            config.kafka.clone(),
+                            &config.queues,
+                            &config.worker.id,
+                        )
+                        .await?,
+                    );
+                    Some(source)
+                } else {
+                    None
+                };
+                (Arc::new(bus), source)
+            } else {
+                let bus = InProcessBus::new();
+                let source: Arc<dyn TaskSource> = Arc::new(bus.clone());
+                (Arc::new(bus), with_worker.then_some(source))
+            };
+        let orchestrator = Orchestrator::start(config.orchestrator.clone(), bus)
             .await
             .with_context(|| {
                 format!(
@@ -80,23 +121,24 @@ impl Embedded {
             })?;
         let handle = orchestrator.handle();
         let shutdown = CancellationToken::new();
-        let registry =
-            Registry::for_config(&config.worker).context("cannot set up the executors")?;
-        let worker = Worker::new(config.worker.clone(), registry, Arc::new(bus));
-        let worker_stop = shutdown.clone();
-        let orchestrator_stop = shutdown.clone();
-        let tasks = vec![
-            tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        if let Some(source) = source {
+            let registry =
+                Registry::for_config(&config.worker).context("cannot set up the executors")?;
+            let worker = Worker::new(config.worker.clone(), registry, source);
+            let worker_stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
                 if let Err(err) = worker.run(worker_stop).await {
                     tracing::error!(error = %err, "worker stopped with an error");
                 }
-            }),
-            tokio::spawn(async move {
-                if let Err(err) = orchestrator.run(orchestrator_stop).await {
-                    tracing::error!(error = %err, "orchestrator stopped with an error");
-                }
-            }),
-        ];
+            }));
+        }
+        let orchestrator_stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(err) = orchestrator.run(orchestrator_stop).await {
+                tracing::error!(error = %err, "orchestrator stopped with an error");
+            }
+        }));
         Ok(Self {
             handle,
             shutdown,
@@ -124,6 +166,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     if let Some(c) = args.concurrency {
         overrides = overrides.merge(Serialized::default("worker.concurrency", c));
     }
+    if let Some(brokers) = &args.kafka {
+        overrides = overrides.merge(Serialized::default("kafka.brokers", brokers));
+    }
+    if !args.queues.is_empty() {
+        overrides = overrides.merge(Serialized::default("queues", &args.queues));
+    }
     let mut config = DevConfig::load(args.config.as_deref(), overrides)?;
     if args.print_config {
         println!("{}", serde_json::to_string_pretty(&config)?);
@@ -136,9 +184,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         Some(path) => {
             let source = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            if let Err(diags) = rpaflow_core::flow::parse(&path.display().to_string(), &source) {
-                eprintln!("{diags}");
-                return Ok(ExitCode::FAILURE);
+            match rpaflow_core::flow::parse(&path.display().to_string(), &source) {
+                Err(diags) => {
+                    eprintln!("{diags}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Ok(flow) => {
+                    // The embedded worker serves the flow's queues too.
+                    for step in &flow.steps {
+                        if !config.queues.contains(&step.queue) {
+                            config.queues.push(step.queue.clone());
+                        }
+                    }
+                }
             }
             Some((path.display().to_string(), source))
         }

@@ -1,13 +1,15 @@
 //! `rpaflow`: the command line of the rpaflow orchestrator.
 //!
-//! `rpaflow dev` runs the orchestrator and a worker pool in one process (in-process step bus,
-//! durable storage); the other commands are gRPC clients of a running orchestrator.
+//! `rpaflow dev` runs the orchestrator and a worker pool in one process (in-process step bus or
+//! Kafka, durable storage); `rpaflow orchestrator` and `rpaflow worker` are the same parts as
+//! separate services on Kafka; the other commands are gRPC clients of a running orchestrator.
 //!
 //! # Layout
 //! - `dev`: `rpaflow dev`, everything embedded.
 //! - `config`: the layered configuration (defaults, file, `RPAFLOW_*`, flags).
 //! - `client`: `rpaflow flow ...` and `rpaflow run ...` against `--server`.
 //! - `output`: human-readable and JSON rendering of flows, runs and events.
+//! - `services`: `rpaflow orchestrator` and `rpaflow worker`, the services on Kafka.
 //! - `bench`: `rpaflow bench`.
 //! - The inference commands (`inference`, `generate`, `bench-inference`) live in
 //!   `rpaflow_inference_node::cli`.
@@ -17,6 +19,7 @@ mod client;
 mod config;
 mod dev;
 mod output;
+mod services;
 
 use std::process::ExitCode;
 
@@ -37,6 +40,10 @@ struct Cli {
 enum Command {
     /// Run the orchestrator and a worker pool in one process; with a flow file, run it once.
     Dev(dev::DevArgs),
+    /// Run the orchestrator service: gRPC API, durable runs, steps over Kafka.
+    Orchestrator(services::OrchestratorArgs),
+    /// Run a worker: join the pools of some queues on Kafka and run their steps.
+    Worker(services::WorkerArgs),
     /// Register, inspect, validate and draw flows.
     #[command(subcommand)]
     Flow(client::FlowCommand),
@@ -74,6 +81,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Dev(args) => dev::run(args).await,
+            Command::Orchestrator(args) => services::orchestrator(args).await,
+            Command::Worker(args) => services::worker(args).await,
             Command::Flow(cmd) => client::flow(cmd).await,
             Command::Run(cmd) => client::run(cmd).await,
             Command::Approvals(cmd) => client::approvals(cmd).await,

@@ -5,7 +5,8 @@
 //! accepts one result per attempt. A result is acknowledged only once its effect is durable.
 //!
 //! [`StepBus`] is the orchestrator's side, [`TaskSource`] the worker's. [`InProcessBus`] implements
-//! both over channels for `rpaflow dev` and tests; the Kafka bus comes with the distributed services.
+//! both over channels for `rpaflow dev` and tests; [`crate::kafka`] has the Kafka bus of the
+//! distributed services.
 
 use std::sync::Arc;
 
@@ -72,6 +73,8 @@ pub trait StepBus: Send + Sync + 'static {
     async fn cancel_run(&self, run_id: &str) -> Result<()>;
     /// The next result from any worker; `None` once the bus is closed.
     async fn next_result(&self) -> Option<ResultDelivery>;
+    /// Stops taking results, commits what is acknowledged and flushes what was sent.
+    async fn close(&self) {}
 }
 
 /// The worker's side of the bus.
@@ -83,6 +86,9 @@ pub trait TaskSource: Send + Sync + 'static {
     async fn publish(&self, result: pb::TaskResult) -> Result<()>;
     /// Run ids whose steps should stop.
     fn cancellations(&self) -> broadcast::Receiver<String>;
+    /// Stops taking tasks, commits what is acknowledged and leaves: what was not acknowledged is
+    /// delivered again, to this worker's pool.
+    async fn close(&self) {}
 }
 
 /// Channels in one process: every queue is served by the embedded worker pool.

@@ -5,6 +5,7 @@
 //! - [`flow`]: flow definitions: the model, parsing with positioned diagnostics, Mermaid.
 //! - [`expr`]: the expression language (MiniJinja) for templates, conditions and transforms.
 //! - [`bus`]: the [`bus::StepBus`] / [`bus::TaskSource`] contract and the in-process bus.
+//! - [`kafka`]: the step bus over Kafka (`rdkafka`).
 //! - [`secrets`]: secret markers in step inputs, revealing and masking them.
 //! - [`telemetry`]: logging set-up.
 //! - [`time`]: wall-clock helpers.
@@ -12,6 +13,7 @@
 pub mod bus;
 pub mod expr;
 pub mod flow;
+pub mod kafka;
 pub mod secrets;
 pub mod telemetry;
 

@@ -204,7 +204,17 @@ impl RunActor {
                     let (shared, run_id) = (self.shared.clone(), self.state.run_id.clone());
                     actix_rt::spawn(crate::subflow::start_child(shared, run_id, spec));
                 }
-                Action::Dispatch(spec) => tasks.push(self.shared.task(&self.state, spec)),
+                Action::Dispatch(spec) => {
+                    let task = self.shared.task(&self.state, spec);
+                    self.shared.backlog.dispatched(
+                        &task.run_id,
+                        &task.step_id,
+                        task.item,
+                        task.attempt,
+                        &task.queue,
+                    );
+                    tasks.push(task);
+                }
                 Action::SetTimer { at_ms, timer } => {
                     let delay = u64::try_from(at_ms - rpaflow_core::time::now_ms()).unwrap_or(0);
                     ctx.run_later(Duration::from_millis(delay), move |_, ctx| {

@@ -34,6 +34,8 @@ pub enum Error {
     },
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("{0} is not running")]
     NotRunning(&'static str),
     #[error("step bus: {0}")]
@@ -61,6 +63,7 @@ impl From<Error> for tonic::Status {
             Error::Rejected { .. } | Error::FailedPrecondition(_) => {
                 tonic::Status::failed_precondition(message)
             }
+            Error::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
             Error::NotRunning(_) | Error::Bus(_) => tonic::Status::unavailable(message),
             Error::Open { .. } | Error::Storage { .. } | Error::Internal(_) => {
                 tonic::Status::internal(message)

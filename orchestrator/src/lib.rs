@@ -5,6 +5,7 @@
 //! - [`orchestrator`]: the component ([`Orchestrator`]) and its handle ([`OrchestratorHandle`]).
 //! - [`state`]: the run state machine (events, decisions), pure and unit-tested.
 //! - `actors`: the actix actors that run it and perform its actions.
+//! - `backlog`: tasks in flight per queue, and admission of new runs.
 //! - [`store`]: sled storage with grouped flushes.
 //! - [`registry`]: flow versions.
 //! - `subflow`: steps that run another flow and wait for it.
@@ -12,6 +13,7 @@
 //! - [`error`]: the crate's error and its mapping to gRPC codes.
 
 mod actors;
+mod backlog;
 pub use actors::Published;
 pub mod api;
 mod convert;

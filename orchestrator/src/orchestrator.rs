@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::actors::{ActorSystem, Deliver, Published, RunActor, Snapshot};
+use crate::backlog::Backlog;
 use crate::error::{Error, Result};
 use crate::registry::{Registered, Registry};
 use crate::state::{
@@ -36,6 +37,11 @@ pub struct OrchestratorConfig {
     pub max_payload_bytes: usize,
     /// The largest step output a worker may return, in bytes.
     pub max_output_bytes: usize,
+    /// Runs that may be active at once; StartRun past it answers RESOURCE_EXHAUSTED.
+    pub max_active_runs: usize,
+    /// Tasks of one queue dispatched and not yet answered; past it, StartRun of a flow using
+    /// the queue answers RESOURCE_EXHAUSTED.
+    pub max_in_flight_per_queue: usize,
 }
 
 impl Default for OrchestratorConfig {
@@ -45,6 +51,8 @@ impl Default for OrchestratorConfig {
             arbiters: 4,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_output_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_active_runs: 100_000,
+            max_in_flight_per_queue: 10_000,
         }
     }
 }
@@ -54,6 +62,7 @@ pub struct Shared {
     pub(crate) store: Store,
     pub(crate) registry: Registry,
     pub(crate) bus: Arc<dyn StepBus>,
+    pub(crate) backlog: Backlog,
     config: OrchestratorConfig,
     actors: Mutex<HashMap<String, Addr<RunActor>>>,
     system: Mutex<Option<ActorSystem>>,
@@ -119,6 +128,29 @@ impl Shared {
         if let Ok(mut actors) = self.actors.lock() {
             actors.remove(run_id);
         }
+        self.backlog.run_ended(run_id);
+    }
+
+    /// Refuses a new run of `flow` when the orchestrator or one of the flow's queues is full.
+    fn admit(&self, flow: &Flow) -> Result<()> {
+        let active = self.actors.lock().map_or(0, |a| a.len());
+        if active >= self.config.max_active_runs {
+            return Err(Error::ResourceExhausted(format!(
+                "{active} runs are active, the limit is {} (orchestrator.max_active_runs); retry later",
+                self.config.max_active_runs
+            )));
+        }
+        for step in &flow.steps {
+            let in_flight = self.backlog.in_flight(&step.queue);
+            if in_flight >= self.config.max_in_flight_per_queue {
+                return Err(Error::ResourceExhausted(format!(
+                    "queue `{}` has {in_flight} steps waiting for workers, the limit is {} \
+                     (orchestrator.max_in_flight_per_queue); retry later",
+                    step.queue, self.config.max_in_flight_per_queue
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn task(&self, state: &RunState, spec: TaskSpec) -> pb::Task {
@@ -134,6 +166,8 @@ impl Shared {
                 }
             })
             .collect();
+        let traceparent =
+            rpaflow_core::kafka::traceparent(&state.run_id, &spec.step, spec.item, spec.attempt);
         pb::Task {
             secrets,
             run_id: state.run_id.clone(),
@@ -147,7 +181,10 @@ impl Shared {
             flow: state.flow.name.clone(),
             flow_version: state.flow_version,
             max_output_bytes: self.config.max_output_bytes as u64,
-            headers: HashMap::new(),
+            headers: HashMap::from([(
+                rpaflow_core::kafka::TRACEPARENT_HEADER.to_owned(),
+                traceparent,
+            )]),
         }
     }
 
@@ -224,6 +261,7 @@ impl Orchestrator {
             store,
             registry,
             bus,
+            backlog: Backlog::default(),
             config,
             actors: Mutex::new(HashMap::new()),
             system: Mutex::new(Some(system)),
@@ -288,6 +326,9 @@ impl Orchestrator {
             let Some(ResultDelivery { result, ack }) = delivery else {
                 break;
             };
+            shared
+                .backlog
+                .answered(&result.run_id, &result.step_id, result.item, result.attempt);
             let Some(addr) = shared.actor(&result.run_id) else {
                 // A finished or unknown run: nothing to record.
                 ack.ack();
@@ -331,6 +372,8 @@ impl Orchestrator {
             system.stop();
         }
         shared.store.commit().await?;
+        // Everything acknowledged is durable now: its offsets may be committed.
+        shared.bus.close().await;
         Ok(())
     }
 }
@@ -427,6 +470,10 @@ impl OrchestratorHandle {
                 .await?
         {
             return Ok((existing, false));
+        }
+        // A child run belongs to a parent that was already admitted.
+        if req.parent.is_none() {
+            shared.admit(&flow)?;
         }
         let run_id = uuid::Uuid::now_v7().to_string();
         let mut state = RunState::new(&run_id, flow, version);

@@ -19,7 +19,8 @@
 //!
 //! # Shutdown
 //! When the shutdown token is cancelled the worker stops pulling, lets the tasks in flight finish
-//! (each bounded by its own timeout) and publish, then returns. [`TaskSource::next_task`] is
+//! (each bounded by its own timeout, all by `drain_timeout`: what still runs then is handed back
+//! unacknowledged) and publish, closes the source (offsets committed, pools left), then returns. [`TaskSource::next_task`] is
 //! abandoned mid-wait at shutdown, so a source must not lose a task it has not returned yet (an
 //! unacknowledged task is delivered again anyway).
 
@@ -61,6 +62,10 @@ pub struct WorkerConfig {
     pub default_timeout: Duration,
     /// The inference node `llm` steps use (`http://host:port`); without one they fail saying so.
     pub inference_endpoint: Option<String>,
+    /// How long a stopping worker waits for its steps in flight; those still running then are
+    /// handed back unacknowledged, to be delivered again.
+    #[serde(with = "crate::duration")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -71,6 +76,7 @@ impl Default for WorkerConfig {
             max_output_bytes: 1024 * 1024,
             default_timeout: Duration::from_secs(300),
             inference_endpoint: None,
+            drain_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -252,9 +258,22 @@ impl Worker {
             in_flight = in_flight.len(),
             "worker stopping; waiting for the tasks in flight"
         );
-        while let Some(joined) = in_flight.join_next().await {
-            report_join(joined);
+        let drained = tokio::time::timeout(shared.config.drain_timeout, async {
+            while let Some(joined) = in_flight.join_next().await {
+                report_join(joined);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                worker_id = %shared.config.id,
+                handed_back = in_flight.len(),
+                "steps still running at the drain timeout are handed back unacknowledged"
+            );
+            in_flight.shutdown().await;
         }
+        // Commit what was published and leave the pools.
+        shared.source.close().await;
         // Nothing runs any more: executors may let go of browsers and connections.
         shared.registry.shutdown().await;
         shared.stats.running.store(false, Ordering::Relaxed);

@@ -1,0 +1,206 @@
+//! `rpaflow orchestrator` and `rpaflow worker`: the distributed services, talking only through
+//! Kafka. Each takes a config file, `RPAFLOW_*` variables and flags (see [`crate::config`]), and
+//! drains on SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use figment::Figment;
+use figment::providers::Serialized;
+use rpaflow_core::flow::DEFAULT_QUEUE;
+use rpaflow_core::kafka::{KafkaStepBus, KafkaTaskSource};
+use rpaflow_orchestrator::{Orchestrator, api};
+use rpaflow_worker::{Registry, Worker};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{Layered, OrchestratorServiceConfig, WorkerServiceConfig};
+use crate::dev::wait_for_signal;
+
+#[derive(Debug, Args)]
+pub struct OrchestratorArgs {
+    /// Kafka brokers, `host:port[,host:port]...`.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// Where flows, runs and events are kept.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Where the gRPC API listens (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// A TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (as JSON) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Kafka brokers, `host:port[,host:port]...`.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// A queue whose worker pool to join (repeatable; default: `default`).
+    #[arg(long = "queue", value_name = "NAME")]
+    pub queues: Vec<String>,
+    /// How many steps run at once.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Names this worker in results and logs (default: worker-PID).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The inference node for `llm` steps, `http://host:port`.
+    #[arg(long, value_name = "URL")]
+    pub inference: Option<String>,
+    /// A TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (as JSON) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
+    let mut overrides = Figment::new();
+    if let Some(brokers) = &args.kafka {
+        overrides = overrides.merge(Serialized::default("kafka.brokers", brokers));
+    }
+    if let Some(data) = &args.data {
+        overrides = overrides.merge(Serialized::default("orchestrator.data_dir", data));
+    }
+    if let Some(listen) = args.listen {
+        overrides = overrides.merge(Serialized::default("listen", listen));
+    }
+    let config = OrchestratorServiceConfig::load(args.config.as_deref(), overrides)?;
+    if args.print_config {
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry);
+
+    let bus = Arc::new(
+        KafkaStepBus::connect(config.kafka.clone())
+            .await
+            .with_context(|| format!("cannot reach Kafka at {}", config.kafka.brokers))?,
+    );
+    bus.ensure_queue(DEFAULT_QUEUE).await?;
+    let orchestrator = Orchestrator::start(config.orchestrator.clone(), bus.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot start the orchestrator on {}",
+                config.orchestrator.data_dir.display()
+            )
+        })?;
+    let handle = orchestrator.handle();
+    let (listener, addr) = api::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let shutdown = CancellationToken::new();
+    let forwarder = tokio::spawn(forward_events(handle.subscribe(), Arc::clone(&bus)));
+    let serve_stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        if let Err(err) = api::serve(handle, listener, serve_stop.cancelled_owned()).await {
+            error!(error = %err, "gRPC server stopped with an error");
+        }
+    });
+    let orchestrator_stop = shutdown.clone();
+    let running = tokio::spawn(async move { orchestrator.run(orchestrator_stop).await });
+    println!(
+        "rpaflow orchestrator: serving gRPC on {addr} (data in {}, kafka {})",
+        config.orchestrator.data_dir.display(),
+        config.kafka.brokers
+    );
+    wait_for_signal().await;
+    info!("rpaflow orchestrator: shutting down");
+    shutdown.cancel();
+    let _ = server.await;
+    let outcome = running.await.context("orchestrator task failed")?;
+    forwarder.abort();
+    outcome.context("orchestrator stopped with an error")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run events to `rpaflow.events`, for other systems. A burst larger than the broadcast buffer
+/// loses events here (said in the log); the run's own history is never affected.
+async fn forward_events(
+    mut events: broadcast::Receiver<rpaflow_orchestrator::Published>,
+    bus: Arc<KafkaStepBus>,
+) {
+    loop {
+        let batch = match events.recv().await {
+            Ok(batch) => batch,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                warn!(
+                    missed = n,
+                    "event feed fell behind; events skipped on rpaflow.events"
+                );
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let (run_id, run_events) = &*batch;
+        for event in run_events {
+            let event = rpaflow_orchestrator::event_to_pb(run_id, event);
+            if let Err(err) = bus.publish_event(&event) {
+                warn!(run_id = %run_id, error = %err, "cannot queue a run event");
+            }
+        }
+    }
+}
+
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let mut overrides = Figment::new();
+    if let Some(brokers) = &args.kafka {
+        overrides = overrides.merge(Serialized::default("kafka.brokers", brokers));
+    }
+    if !args.queues.is_empty() {
+        overrides = overrides.merge(Serialized::default("queues", &args.queues));
+    }
+    if let Some(c) = args.concurrency {
+        overrides = overrides.merge(Serialized::default("worker.concurrency", c));
+    }
+    if let Some(id) = &args.id {
+        overrides = overrides.merge(Serialized::default("worker.id", id));
+    }
+    if let Some(url) = &args.inference {
+        overrides = overrides.merge(Serialized::default("worker.inference_endpoint", url));
+    }
+    let config = WorkerServiceConfig::load(args.config.as_deref(), overrides)?;
+    if args.print_config {
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry);
+
+    let registry = Registry::for_config(&config.worker).context("cannot set up the executors")?;
+    let source = KafkaTaskSource::connect(config.kafka.clone(), &config.queues, &config.worker.id)
+        .await
+        .with_context(|| format!("cannot reach Kafka at {}", config.kafka.brokers))?;
+    let worker = Worker::new(config.worker.clone(), registry, Arc::new(source));
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    let running = tokio::spawn(worker.run(stop));
+    println!(
+        "rpaflow worker {}: serving queues {} on kafka {} ({} at once)",
+        config.worker.id,
+        config.queues.join(","),
+        config.kafka.brokers,
+        config.worker.concurrency
+    );
+    wait_for_signal().await;
+    info!("rpaflow worker: draining");
+    shutdown.cancel();
+    running
+        .await
+        .context("worker task failed")?
+        .context("worker stopped with an error")?;
+    println!("rpaflow worker {}: stopped", config.worker.id);
+    Ok(ExitCode::SUCCESS)
+}

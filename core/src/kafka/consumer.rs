@@ -1,0 +1,359 @@
+//! The poll loop both sides share.
+//!
+//! One tokio task per consumer polls without pause: decoded deliveries go into a bounded channel
+//! (through a local overflow, so nothing polled is ever dropped), and while the channel is full
+//! the assigned partitions are paused rather than polling stopping. Offsets are committed on a
+//! timer, only up to the oldest unacknowledged delivery of each partition, and synchronously
+//! before a partition is revoked and at shutdown. A message that cannot be decoded goes to the
+//! dead-letter topic with the reason in its headers; its offset counts as done once it is there.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::offsets::Offsets;
+use super::{
+    DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC, DLQ_TOPIC_HEADER, Error,
+    KafkaConfig, Result,
+};
+use crate::bus::Ack;
+
+/// Turns a message into what the application wants, or says why it cannot.
+pub(crate) type Decode<T> = fn(&OwnedMessage) -> std::result::Result<T, String>;
+
+type SharedOffsets = Arc<Mutex<Offsets>>;
+
+fn lock(offsets: &SharedOffsets) -> std::sync::MutexGuard<'_, Offsets> {
+    offsets.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Commits what is done before partitions move, and routes librdkafka's logs to `tracing`.
+pub(crate) struct Context {
+    offsets: SharedOffsets,
+    group: String,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => error!(facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Warning => warn!(facility, "librdkafka: {message}"),
+            _ => debug!(facility, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!(group = %self.group, error = %error, "kafka client error: {reason}");
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(revoked) = rebalance else {
+            return;
+        };
+        let mut commit = TopicPartitionList::new();
+        {
+            let mut offsets = lock(&self.offsets);
+            for element in revoked.elements() {
+                if let Some(position) = offsets.revoke(element.topic(), element.partition()) {
+                    let _ = commit.add_partition_offset(
+                        element.topic(),
+                        element.partition(),
+                        Offset::Offset(position),
+                    );
+                }
+            }
+        }
+        info!(group = %self.group, partitions = revoked.count(), "partitions revoked");
+        if commit.count() > 0
+            && let Err(err) = consumer.commit(&commit, CommitMode::Sync)
+        {
+            warn!(group = %self.group, error = %err, "commit before a rebalance failed");
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            info!(group = %self.group, partitions = assigned.count(), "partitions assigned");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(err) = result {
+            // Commit those positions again on the next tick.
+            warn!(group = %self.group, error = %err, "offset commit failed; will retry");
+            let mut tracked = lock(&self.offsets);
+            for element in offsets.elements() {
+                tracked.retry(element.topic(), element.partition());
+            }
+        }
+    }
+}
+
+/// A running poll loop.
+pub(crate) struct PollLoop {
+    stop: CancellationToken,
+    task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl PollLoop {
+    /// Subscribes `group` to `topics` and starts polling into `out`.
+    pub(crate) fn spawn<T: Send + 'static>(
+        config: &KafkaConfig,
+        group: &str,
+        topics: &[String],
+        decode: Decode<T>,
+        out: mpsc::Sender<(T, Ack)>,
+        dlq: FutureProducer,
+    ) -> Result<Self> {
+        let offsets = SharedOffsets::default();
+        let context = Context {
+            offsets: Arc::clone(&offsets),
+            group: group.to_owned(),
+        };
+        let consumer: StreamConsumer<Context> = config
+            .consumer_config(group)
+            .create_with_context(context)
+            .map_err(|source| Error::Client {
+                role: "consumer",
+                source,
+            })?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|source| Error::Subscribe {
+                topic: topics.join(","),
+                source,
+            })?;
+        info!(group, topics = ?topics, "consumer subscribed");
+        let stop = CancellationToken::new();
+        let state = Loop {
+            consumer,
+            offsets,
+            decode,
+            out,
+            dlq,
+            stop: stop.clone(),
+            commit_every: Duration::from_millis(config.commit_interval_ms),
+            group: group.to_owned(),
+        };
+        Ok(Self {
+            stop,
+            task: tokio::sync::Mutex::new(Some(tokio::spawn(state.run()))),
+        })
+    }
+
+    /// Stops polling, commits what is done and leaves the group.
+    pub(crate) async fn shutdown(&self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.lock().await.take()
+            && let Err(err) = task.await
+        {
+            error!(error = %err, "kafka poll loop panicked");
+        }
+    }
+}
+
+impl Drop for PollLoop {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct Loop<T> {
+    consumer: StreamConsumer<Context>,
+    offsets: SharedOffsets,
+    decode: Decode<T>,
+    out: mpsc::Sender<(T, Ack)>,
+    dlq: FutureProducer,
+    stop: CancellationToken,
+    commit_every: Duration,
+    group: String,
+}
+
+impl<T: Send + 'static> Loop<T> {
+    async fn run(self) {
+        let mut overflow: VecDeque<(T, Ack)> = VecDeque::new();
+        let mut paused = false;
+        let mut tick = tokio::time::interval(self.commit_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            while let Some(front) = overflow.pop_front() {
+                match self.out.try_send(front) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(item)) => {
+                        overflow.push_front(item);
+                        break;
+                    }
+                    Err(TrySendError::Closed(_)) => {
+                        // The application is gone: what it did not take is delivered again.
+                        self.finish();
+                        return;
+                    }
+                }
+            }
+            if overflow.is_empty() == paused {
+                paused = !paused;
+                self.set_paused(paused);
+            }
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break,
+                _ = tick.tick() => self.commit(CommitMode::Async),
+                permit = self.out.reserve(), if !overflow.is_empty() => match permit {
+                    Ok(permit) => {
+                        if let Some(item) = overflow.pop_front() {
+                            permit.send(item);
+                        }
+                    }
+                    Err(_) => break,
+                },
+                message = self.consumer.recv() => match message {
+                    Ok(message) => {
+                        let message = message.detach();
+                        if let Some(item) = self.take(message).await {
+                            overflow.push_back(item);
+                            if paused {
+                                // A rebalance may have assigned partitions that are not paused.
+                                self.set_paused(true);
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        warn!(group = %self.group, error = %err, "kafka poll failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        self.finish();
+    }
+
+    /// Decodes a message; one that cannot be decoded goes to the dead-letter topic.
+    async fn take(&self, message: OwnedMessage) -> Option<(T, Ack)> {
+        let topic = message.topic().to_owned();
+        let (partition, offset) = (message.partition(), message.offset());
+        lock(&self.offsets).delivered(&topic, partition, offset);
+        match (self.decode)(&message) {
+            Ok(item) => {
+                let offsets = Arc::clone(&self.offsets);
+                let ack = Ack::new(move || lock(&offsets).done(&topic, partition, offset));
+                Some((item, ack))
+            }
+            Err(reason) => {
+                warn!(
+                    topic = %topic, partition, offset, reason = %reason,
+                    "message cannot be decoded; sending it to the dead-letter topic"
+                );
+                if self.dead_letter(&message, &reason).await {
+                    lock(&self.offsets).done(&topic, partition, offset);
+                }
+                None
+            }
+        }
+    }
+
+    /// Puts a message on the dead-letter topic; `false` when the broker did not take it (the
+    /// offset then stays uncommitted and the message comes back after a restart).
+    async fn dead_letter(&self, message: &OwnedMessage, reason: &str) -> bool {
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: DLQ_REASON_HEADER,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: DLQ_TOPIC_HEADER,
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: DLQ_PARTITION_HEADER,
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: DLQ_OFFSET_HEADER,
+                value: Some(&offset),
+            });
+        let payload = message.payload().unwrap_or_default();
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(DLQ_TOPIC)
+            .payload(payload)
+            .headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        match self.dlq.send(record, Timeout::Never).await {
+            Ok(_) => true,
+            Err((err, _)) => {
+                error!(error = %err, "cannot write to the dead-letter topic");
+                false
+            }
+        }
+    }
+
+    fn set_paused(&self, pause: bool) {
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        if assignment.count() == 0 {
+            return;
+        }
+        let result = if pause {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        match result {
+            Ok(()) => debug!(group = %self.group, pause, "partitions paused or resumed"),
+            Err(err) => warn!(group = %self.group, error = %err, "cannot pause or resume"),
+        }
+    }
+
+    fn commit(&self, mode: CommitMode) {
+        let moved = lock(&self.offsets).to_commit();
+        if moved.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for (topic, partition, offset) in &moved {
+            let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+        }
+        if let Err(err) = self.consumer.commit(&list, mode) {
+            warn!(group = %self.group, error = %err, "offset commit failed; will retry");
+            let mut offsets = lock(&self.offsets);
+            for (topic, partition, _) in &moved {
+                offsets.retry(topic, *partition);
+            }
+        }
+    }
+
+    /// Commits what is done; dropping the consumer then leaves the group.
+    fn finish(&self) {
+        self.commit(CommitMode::Sync);
+        info!(
+            group = %self.group,
+            unfinished = lock(&self.offsets).in_flight(),
+            "consumer stopped"
+        );
+    }
+}

@@ -1,0 +1,352 @@
+//! The step bus over Kafka, with `rdkafka` (librdkafka).
+//!
+//! Topics (created on start when missing, `partitions` each):
+//! - `rpaflow.tasks.<queue>`: tasks for the worker pool of a queue; a pool is one consumer group.
+//! - `rpaflow.results`: results for the orchestrator.
+//! - `rpaflow.dlq`: messages that could not be decoded, with the reason in headers.
+//! - `rpaflow.events`: run events, for other systems to consume.
+//! - `rpaflow.control`: cancellations, read by every worker from the end (no group).
+//!
+//! Messages are protobuf, keyed by run id so the steps of one run stay in order on one partition.
+//! Producers are idempotent with `acks=all`. Consumers never auto-commit: each delivery carries an
+//! [`Ack`](crate::bus::Ack), and a partition's offset is committed only up to the oldest delivery
+//! not yet acknowledged ([`offsets`]). The poll loop never waits for the application: deliveries
+//! go through a small buffer and the partitions are paused while it is full, so a ten-minute step
+//! does not stop polling or trigger a rebalance. W3C `traceparent` travels in message headers.
+//!
+//! Nothing here depends on a particular broker: it is tested against tansu and speaks the plain
+//! Kafka protocol. Any librdkafka setting passes through `client`, `producer` and `consumer`
+//! (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, ... for a managed Kafka).
+//!
+//! # Layout
+//! - [`offsets`]: which offsets may be committed (pure).
+//! - `consumer`: the poll loop shared by both sides: buffer, pause/resume, commits, dead letters.
+//! - [`KafkaStepBus`] (`step_bus`): the orchestrator's side.
+//! - [`KafkaTaskSource`] (`task_source`): the worker's side.
+
+mod consumer;
+pub mod offsets;
+mod step_bus;
+mod task_source;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::types::RDKafkaErrorCode;
+use serde::{Deserialize, Serialize};
+
+pub use step_bus::KafkaStepBus;
+pub use task_source::KafkaTaskSource;
+
+/// The prefix of task topics: `rpaflow.tasks.<queue>`.
+pub const TASKS_TOPIC_PREFIX: &str = "rpaflow.tasks.";
+pub const RESULTS_TOPIC: &str = "rpaflow.results";
+pub const DLQ_TOPIC: &str = "rpaflow.dlq";
+pub const EVENTS_TOPIC: &str = "rpaflow.events";
+pub const CONTROL_TOPIC: &str = "rpaflow.control";
+
+/// Dead-letter headers: why, and where the message came from.
+pub const DLQ_REASON_HEADER: &str = "rpaflow-dlq-reason";
+pub const DLQ_TOPIC_HEADER: &str = "rpaflow-dlq-topic";
+pub const DLQ_PARTITION_HEADER: &str = "rpaflow-dlq-partition";
+pub const DLQ_OFFSET_HEADER: &str = "rpaflow-dlq-offset";
+/// The W3C trace-context header.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// The task topic of a queue.
+pub fn tasks_topic(queue: &str) -> String {
+    format!("{TASKS_TOPIC_PREFIX}{queue}")
+}
+
+/// The consumer group of a queue's worker pool.
+pub fn worker_group(queue: &str) -> String {
+    format!("rpaflow-workers-{queue}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid kafka configuration: {message}")]
+    Config { message: String },
+    #[error("kafka client for {role} cannot be created")]
+    Client {
+        role: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("cannot create topic {topic}: {message}")]
+    CreateTopic { topic: String, message: String },
+    #[error("cannot subscribe to {topic}")]
+    Subscribe {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How rpaflow reaches Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port]...`; empty means Kafka is not used.
+    pub brokers: String,
+    /// Partitions of the topics rpaflow creates (existing topics are left as they are).
+    pub partitions: i32,
+    /// Replication factor of the topics rpaflow creates.
+    pub replication: i32,
+    /// How often consumers commit the offsets that moved, in milliseconds.
+    pub commit_interval_ms: u64,
+    /// librdkafka settings for every client (`security.protocol`, `sasl.*`, `ssl.*`, ...).
+    #[serde(deserialize_with = "settings")]
+    pub client: BTreeMap<String, String>,
+    /// librdkafka settings for producers only (`linger.ms`, `compression.type`, ...).
+    #[serde(deserialize_with = "settings")]
+    pub producer: BTreeMap<String, String>,
+    /// librdkafka settings for consumers only (`session.timeout.ms`, ...).
+    #[serde(deserialize_with = "settings")]
+    pub consumer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            partitions: 8,
+            replication: 1,
+            commit_interval_ms: 200,
+            client: BTreeMap::new(),
+            producer: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+        }
+    }
+}
+
+/// librdkafka settings as text, whether a file or variable gave `10`, `true` or `"10"`.
+fn settings<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, serde_json::Value>::deserialize(deserializer)?;
+    raw.into_iter()
+        .map(|(key, value)| match value {
+            serde_json::Value::String(text) => Ok((key, text)),
+            serde_json::Value::Number(n) => Ok((key, n.to_string())),
+            serde_json::Value::Bool(b) => Ok((key, b.to_string())),
+            other => Err(serde::de::Error::custom(format!(
+                "kafka setting `{key}` must be text, a number or a boolean, not {other}"
+            ))),
+        })
+        .collect()
+}
+
+/// Settings rpaflow's guarantees rest on: a configuration may not turn them off.
+const PINNED_CONSUMER: &[&str] = &["enable.auto.commit", "enable.auto.offset.store"];
+
+impl KafkaConfig {
+    pub fn is_enabled(&self) -> bool {
+        !self.brokers.trim().is_empty()
+    }
+
+    /// Checks the values before anything starts.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |message: String| Err(Error::Config { message });
+        if !self.is_enabled() {
+            return fail("kafka.brokers is empty".into());
+        }
+        if self.partitions < 1 {
+            return fail(format!(
+                "kafka.partitions must be at least 1, not {}",
+                self.partitions
+            ));
+        }
+        if self.replication < 1 {
+            return fail(format!(
+                "kafka.replication must be at least 1, not {}",
+                self.replication
+            ));
+        }
+        if self.commit_interval_ms == 0 {
+            return fail("kafka.commit_interval_ms must be above 0".into());
+        }
+        for key in PINNED_CONSUMER {
+            let set = |map: &BTreeMap<String, String>| map.keys().any(|k| setting(k) == *key);
+            if set(&self.consumer) || set(&self.client) {
+                return fail(format!(
+                    "kafka.consumer.\"{key}\" cannot be set: offsets are committed by rpaflow once the work is done"
+                ));
+            }
+        }
+        for (section, map) in [
+            ("client", &self.client),
+            ("producer", &self.producer),
+            ("consumer", &self.consumer),
+        ] {
+            if map.keys().any(|k| setting(k) == "bootstrap.servers") {
+                return fail(format!(
+                    "kafka.{section}.\"bootstrap.servers\" cannot be set: use kafka.brokers"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        // librdkafka's own logs would go to stderr unformatted; errors reach us as results.
+        config.set("log_level", "3");
+        for (key, value) in &self.client {
+            config.set(setting(key), value);
+        }
+        config
+    }
+
+    /// An idempotent producer (`acks=all`); `producer` settings apply last.
+    pub fn producer(&self) -> Result<FutureProducer> {
+        let mut config = self.base();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2");
+        for (key, value) in &self.producer {
+            config.set(setting(key), value);
+        }
+        config.create().map_err(|source| Error::Client {
+            role: "producer",
+            source,
+        })
+    }
+
+    /// A consumer's settings: manual commits only, from the earliest offset for a new group.
+    pub(crate) fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut config = self.base();
+        config
+            .set("group.id", group)
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            // A fetch waits at most this long for data: step latency over a broker that answers
+            // fetches only at the deadline. Apache Kafka answers as soon as data arrives.
+            .set("fetch.wait.max.ms", "20")
+            // Keep the local prefetch small: what sits there is held by this member only.
+            .set("queued.max.messages.kbytes", "4096");
+        for (key, value) in &self.consumer {
+            config.set(setting(key), value);
+        }
+        config
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false");
+        config
+    }
+
+    /// Creates the topics that do not exist yet.
+    pub async fn ensure_topics(&self, topics: &[String]) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> =
+            self.base().create().map_err(|source| Error::Client {
+                role: "admin",
+                source,
+            })?;
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    self.partitions,
+                    TopicReplication::Fixed(self.replication),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin
+            .create_topics(new.iter(), &options)
+            .await
+            .map_err(|e| Error::CreateTopic {
+                topic: topics.join(","),
+                message: e.to_string(),
+            })?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(Error::CreateTopic {
+                        topic,
+                        message: code.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// librdkafka names use dots; environment variables cannot, so `linger_ms` means `linger.ms`.
+fn setting(key: &str) -> String {
+    key.replace('_', ".").to_ascii_lowercase()
+}
+
+/// The W3C `traceparent` of a step: the trace id is the run id (a UUID is 128 bits, as a trace id
+/// is), so every service can name the run's trace without carrying more state.
+pub fn traceparent(run_id: &str, step: &str, item: Option<u32>, attempt: u32) -> String {
+    let trace_id: String = run_id.chars().filter(char::is_ascii_hexdigit).collect();
+    let trace_id = if trace_id.len() == 32 {
+        trace_id.to_ascii_lowercase()
+    } else {
+        format!("{:032x}", fnv1a(run_id.as_bytes()) as u128)
+    };
+    let mut seed = step.as_bytes().to_vec();
+    seed.extend(item.unwrap_or(u32::MAX).to_be_bytes());
+    seed.extend(attempt.to_be_bytes());
+    let span_id = fnv1a(&seed).max(1);
+    format!("00-{trace_id}-{span_id:016x}-01")
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_names_the_run_as_the_trace() {
+        let run = "01935f2a-7c1e-7b44-9a55-0d3c1f2e4b6a";
+        let tp = traceparent(run, "fetch", None, 1);
+        assert!(
+            tp.starts_with("00-01935f2a7c1e7b449a550d3c1f2e4b6a-"),
+            "{tp}"
+        );
+        assert!(tp.ends_with("-01"));
+        assert_eq!(tp.len(), 55);
+        assert_ne!(
+            tp,
+            traceparent(run, "fetch", None, 2),
+            "attempts are spans of their own"
+        );
+        assert_eq!(traceparent("not-a-uuid", "s", Some(1), 1).len(), 55);
+    }
+
+    #[test]
+    fn settings_that_guarantees_rest_on_are_refused() {
+        let mut config = KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            ..KafkaConfig::default()
+        };
+        config.validate().unwrap();
+        config
+            .consumer
+            .insert("enable.auto.commit".into(), "true".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("enable.auto.commit"), "{err}");
+        let empty = KafkaConfig::default().validate().unwrap_err().to_string();
+        assert!(empty.contains("kafka.brokers is empty"), "{empty}");
+    }
+}

@@ -1,0 +1,227 @@
+//! The worker's side: tasks in from `rpaflow.tasks.<queue>` (one consumer group per queue),
+//! results out to `rpaflow.results`, cancellations in from `rpaflow.control`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prost::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use rpaflow_proto::v1 as pb;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::consumer::PollLoop;
+use super::{
+    CONTROL_TOPIC, DLQ_TOPIC, Error, KafkaConfig, RESULTS_TOPIC, Result, TRACEPARENT_HEADER,
+    tasks_topic, traceparent, worker_group,
+};
+use crate::bus::{Ack, BusError, TaskDelivery, TaskSource};
+
+pub struct KafkaTaskSource {
+    queues: Vec<String>,
+    producer: FutureProducer,
+    tasks: tokio::sync::Mutex<mpsc::Receiver<(pb::Task, Ack)>>,
+    polls: Vec<PollLoop>,
+    cancel_tx: broadcast::Sender<String>,
+    stop_control: CancellationToken,
+}
+
+impl std::fmt::Debug for KafkaTaskSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaTaskSource")
+            .field("queues", &self.queues)
+            .finish()
+    }
+}
+
+impl KafkaTaskSource {
+    /// Joins the worker pool of each queue and starts listening for cancellations.
+    pub async fn connect(config: KafkaConfig, queues: &[String], worker_id: &str) -> Result<Self> {
+        config.validate()?;
+        if queues.is_empty() {
+            return Err(Error::Config {
+                message: "a worker needs at least one queue".into(),
+            });
+        }
+        let mut topics: Vec<String> = queues.iter().map(|q| tasks_topic(q)).collect();
+        topics.extend([
+            RESULTS_TOPIC.to_owned(),
+            DLQ_TOPIC.to_owned(),
+            CONTROL_TOPIC.to_owned(),
+        ]);
+        config.ensure_topics(&topics).await?;
+        let producer = config.producer()?;
+        // One task waits in the channel: the worker pulls only when it has a free slot, and the
+        // rest stays on the broker (or paused) for other members of the pool.
+        let (tx, rx) = mpsc::channel(1);
+        let mut polls = Vec::new();
+        for queue in queues {
+            polls.push(PollLoop::spawn(
+                &config,
+                &worker_group(queue),
+                &[tasks_topic(queue)],
+                decode_task,
+                tx.clone(),
+                producer.clone(),
+            )?);
+        }
+        let (cancel_tx, _) = broadcast::channel(1024);
+        let stop_control = CancellationToken::new();
+        let control = control_consumer(&config, worker_id).await?;
+        tokio::spawn(listen_control(
+            control,
+            cancel_tx.clone(),
+            stop_control.clone(),
+        ));
+        info!(queues = ?queues, brokers = %config.brokers, "worker joined its pools");
+        Ok(Self {
+            queues: queues.to_vec(),
+            producer,
+            tasks: tokio::sync::Mutex::new(rx),
+            polls,
+            cancel_tx,
+            stop_control,
+        })
+    }
+}
+
+#[async_trait]
+impl TaskSource for KafkaTaskSource {
+    async fn next_task(&self) -> Option<TaskDelivery> {
+        let (task, ack) = self.tasks.lock().await.recv().await?;
+        Some(TaskDelivery { task, ack })
+    }
+
+    async fn publish(&self, result: pb::TaskResult) -> crate::bus::Result<()> {
+        let trace = traceparent(&result.run_id, &result.step_id, result.item, result.attempt);
+        let payload = result.encode_to_vec();
+        let record = FutureRecord::to(RESULTS_TOPIC)
+            .key(&result.run_id)
+            .payload(&payload)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: TRACEPARENT_HEADER,
+                value: Some(&trace),
+            }));
+        self.producer
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await
+            .map(|_| ())
+            .map_err(|(err, _)| BusError::Transport {
+                topic: RESULTS_TOPIC.to_owned(),
+                message: err.to_string(),
+            })
+    }
+
+    fn cancellations(&self) -> broadcast::Receiver<String> {
+        self.cancel_tx.subscribe()
+    }
+
+    async fn close(&self) {
+        self.stop_control.cancel();
+        for poll in &self.polls {
+            poll.shutdown().await;
+        }
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+    }
+}
+
+fn decode_task(message: &OwnedMessage) -> std::result::Result<pb::Task, String> {
+    let payload = message.payload().unwrap_or_default();
+    let mut task = pb::Task::decode(payload).map_err(|e| format!("not a rpaflow.v1.Task: {e}"))?;
+    if task.run_id.is_empty()
+        || task.step_id.is_empty()
+        || task.kind.is_empty()
+        || task.attempt == 0
+    {
+        return Err("a Task needs run_id, step_id, kind and attempt".into());
+    }
+    if !task.headers.contains_key(TRACEPARENT_HEADER)
+        && let Some(headers) = message.headers()
+    {
+        for header in headers.iter() {
+            if header.key == TRACEPARENT_HEADER
+                && let Some(value) = header.value.and_then(|v| std::str::from_utf8(v).ok())
+            {
+                task.headers
+                    .insert(TRACEPARENT_HEADER.to_owned(), value.to_owned());
+            }
+        }
+    }
+    Ok(task)
+}
+
+/// A consumer of every partition of the control topic from its end: each worker sees every
+/// cancellation sent while it runs, and none from before.
+async fn control_consumer(config: &KafkaConfig, worker_id: &str) -> Result<Arc<StreamConsumer>> {
+    let group = format!("rpaflow-control-{worker_id}");
+    let consumer: StreamConsumer =
+        config
+            .consumer_config(&group)
+            .create()
+            .map_err(|source| Error::Client {
+                role: "control consumer",
+                source,
+            })?;
+    let consumer = Arc::new(consumer);
+    let metadata_consumer = Arc::clone(&consumer);
+    let metadata = tokio::task::spawn_blocking(move || {
+        metadata_consumer.fetch_metadata(Some(CONTROL_TOPIC), Duration::from_secs(30))
+    })
+    .await
+    .map_err(|e| Error::Config {
+        message: format!("control topic metadata: {e}"),
+    })?
+    .map_err(|source| Error::Subscribe {
+        topic: CONTROL_TOPIC.to_owned(),
+        source,
+    })?;
+    let mut assignment = TopicPartitionList::new();
+    for topic in metadata.topics() {
+        for partition in topic.partitions() {
+            let _ = assignment.add_partition_offset(topic.name(), partition.id(), Offset::End);
+        }
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|source| Error::Subscribe {
+            topic: CONTROL_TOPIC.to_owned(),
+            source,
+        })?;
+    Ok(consumer)
+}
+
+async fn listen_control(
+    consumer: Arc<StreamConsumer>,
+    cancel_tx: broadcast::Sender<String>,
+    stop: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => return,
+            message = consumer.recv() => message,
+        };
+        match message {
+            Ok(message) => match message.payload().map(std::str::from_utf8) {
+                Some(Ok(run_id)) => {
+                    // No receiver means nothing runs.
+                    let _ = cancel_tx.send(run_id.to_owned());
+                }
+                _ => warn!(
+                    offset = message.offset(),
+                    "control message is not a run id; ignored"
+                ),
+            },
+            Err(err) => {
+                warn!(error = %err, "control topic poll failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
