@@ -14,6 +14,7 @@ command -v python3 >/dev/null || { echo "error: python3 is needed by the end-to-
 # chromedriver for the browser executor's (installed with apt when missing).
 scripts/setup-postgres.sh >/dev/null
 scripts/setup-browser.sh >/dev/null
+scripts/kafka.sh install >/dev/null
 
 # The end-to-end tests run the rpaflow binary as a separate process: build it first.
 cargo build --locked -p rpaflow-cli --bin rpaflow

@@ -1,5 +1,5 @@
-//! [`Dev`]: one `rpaflow dev --keep-running` process on a data directory, and the gRPC calls the
-//! scenarios make against it.
+//! [`Dev`]: one `rpaflow dev --keep-running` process (or one `rpaflow orchestrator` service) on a
+//! data directory, and the gRPC calls the scenarios make against it.
 
 use std::io::{BufRead as _, BufReader, Read};
 use std::net::SocketAddr;
@@ -19,8 +19,9 @@ use crate::pb::flow_service_client::FlowServiceClient;
 
 /// How long a process may take to print its serving line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// The line `rpaflow dev` prints once its gRPC API accepts connections.
-const SERVING: &str = "rpaflow dev: serving gRPC on ";
+/// What `rpaflow dev` and `rpaflow orchestrator` print once their gRPC API accepts connections:
+/// `rpaflow dev: serving gRPC on ADDR ...`.
+const SERVING: &str = ": serving gRPC on ";
 /// How many lines of process output a failure message shows.
 const TAIL_LINES: usize = 150;
 
@@ -57,6 +58,10 @@ pub struct Dev {
     generation: u32,
     /// More `rpaflow dev` arguments, for every start.
     extra: Vec<String>,
+    /// The command and its first arguments: `dev --keep-running` or `orchestrator`.
+    mode: Vec<String>,
+    /// More environment variables, for every start.
+    env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Dev {
@@ -106,7 +111,28 @@ impl Dev {
             channel: None,
             generation: 0,
             extra: Vec::new(),
+            mode: vec!["dev".into(), "--keep-running".into()],
+            env: Vec::new(),
         }
+    }
+
+    /// Starts the orchestrator service, `rpaflow orchestrator --kafka BROKERS ARGS...`, on a new
+    /// temporary data directory, with `env` set; every call of a [`Dev`] works against it.
+    pub async fn orchestrator(brokers: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let temp = tempfile::Builder::new()
+            .prefix("rpaflow-e2e-")
+            .tempdir()
+            .expect("cannot create a temporary data directory");
+        let mut dev = Self::new_in(temp.path());
+        dev.mode = vec!["orchestrator".into(), "--kafka".into(), brokers.to_owned()];
+        dev.extra = args.iter().map(|a| (*a).to_owned()).collect();
+        dev.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        dev._temp = Some(temp);
+        dev.spawn().await;
+        dev
     }
 
     /// Starts a process on `data_dir` (created by the process when missing).
@@ -121,6 +147,8 @@ impl Dev {
             channel: None,
             generation: 0,
             extra: Vec::new(),
+            mode: vec!["dev".into(), "--keep-running".into()],
+            env: Vec::new(),
         };
         dev.spawn().await;
         dev
@@ -128,13 +156,15 @@ impl Dev {
 
     async fn spawn(&mut self) {
         self.generation += 1;
-        let tag = format!("dev#{}", self.generation);
+        let tag = format!("{}#{}", self.mode[0], self.generation);
         let mut child = crate::binary::command()
-            .args(["dev", "--keep-running", "--listen", "127.0.0.1:0", "--data"])
+            .args(&self.mode)
+            .args(["--listen", "127.0.0.1:0", "--data"])
             .arg(&self.data_dir)
             .args(&self.extra)
             .env("RPAFLOW_TELEMETRY__LOG_LEVEL", "info")
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -228,8 +258,10 @@ impl Dev {
             // `Child::kill` is SIGKILL on Unix.
             let _ = child.kill();
             let status = child.wait();
-            self.output
-                .push(&format!("[dev#{}] killed: {status:?}", self.generation));
+            self.output.push(&format!(
+                "[{}#{}] killed: {status:?}",
+                self.mode[0], self.generation
+            ));
         }
         self.channel = None;
         self.join_drains();
@@ -484,7 +516,8 @@ fn drain(
             let text = String::from_utf8_lossy(&line);
             let text = text.trim_end_matches(['\n', '\r']);
             output.push(&format!("{prefix}{text}"));
-            if let Some(rest) = text.strip_prefix(SERVING)
+            if text.starts_with("rpaflow ")
+                && let Some((_, rest)) = text.split_once(SERVING)
                 && let Some(addr) = rest.split_whitespace().next().and_then(|a| a.parse().ok())
                 && let Some(tx) = ready.take()
             {

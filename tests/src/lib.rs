@@ -23,13 +23,17 @@
 //! - `events`: [`Events`], a run's events with counting helpers, and [`EventLog`], a live watcher.
 //! - `http`: [`HttpServer`], a recording HTTP server that can be scripted to fail.
 //! - `cli`: [`rpaflow`], the CLI run as a process.
+//! - `worker`: [`WorkerProcess`], one `rpaflow worker` service on Kafka.
+//! - [`kafka`]: [`kafka::Broker`], a real Kafka-protocol broker (tansu) for the distributed tests.
 
 mod binary;
 mod cli;
 mod dev;
 mod events;
 mod http;
+pub mod kafka;
 mod setup;
+mod worker;
 
 pub use binary::{rpaflow_bin, workspace_root};
 pub use cli::{CliOutput, rpaflow};
@@ -38,6 +42,7 @@ pub use events::{EventLog, Events};
 pub use http::{HttpServer, Recorded};
 pub use rpaflow_proto::v1 as pb;
 pub use setup::{get_json, printed_outputs, psql, setup_script};
+pub use worker::WorkerProcess;
 
 /// The last `lines` lines of `text`, for failure messages.
 pub fn tail(text: &str, lines: usize) -> String {

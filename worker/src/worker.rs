@@ -305,6 +305,10 @@ impl Shared {
         );
         async {
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+            debug!(
+                trace = task.headers.get("traceparent").map(String::as_str),
+                "step started"
+            );
             let started_at_ms = now_ms();
             let started = Instant::now();
             let mut outcome = self.execute(&task, cancel.token()).await;

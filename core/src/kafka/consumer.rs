@@ -1,8 +1,9 @@
 //! The poll loop both sides share.
 //!
 //! One tokio task per consumer polls without pause: decoded deliveries go into a bounded channel
-//! (through a local overflow, so nothing polled is ever dropped), and while the channel is full
-//! the assigned partitions are paused rather than polling stopping. Offsets are committed on a
+//! (through a local overflow, so nothing polled is ever dropped), and while the application
+//! falls behind by more than [`PAUSE_AT`] deliveries the assigned partitions are paused rather
+//! than polling stopping. Offsets are committed on a
 //! timer, only up to the oldest unacknowledged delivery of each partition, and synchronously
 //! before a partition is revoked and at shutdown. A message that cannot be decoded goes to the
 //! dead-letter topic with the reason in its headers; its offset counts as done once it is there.
@@ -38,6 +39,11 @@ use crate::bus::Ack;
 pub(crate) type Decode<T> = fn(&OwnedMessage) -> std::result::Result<T, String>;
 
 type SharedOffsets = Arc<Mutex<Offsets>>;
+
+/// Deliveries polled but not yet taken by the application at which the partitions are paused,
+/// and at which they are resumed.
+const PAUSE_AT: usize = 512;
+const RESUME_AT: usize = 128;
 
 fn lock(offsets: &SharedOffsets) -> std::sync::MutexGuard<'_, Offsets> {
     offsets.lock().unwrap_or_else(PoisonError::into_inner)
@@ -110,6 +116,48 @@ impl ConsumerContext for Context {
     }
 }
 
+/// Which partitions a poll loop reads.
+pub(crate) enum Partitions {
+    /// Whatever the consumer group assigns this member (a worker pool).
+    Group(Vec<String>),
+    /// Every partition of the topic, from the group's committed offsets, without joining the
+    /// group: for a single reader (the orchestrator), which then never waits for a rebalance or
+    /// depends on the broker noticing that its previous incarnation died.
+    All(String),
+}
+
+/// Every partition of `topic`, at `offset`, from the broker's metadata.
+pub(crate) async fn all_partitions<C: ConsumerContext + 'static>(
+    consumer: Arc<StreamConsumer<C>>,
+    topic: &str,
+    offset: Offset,
+) -> Result<TopicPartitionList> {
+    let name = topic.to_owned();
+    let metadata = tokio::task::spawn_blocking(move || {
+        consumer.fetch_metadata(Some(&name), Duration::from_secs(30))
+    })
+    .await
+    .map_err(|e| Error::Config {
+        message: format!("metadata of {topic}: {e}"),
+    })?
+    .map_err(|source| Error::Subscribe {
+        topic: topic.to_owned(),
+        source,
+    })?;
+    let mut assignment = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for partition in t.partitions() {
+            let _ = assignment.add_partition_offset(t.name(), partition.id(), offset);
+        }
+    }
+    if assignment.count() == 0 {
+        return Err(Error::Config {
+            message: format!("topic {topic} has no partitions"),
+        });
+    }
+    Ok(assignment)
+}
+
 /// A running poll loop.
 pub(crate) struct PollLoop {
     stop: CancellationToken,
@@ -117,11 +165,11 @@ pub(crate) struct PollLoop {
 }
 
 impl PollLoop {
-    /// Subscribes `group` to `topics` and starts polling into `out`.
-    pub(crate) fn spawn<T: Send + 'static>(
+    /// Reads `partitions` for `group` and starts polling into `out`.
+    pub(crate) async fn spawn<T: Send + 'static>(
         config: &KafkaConfig,
         group: &str,
-        topics: &[String],
+        partitions: Partitions,
         decode: Decode<T>,
         out: mpsc::Sender<(T, Ack)>,
         dlq: FutureProducer,
@@ -138,14 +186,34 @@ impl PollLoop {
                 role: "consumer",
                 source,
             })?;
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&names)
-            .map_err(|source| Error::Subscribe {
-                topic: topics.join(","),
-                source,
-            })?;
-        info!(group, topics = ?topics, "consumer subscribed");
+        let consumer = match partitions {
+            Partitions::Group(topics) => {
+                let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+                consumer
+                    .subscribe(&names)
+                    .map_err(|source| Error::Subscribe {
+                        topic: topics.join(","),
+                        source,
+                    })?;
+                info!(group, topics = ?topics, "consumer subscribed");
+                consumer
+            }
+            Partitions::All(topic) => {
+                let consumer = Arc::new(consumer);
+                let assignment =
+                    all_partitions(Arc::clone(&consumer), &topic, Offset::Stored).await?;
+                consumer
+                    .assign(&assignment)
+                    .map_err(|source| Error::Subscribe {
+                        topic: topic.clone(),
+                        source,
+                    })?;
+                info!(group, topic = %topic, partitions = assignment.count(), "consumer assigned every partition");
+                Arc::into_inner(consumer).ok_or_else(|| Error::Config {
+                    message: "consumer still shared after its assignment".into(),
+                })?
+            }
+        };
         let stop = CancellationToken::new();
         let state = Loop {
             consumer,
@@ -212,9 +280,14 @@ impl<T: Send + 'static> Loop<T> {
                     }
                 }
             }
-            if overflow.is_empty() == paused {
-                paused = !paused;
-                self.set_paused(paused);
+            // Pausing makes librdkafka drop its prefetched messages and fetch again on resume:
+            // only worth it for a real backlog, with room between the two thresholds.
+            if !paused && overflow.len() >= PAUSE_AT {
+                paused = true;
+                self.set_paused(true);
+            } else if paused && overflow.len() <= RESUME_AT {
+                paused = false;
+                self.set_paused(false);
             }
             tokio::select! {
                 biased;

@@ -5,7 +5,7 @@
 //! - `rpaflow.results`: results for the orchestrator.
 //! - `rpaflow.dlq`: messages that could not be decoded, with the reason in headers.
 //! - `rpaflow.events`: run events, for other systems to consume.
-//! - `rpaflow.control`: cancellations, read by every worker from the end (no group).
+//! - `rpaflow.control`: cancellations (one partition), read by every worker from the end.
 //!
 //! Messages are protobuf, keyed by run id so the steps of one run stay in order on one partition.
 //! Producers are idempotent with `acks=all`. Consumers never auto-commit: each delivery carries an

@@ -13,14 +13,16 @@ use rdkafka::util::Timeout;
 use rpaflow_proto::v1 as pb;
 use tokio::sync::mpsc;
 
-use super::consumer::PollLoop;
+use super::consumer::{Partitions, PollLoop};
 use super::{
     CONTROL_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, KafkaConfig, RESULTS_TOPIC, Result, TRACEPARENT_HEADER,
     tasks_topic, traceparent,
 };
 use crate::bus::{Ack, BusError, ResultDelivery, StepBus};
 
-/// The consumer group of orchestrators reading results.
+/// The group whose offsets record which results the orchestrator has made durable. The
+/// orchestrator reads every partition of `rpaflow.results` itself (one orchestrator per cluster),
+/// so it never waits for a rebalance after a restart.
 pub const ORCHESTRATOR_GROUP: &str = "rpaflow-orchestrator";
 
 pub struct KafkaStepBus {
@@ -57,11 +59,12 @@ impl KafkaStepBus {
         let poll = PollLoop::spawn(
             &config,
             ORCHESTRATOR_GROUP,
-            &[RESULTS_TOPIC.to_owned()],
+            Partitions::All(RESULTS_TOPIC.to_owned()),
             decode_result,
             tx,
             producer.clone(),
-        )?;
+        )
+        .await?;
         Ok(Self {
             config,
             producer,

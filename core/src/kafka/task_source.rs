@@ -6,17 +6,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use prost::Message as _;
+use rdkafka::Offset;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
-use rdkafka::{Offset, TopicPartitionList};
 use rpaflow_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::consumer::PollLoop;
+use super::consumer::{Partitions, PollLoop, all_partitions};
 use super::{
     CONTROL_TOPIC, DLQ_TOPIC, Error, KafkaConfig, RESULTS_TOPIC, Result, TRACEPARENT_HEADER,
     tasks_topic, traceparent, worker_group,
@@ -62,14 +62,17 @@ impl KafkaTaskSource {
         let (tx, rx) = mpsc::channel(1);
         let mut polls = Vec::new();
         for queue in queues {
-            polls.push(PollLoop::spawn(
-                &config,
-                &worker_group(queue),
-                &[tasks_topic(queue)],
-                decode_task,
-                tx.clone(),
-                producer.clone(),
-            )?);
+            polls.push(
+                PollLoop::spawn(
+                    &config,
+                    &worker_group(queue),
+                    Partitions::Group(vec![tasks_topic(queue)]),
+                    decode_task,
+                    tx.clone(),
+                    producer.clone(),
+                )
+                .await?,
+            );
         }
         let (cancel_tx, _) = broadcast::channel(1024);
         let stop_control = CancellationToken::new();
@@ -170,24 +173,7 @@ async fn control_consumer(config: &KafkaConfig, worker_id: &str) -> Result<Arc<S
                 source,
             })?;
     let consumer = Arc::new(consumer);
-    let metadata_consumer = Arc::clone(&consumer);
-    let metadata = tokio::task::spawn_blocking(move || {
-        metadata_consumer.fetch_metadata(Some(CONTROL_TOPIC), Duration::from_secs(30))
-    })
-    .await
-    .map_err(|e| Error::Config {
-        message: format!("control topic metadata: {e}"),
-    })?
-    .map_err(|source| Error::Subscribe {
-        topic: CONTROL_TOPIC.to_owned(),
-        source,
-    })?;
-    let mut assignment = TopicPartitionList::new();
-    for topic in metadata.topics() {
-        for partition in topic.partitions() {
-            let _ = assignment.add_partition_offset(topic.name(), partition.id(), Offset::End);
-        }
-    }
+    let assignment = all_partitions(Arc::clone(&consumer), CONTROL_TOPIC, Offset::End).await?;
     consumer
         .assign(&assignment)
         .map_err(|source| Error::Subscribe {

@@ -1,0 +1,180 @@
+//! [`WorkerProcess`]: one `rpaflow worker` service on Kafka, as a child process.
+
+use std::io::{BufRead as _, BufReader, Read};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a worker may take to join its pools.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// What a worker prints in its log for every step it ran to success.
+const STEP_SUCCEEDED: &str = "step succeeded";
+
+/// An `rpaflow worker --kafka BROKERS --id ID` process, killed when dropped.
+pub struct WorkerProcess {
+    id: String,
+    child: Option<Child>,
+    output: Arc<Mutex<String>>,
+    drains: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for WorkerProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerProcess")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl WorkerProcess {
+    /// Starts a worker with more arguments and environment variables, and waits until it has
+    /// joined its pools.
+    pub async fn start(brokers: &str, id: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = crate::binary::command()
+            .args(["worker", "--kafka", brokers, "--id", id])
+            .args(args)
+            .env("RPAFLOW_TELEMETRY__LOG_LEVEL", "rpaflow_worker=debug,info")
+            .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", crate::rpaflow_bin().display()));
+        let output = Arc::new(Mutex::new(String::new()));
+        let drains = vec![
+            drain(
+                child.stdout.take().expect("stdout is piped"),
+                format!("[{id} out] "),
+                Arc::clone(&output),
+            ),
+            drain(
+                child.stderr.take().expect("stderr is piped"),
+                format!("[{id} err] "),
+                Arc::clone(&output),
+            ),
+        ];
+        let worker = Self {
+            id: id.to_owned(),
+            child: Some(child),
+            output,
+            drains,
+        };
+        let ready = format!("rpaflow worker {id}: serving queues");
+        let started = Instant::now();
+        while !worker.output().contains(&ready) {
+            if started.elapsed() > START_TIMEOUT {
+                worker.fail(&format!(
+                    "worker {id} did not join its pools in {START_TIMEOUT:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        worker
+    }
+
+    /// Whether the process was neither killed nor stopped by this handle.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        self.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Steps this worker ran to success, from its log.
+    pub fn steps_succeeded(&self) -> usize {
+        self.output().matches(STEP_SUCCEEDED).count()
+    }
+
+    /// Panics with `message` and the tail of the worker's output.
+    pub fn fail(&self, message: &str) -> ! {
+        panic!(
+            "{message}\n--- worker {} output ---\n{}\n--- end of output ---",
+            self.id,
+            crate::tail(&self.output(), 80)
+        )
+    }
+
+    /// SIGKILL: no draining, no commits, no goodbye to the group.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for drain in self.drains.drain(..) {
+            let _ = drain.join();
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the process to drain and exit.
+    pub async fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let Some(mut child) = self.child.take() else {
+            self.fail("the worker is not running");
+        };
+        let pid = child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "cannot send SIGTERM to {pid}"
+        );
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                for drain in self.drains.drain(..) {
+                    let _ = drain.join();
+                }
+                return status;
+            }
+            if started.elapsed() > timeout {
+                let _ = child.kill();
+                self.child = Some(child);
+                self.fail(&format!(
+                    "worker did not exit within {timeout:?} of SIGTERM"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn drain(
+    pipe: impl Read + Send + 'static,
+    prefix: String,
+    output: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let text = String::from_utf8_lossy(&line);
+            let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
+            out.push_str(&prefix);
+            out.push_str(text.trim_end_matches(['\n', '\r']));
+            out.push('\n');
+        }
+    })
+}
