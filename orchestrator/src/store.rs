@@ -154,16 +154,33 @@ fn idempotency_key(flow: &str, key: &str) -> Vec<u8> {
 impl Store {
     /// Opens (or creates) the store in `dir` and starts its flusher thread.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(256 * 1024 * 1024)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| Error::Open {
-                path: dir.display().to_string(),
-                source,
-            })?;
+            .flush_every_ms(None);
+        // sled's background threads let go of the file lock shortly after the last handle of a
+        // previous opening (in this process) is dropped: wait a little for it.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::Other
+                        && e.to_string().contains("could not acquire lock")
+                        && attempts < 40 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(source) => {
+                    return Err(Error::Open {
+                        path: dir.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(storage("open tree"));
         let (flusher, requests) = std_mpsc::channel::<oneshot::Sender<Result<()>>>();
         let (flows, runs, events, idempotency, active, approvals) = (
