@@ -554,3 +554,43 @@ async fn dev_runs_a_flow_over_kafka() {
     assert!(out.stdout.contains("SUCCEEDED"), "{out}");
     assert!(out.stdout.contains("log: Hello, world!"), "{out}");
 }
+
+/// A step longer than `max.poll.interval.ms` (10 s here, the lowest librdkafka allows with a
+/// 10 s session): if it held up polling, librdkafka would leave the group mid-step and the task
+/// would be delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_longer_than_the_poll_interval_keeps_its_partitions() {
+    const LONG: &str = r#"
+name: long
+steps:
+  - id: browse
+    uses: sleep
+    with: { duration: 14s }
+    timeout: 60s
+"#;
+    let _serial = serial().lock().await;
+    let broker = Broker::start().await.expect("cannot start the broker");
+    let orchestrator = Dev::orchestrator(&broker.brokers(), &[], ENV).await;
+    let env = [
+        ("RPAFLOW_KAFKA__PARTITIONS", "4"),
+        ("RPAFLOW_KAFKA__CONSUMER__MAX_POLL_INTERVAL_MS", "10000"),
+    ];
+    let worker = WorkerProcess::start(&broker.brokers(), "w1", WORKER_ARGS, &env).await;
+    orchestrator.register(LONG).await;
+    let id = orchestrator.run("long", json!({})).await;
+    orchestrator
+        .wait_succeeded(&id, Duration::from_secs(60))
+        .await;
+    let out = worker.output();
+    let started = out
+        .lines()
+        .filter(|l| l.contains(id.as_str()) && l.contains("step started"))
+        .count();
+    assert_eq!(started, 1, "the step was delivered again:\n{out}");
+    assert!(
+        !out.contains("partitions revoked"),
+        "the worker lost its partitions during the step:\n{out}"
+    );
+    let events = orchestrator.events(&id).await;
+    assert_eq!(events.count("task_dispatched"), 1, "{events}");
+}

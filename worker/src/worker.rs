@@ -305,10 +305,6 @@ impl Shared {
         );
         async {
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-            debug!(
-                trace = task.headers.get("traceparent").map(String::as_str),
-                "step started"
-            );
             let started_at_ms = now_ms();
             let started = Instant::now();
             let mut outcome = self.execute(&task, cancel.token()).await;
@@ -386,7 +382,11 @@ impl Shared {
             self.config.max_output_bytes,
             cancel,
         );
-        debug!(timeout_ms = ctx.timeout.as_millis(), "step started");
+        debug!(
+            timeout_ms = ctx.timeout.as_millis(),
+            traceparent = task.headers.get("traceparent").map(String::as_str),
+            "step started"
+        );
         let run = AssertUnwindSafe(executor.execute(&ctx, input)).catch_unwind();
         let output = tokio::select! {
             biased;
