@@ -1,4 +1,5 @@
-//! Client commands: `rpaflow flow ...` and `rpaflow run ...` against a running orchestrator.
+//! Client commands: `rpaflow flow ...`, `rpaflow run ...`, `rpaflow schedule ...` and the others
+//! against a running orchestrator.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -289,6 +290,102 @@ pub async fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             println!("secret {name} deleted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Schedule triggers of the latest flow versions, with their next five fire times.
+    List {
+        /// Only this flow's schedules.
+        #[arg(long, default_value = "")]
+        flow: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Pause a schedule: its fire times pass without runs until it is resumed.
+    Pause {
+        flow: String,
+        trigger: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Resume a paused schedule from its next fire time.
+    Resume {
+        flow: String,
+        trigger: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Start a run of a schedule now, outside its cron.
+    Trigger {
+        flow: String,
+        trigger: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+}
+
+pub async fn schedule(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
+    let print = |schedules: &[pb::ScheduleInfo], format: OutputFormat| match format {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::Value::Array(schedules.iter().map(output::schedule_json).collect())
+        ),
+        OutputFormat::Text => println!("{}", output::schedules_text(schedules)),
+    };
+    match cmd {
+        ScheduleCommand::List { flow, opts } => {
+            let mut client = connect(&opts.server).await?;
+            let schedules = client
+                .list_schedules(pb::ListSchedulesRequest { flow })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .schedules;
+            print(&schedules, opts.output);
+        }
+        ScheduleCommand::Pause {
+            flow,
+            trigger,
+            opts,
+        } => {
+            let mut client = connect(&opts.server).await?;
+            let schedule = client
+                .pause_schedule(pb::ScheduleRef { flow, trigger })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print(std::slice::from_ref(&schedule), opts.output);
+        }
+        ScheduleCommand::Resume {
+            flow,
+            trigger,
+            opts,
+        } => {
+            let mut client = connect(&opts.server).await?;
+            let schedule = client
+                .resume_schedule(pb::ScheduleRef { flow, trigger })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print(std::slice::from_ref(&schedule), opts.output);
+        }
+        ScheduleCommand::Trigger {
+            flow,
+            trigger,
+            opts,
+        } => {
+            let mut client = connect(&opts.server).await?;
+            let answer = client
+                .trigger_schedule(pb::ScheduleRef { flow, trigger })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let run = answer.run.unwrap_or_default();
+            print_run(&run, opts.output);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -61,6 +61,8 @@ pub trait Layered: Default + Serialize + DeserializeOwned {
 pub struct DevConfig {
     /// Where the gRPC API listens (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// Where the webhook endpoint (`POST /hooks/{namespace}/{flow}`) listens; none: no webhooks.
+    pub hooks_listen: Option<SocketAddr>,
     pub orchestrator: OrchestratorConfig,
     pub worker: WorkerConfig,
     /// With `kafka.brokers` set, steps go through Kafka instead of in-process channels, and
@@ -74,6 +76,7 @@ impl Default for DevConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(DEFAULT_LISTEN),
+            hooks_listen: None,
             orchestrator: OrchestratorConfig::default(),
             worker: WorkerConfig::default(),
             queues: vec![rpaflow_core::flow::DEFAULT_QUEUE.to_owned()],
@@ -89,6 +92,7 @@ impl Default for DevConfig {
 impl Layered for DevConfig {
     const SECTIONS: &'static [&'static str] = &[
         "listen",
+        "hooks_listen",
         "orchestrator",
         "worker",
         "queues",
@@ -112,6 +116,8 @@ impl Layered for DevConfig {
 pub struct OrchestratorServiceConfig {
     /// Where the gRPC API listens.
     pub listen: SocketAddr,
+    /// Where the webhook endpoint (`POST /hooks/{namespace}/{flow}`) listens; none: no webhooks.
+    pub hooks_listen: Option<SocketAddr>,
     pub orchestrator: OrchestratorConfig,
     pub kafka: KafkaConfig,
     pub telemetry: TelemetryConfig,
@@ -121,6 +127,7 @@ impl Default for OrchestratorServiceConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(DEFAULT_LISTEN),
+            hooks_listen: None,
             orchestrator: OrchestratorConfig::default(),
             kafka: KafkaConfig::default(),
             telemetry: TelemetryConfig::default(),
@@ -129,7 +136,13 @@ impl Default for OrchestratorServiceConfig {
 }
 
 impl Layered for OrchestratorServiceConfig {
-    const SECTIONS: &'static [&'static str] = &["listen", "orchestrator", "kafka", "telemetry"];
+    const SECTIONS: &'static [&'static str] = &[
+        "listen",
+        "hooks_listen",
+        "orchestrator",
+        "kafka",
+        "telemetry",
+    ];
 
     fn validate(&self) -> anyhow::Result<()> {
         validate_orchestrator(&self.orchestrator)?;
@@ -217,12 +230,14 @@ mod tests {
                 "listen = \"127.0.0.1:6000\"\n[orchestrator]\narbiters = 3\n",
             )?;
             jail.set_env("RPAFLOW_ORCHESTRATOR__ARBITERS", "4");
+            jail.set_env("RPAFLOW_HOOKS_LISTEN", "127.0.0.1:6001");
             jail.set_env("RPAFLOW_CACHE", "/somewhere");
             let overrides = Figment::from(Serialized::default("orchestrator.data_dir", "/tmp/x"));
             let cfg = DevConfig::load(Some(Path::new("rpaflow.toml")), overrides)
                 .map_err(|e| e.to_string())?;
             assert_eq!(cfg.listen.port(), 6000);
             assert_eq!(cfg.orchestrator.arbiters, 4);
+            assert_eq!(cfg.hooks_listen.map(|a| a.port()), Some(6001));
             assert_eq!(
                 cfg.orchestrator.data_dir,
                 std::path::PathBuf::from("/tmp/x")

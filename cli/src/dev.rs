@@ -1,4 +1,5 @@
-//! `rpaflow dev`: orchestrator, worker pool and gRPC API in one process, on the in-process bus.
+//! `rpaflow dev`: orchestrator, worker pool and gRPC API in one process, on the in-process bus
+//! (or Kafka, with its Kafka triggers), and the webhook endpoint with `--hooks-listen`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use figment::providers::Serialized;
 use futures::StreamExt;
 use rpaflow_core::bus::{InProcessBus, StepBus, TaskSource};
 use rpaflow_core::kafka::{KafkaStepBus, KafkaTaskSource};
+use rpaflow_orchestrator::kafka_triggers::KafkaTriggers;
 use rpaflow_orchestrator::state::{EventKind, RunStatus};
 use rpaflow_orchestrator::{Orchestrator, OrchestratorHandle, StartRun, api};
 use rpaflow_worker::{Registry, Worker};
@@ -34,6 +36,9 @@ pub struct DevArgs {
     /// Where the gRPC API listens (default: 127.0.0.1:50051; port 0 picks a free one).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Serve webhooks (`POST /hooks/{namespace}/{flow}`) on this address (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub hooks_listen: Option<SocketAddr>,
     /// Keep serving after the flow's run ends (until Ctrl-C or SIGTERM).
     #[arg(long)]
     pub keep_running: bool,
@@ -163,6 +168,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     if let Some(listen) = args.listen {
         overrides = overrides.merge(Serialized::default("listen", listen));
     }
+    if let Some(hooks) = args.hooks_listen {
+        overrides = overrides.merge(Serialized::default("hooks_listen", hooks));
+    }
     if let Some(c) = args.concurrency {
         overrides = overrides.merge(Serialized::default("worker.concurrency", c));
     }
@@ -229,7 +237,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let embedded = Embedded::start(&config).await?;
+    let mut embedded = Embedded::start(&config).await?;
+    if let Some(hooks_addr) = config.hooks_listen {
+        let hooks =
+            crate::services::serve_hooks(&embedded.handle, hooks_addr, &embedded.shutdown, "dev")
+                .await?;
+        embedded.tasks.push(hooks);
+    }
+    if config.kafka.is_enabled() {
+        let triggers = KafkaTriggers::new(embedded.handle.clone(), config.kafka.clone());
+        embedded
+            .tasks
+            .push(tokio::spawn(triggers.run(embedded.shutdown.clone())));
+    }
     let (listener, addr) = api::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -56,6 +56,9 @@ enum Command {
     /// Secrets that flows read as `{{ secrets.NAME }}`.
     #[command(subcommand)]
     Secret(client::SecretCommand),
+    /// The flows' schedule triggers: list, pause, resume, fire now.
+    #[command(subcommand)]
+    Schedule(client::ScheduleCommand),
     /// Measure the embedded orchestrator: N runs of K no-op steps, C at a time.
     Bench(bench::BenchArgs),
     /// Serve a GPT-2 model (ONNX, Hugging Face Optimum layout) over gRPC.
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
             Command::Run(cmd) => client::run(cmd).await,
             Command::Approvals(cmd) => client::approvals(cmd).await,
             Command::Secret(cmd) => client::secret(cmd).await,
+            Command::Schedule(cmd) => client::schedule(cmd).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Inference(args) => inference(args).await,
             Command::Generate(args) => rpaflow_inference_node::cli::generate(args)

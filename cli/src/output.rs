@@ -64,6 +64,7 @@ pub fn run_json(run: &pb::Run) -> Json {
         "created_at": ms_to_rfc3339(run.created_at_ms),
         "updated_at": ms_to_rfc3339(run.updated_at_ms),
         "idempotency_key": run.idempotency_key,
+        "trigger": run.trigger,
         "steps": run.steps.iter().map(|s| json!({
             "step_id": s.step_id,
             "status": step_status_name(s.status),
@@ -84,6 +85,9 @@ pub fn run_text(run: &pb::Run) -> String {
         run.flow_version,
         run_status_name(run.status).to_uppercase()
     );
+    if !run.trigger.is_empty() {
+        out.insert_str(out.len() - 1, &format!("  ({})", run.trigger));
+    }
     for s in &run.steps {
         let mut line = format!("  {:<20} {:<16}", s.step_id, step_status_name(s.status));
         if s.attempt > 1 {
@@ -203,4 +207,41 @@ pub fn approval_json(a: &pb::Approval) -> Json {
         "requested_at": ms_to_rfc3339(a.requested_at_ms),
         "deadline": if a.deadline_ms > 0 { Json::String(ms_to_rfc3339(a.deadline_ms)) } else { Json::Null },
     })
+}
+
+pub fn schedule_json(s: &pb::ScheduleInfo) -> Json {
+    json!({
+        "flow": s.flow,
+        "trigger": s.trigger,
+        "cron": s.cron,
+        "timezone": s.timezone,
+        "paused": s.paused,
+        "next_fires": s.next_fire_ms.iter().map(|ms| ms_to_rfc3339(*ms)).collect::<Vec<_>>(),
+        "last_fire": if s.last_fire_ms > 0 { Json::String(ms_to_rfc3339(s.last_fire_ms)) } else { Json::Null },
+    })
+}
+
+/// A table of schedules: one line each, then its next fire times.
+pub fn schedules_text(schedules: &[pb::ScheduleInfo]) -> String {
+    let mut out = format!(
+        "{:<20} {:<16} {:<18} {:<18} {:<8} NEXT FIRES (UTC)\n",
+        "FLOW", "TRIGGER", "CRON", "TIMEZONE", "STATE"
+    );
+    for s in schedules {
+        let next: Vec<String> = s.next_fire_ms.iter().map(|ms| ms_to_rfc3339(*ms)).collect();
+        let next = if next.is_empty() {
+            "(ended)".to_owned()
+        } else {
+            next.join(", ")
+        };
+        out.push_str(&format!(
+            "{:<20} {:<16} {:<18} {:<18} {:<8} {next}\n",
+            s.flow,
+            s.trigger,
+            s.cron,
+            s.timezone,
+            if s.paused { "paused" } else { "active" },
+        ));
+    }
+    out.trim_end().to_owned()
 }

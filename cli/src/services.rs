@@ -13,7 +13,8 @@ use figment::Figment;
 use figment::providers::Serialized;
 use rpaflow_core::flow::DEFAULT_QUEUE;
 use rpaflow_core::kafka::{KafkaStepBus, KafkaTaskSource};
-use rpaflow_orchestrator::{Orchestrator, api};
+use rpaflow_orchestrator::kafka_triggers::KafkaTriggers;
+use rpaflow_orchestrator::{Orchestrator, OrchestratorHandle, api, hooks};
 use rpaflow_worker::{Registry, Worker};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,9 @@ pub struct OrchestratorArgs {
     /// Where the gRPC API listens (port 0 picks a free one).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Serve webhooks (`POST /hooks/{namespace}/{flow}`) on this address (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub hooks_listen: Option<SocketAddr>,
     /// A TOML configuration file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -77,6 +81,9 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
     if let Some(listen) = args.listen {
         overrides = overrides.merge(Serialized::default("listen", listen));
     }
+    if let Some(hooks) = args.hooks_listen {
+        overrides = overrides.merge(Serialized::default("hooks_listen", hooks));
+    }
     let config = OrchestratorServiceConfig::load(args.config.as_deref(), overrides)?;
     if args.print_config {
         println!("{}", serde_json::to_string_pretty(&config)?);
@@ -105,11 +112,20 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     let forwarder = tokio::spawn(forward_events(handle.subscribe(), Arc::clone(&bus)));
     let serve_stop = shutdown.clone();
+    let api_handle = handle.clone();
     let server = tokio::spawn(async move {
-        if let Err(err) = api::serve(handle, listener, serve_stop.cancelled_owned()).await {
+        if let Err(err) = api::serve(api_handle, listener, serve_stop.cancelled_owned()).await {
             error!(error = %err, "gRPC server stopped with an error");
         }
     });
+    // Webhooks and Kafka triggers stop taking deliveries before the orchestrator stops.
+    let intake = CancellationToken::new();
+    let hooks = match config.hooks_listen {
+        Some(hooks_addr) => Some(serve_hooks(&handle, hooks_addr, &intake, "orchestrator").await?),
+        None => None,
+    };
+    let triggers =
+        tokio::spawn(KafkaTriggers::new(handle.clone(), config.kafka.clone()).run(intake.clone()));
     let orchestrator_stop = shutdown.clone();
     let running = tokio::spawn(async move { orchestrator.run(orchestrator_stop).await });
     println!(
@@ -119,12 +135,38 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
     );
     wait_for_signal().await;
     info!("rpaflow orchestrator: shutting down");
+    intake.cancel();
+    if let Some(hooks) = hooks {
+        let _ = hooks.await;
+    }
+    let _ = triggers.await;
     shutdown.cancel();
     let _ = server.await;
     let outcome = running.await.context("orchestrator task failed")?;
     forwarder.abort();
     outcome.context("orchestrator stopped with an error")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds the webhook endpoint, prints `rpaflow WHO: webhooks on http://ADDR` and serves it until
+/// `shutdown`.
+pub async fn serve_hooks(
+    handle: &OrchestratorHandle,
+    addr: SocketAddr,
+    shutdown: &CancellationToken,
+    who: &str,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let (listener, local) = hooks::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for webhooks on {addr}"))?;
+    println!("rpaflow {who}: webhooks on http://{local}");
+    let handle = handle.clone();
+    let stop = shutdown.clone();
+    Ok(tokio::spawn(async move {
+        if let Err(err) = hooks::serve(handle, listener, stop.cancelled_owned()).await {
+            error!(error = %err, "webhook server stopped with an error");
+        }
+    }))
 }
 
 /// Run events to `rpaflow.events`, for other systems. A burst larger than the broadcast buffer

@@ -160,7 +160,7 @@ impl FlowService for Api {
                 version: req.version,
                 inputs,
                 idempotency_key: req.idempotency_key,
-                parent: None,
+                ..StartRun::default()
             })
             .await?;
         Ok(Response::new(pb::StartRunResponse {
@@ -294,5 +294,48 @@ impl FlowService for Api {
                 .map_err(Status::from)
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_schedules(
+        &self,
+        req: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        let schedules = self.handle.list_schedules(&req.into_inner().flow).await?;
+        Ok(Response::new(pb::ListSchedulesResponse {
+            schedules: schedules.iter().map(convert::schedule).collect(),
+        }))
+    }
+
+    async fn pause_schedule(
+        &self,
+        req: Request<pb::ScheduleRef>,
+    ) -> Result<Response<pb::ScheduleInfo>, Status> {
+        let req = req.into_inner();
+        let view = self.handle.pause_schedule(&req.flow, &req.trigger).await?;
+        Ok(Response::new(convert::schedule(&view)))
+    }
+
+    async fn resume_schedule(
+        &self,
+        req: Request<pb::ScheduleRef>,
+    ) -> Result<Response<pb::ScheduleInfo>, Status> {
+        let req = req.into_inner();
+        let view = self.handle.resume_schedule(&req.flow, &req.trigger).await?;
+        Ok(Response::new(convert::schedule(&view)))
+    }
+
+    async fn trigger_schedule(
+        &self,
+        req: Request<pb::ScheduleRef>,
+    ) -> Result<Response<pb::StartRunResponse>, Status> {
+        let req = req.into_inner();
+        let (state, created) = self
+            .handle
+            .trigger_schedule(&req.flow, &req.trigger)
+            .await?;
+        Ok(Response::new(pb::StartRunResponse {
+            run: Some(convert::run(&state)),
+            created,
+        }))
     }
 }

@@ -4,6 +4,7 @@ use rpaflow_proto::v1 as pb;
 use serde_json::Value as Json;
 
 use crate::orchestrator::FlowView;
+use crate::schedule::ScheduleView;
 use crate::state::{ErrorInfo, EventKind, RunEvent, RunState, RunStatus, StepStatus};
 use crate::store::{PendingApproval, RunSummary};
 
@@ -53,6 +54,7 @@ pub fn run(state: &RunState) -> pb::Run {
         created_at_ms: state.created_at_ms,
         updated_at_ms: state.updated_at_ms,
         idempotency_key: state.idempotency_key.clone(),
+        trigger: state.trigger.clone(),
         steps: state
             .flow
             .steps
@@ -81,6 +83,18 @@ pub fn run(state: &RunState) -> pb::Run {
     }
 }
 
+pub fn schedule(view: &ScheduleView) -> pb::ScheduleInfo {
+    pb::ScheduleInfo {
+        flow: view.flow.clone(),
+        trigger: view.trigger.clone(),
+        cron: view.cron.clone(),
+        timezone: view.timezone.clone(),
+        paused: view.paused,
+        next_fire_ms: view.next_fire_ms.clone(),
+        last_fire_ms: view.last_fire_ms.unwrap_or(0),
+    }
+}
+
 pub fn run_summary(summary: &RunSummary) -> pb::Run {
     pb::Run {
         run_id: summary.run_id.clone(),
@@ -91,6 +105,7 @@ pub fn run_summary(summary: &RunSummary) -> pb::Run {
         created_at_ms: summary.created_at_ms,
         updated_at_ms: summary.updated_at_ms,
         idempotency_key: summary.idempotency_key.clone(),
+        trigger: summary.trigger.clone(),
         ..Default::default()
     }
 }

@@ -26,6 +26,8 @@ pub enum Error {
     FlowNotFound(String),
     #[error("no run `{0}`")]
     RunNotFound(String),
+    #[error("flow `{flow}` has no schedule trigger `{trigger}`")]
+    ScheduleNotFound { flow: String, trigger: String },
     #[error("run {run_id}: {rejection}")]
     Rejected {
         run_id: String,
@@ -53,9 +55,10 @@ impl From<Error> for tonic::Status {
             Error::InvalidFlow(_) | Error::InvalidArgument(_) => {
                 tonic::Status::invalid_argument(message)
             }
-            Error::FlowNotFound(_) | Error::FlowVersionNotFound { .. } | Error::RunNotFound(_) => {
-                tonic::Status::not_found(message)
-            }
+            Error::FlowNotFound(_)
+            | Error::FlowVersionNotFound { .. }
+            | Error::RunNotFound(_)
+            | Error::ScheduleNotFound { .. } => tonic::Status::not_found(message),
             Error::Rejected {
                 rejection: Rejection::UnknownStep(_),
                 ..

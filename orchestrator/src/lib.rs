@@ -8,8 +8,11 @@
 //! - `backlog`: tasks in flight per queue, and admission of new runs.
 //! - [`store`]: sled storage with grouped flushes.
 //! - [`registry`]: flow versions.
+//! - [`schedule`]: the scheduler, which fires the flows' schedule triggers.
 //! - `subflow`: steps that run another flow and wait for it.
 //! - [`api`]: the gRPC service, health and reflection; `convert`: proto conversions.
+//! - [`hooks`]: the webhook endpoint, `POST /hooks/{namespace}/{flow}`, that starts runs.
+//! - [`kafka_triggers`]: one consumer per Kafka trigger, one run per message.
 //! - [`error`]: the crate's error and its mapping to gRPC codes.
 
 mod actors;
@@ -18,8 +21,11 @@ pub use actors::Published;
 pub mod api;
 mod convert;
 pub mod error;
+pub mod hooks;
+pub mod kafka_triggers;
 pub mod orchestrator;
 pub mod registry;
+pub mod schedule;
 pub mod state;
 pub mod store;
 mod subflow;

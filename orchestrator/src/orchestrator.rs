@@ -1,14 +1,14 @@
 //! The orchestrator component: storage, the flow registry, run actors and the result loop,
 //! behind a cheap [`OrchestratorHandle`] that the gRPC API, `rpaflow dev` and the benchmarks use.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use actix::Addr;
 use futures::Stream;
 use rpaflow_core::bus::{ResultDelivery, StepBus};
-use rpaflow_core::flow::Flow;
+use rpaflow_core::flow::{Concurrency, ConcurrencyPolicy, Flow, TriggerKind};
 use rpaflow_core::time::now_ms;
 use rpaflow_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,7 @@ use crate::actors::{ActorSystem, Deliver, Published, RunActor, Snapshot};
 use crate::backlog::Backlog;
 use crate::error::{Error, Result};
 use crate::registry::{Registered, Registry};
+use crate::schedule::{Clock, ScheduleView, Scheduler, SchedulerHandle};
 use crate::state::{
     DEFAULT_MAX_PAYLOAD_BYTES, ErrorInfo, EventKind, Input, RunEvent, RunState, RunStatus, TaskSpec,
 };
@@ -42,6 +43,11 @@ pub struct OrchestratorConfig {
     /// Tasks of one queue dispatched and not yet answered; past it, StartRun of a flow using
     /// the queue answers RESOURCE_EXHAUSTED.
     pub max_in_flight_per_queue: usize,
+    /// A testing aid: when set, "now" for the scheduler is read from this file (Unix
+    /// milliseconds or an RFC 3339 time, re-read every 100 ms), so tests move time by
+    /// rewriting it. Unset (the default): the system clock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_file: Option<PathBuf>,
 }
 
 impl Default for OrchestratorConfig {
@@ -53,7 +59,46 @@ impl Default for OrchestratorConfig {
             max_output_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_active_runs: 100_000,
             max_in_flight_per_queue: 10_000,
+            clock_file: None,
         }
+    }
+}
+
+/// The unfinished runs of each flow, oldest first, for the flows' concurrency policies.
+#[derive(Default)]
+struct FlowRuns {
+    by_flow: HashMap<String, BTreeSet<(i64, String)>>,
+    /// run id -> (flow, created at).
+    flow_of: HashMap<String, (String, i64)>,
+}
+
+impl FlowRuns {
+    fn add(&mut self, run_id: &str, flow: &str, created_at_ms: i64) {
+        self.by_flow
+            .entry(flow.to_owned())
+            .or_default()
+            .insert((created_at_ms, run_id.to_owned()));
+        self.flow_of
+            .insert(run_id.to_owned(), (flow.to_owned(), created_at_ms));
+    }
+
+    fn remove(&mut self, run_id: &str) {
+        if let Some((flow, created)) = self.flow_of.remove(run_id)
+            && let Some(runs) = self.by_flow.get_mut(&flow)
+        {
+            runs.remove(&(created, run_id.to_owned()));
+            if runs.is_empty() {
+                self.by_flow.remove(&flow);
+            }
+        }
+    }
+
+    /// The flow's unfinished runs, oldest first.
+    fn active(&self, flow: &str) -> Vec<String> {
+        self.by_flow
+            .get(flow)
+            .map(|runs| runs.iter().map(|(_, id)| id.clone()).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -63,8 +108,13 @@ pub struct Shared {
     pub(crate) registry: Registry,
     pub(crate) bus: Arc<dyn StepBus>,
     pub(crate) backlog: Backlog,
+    scheduler: SchedulerHandle,
     config: OrchestratorConfig,
     actors: Mutex<HashMap<String, Addr<RunActor>>>,
+    /// The same runs by flow, for `concurrency`.
+    flow_runs: Mutex<FlowRuns>,
+    /// Starts of a flow with a `concurrency` policy, one at a time (count, decide, create).
+    admission: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     system: Mutex<Option<ActorSystem>>,
     events: broadcast::Sender<Published>,
 }
@@ -80,6 +130,7 @@ impl Shared {
             updated_at_ms: state.updated_at_ms,
             idempotency_key: state.idempotency_key.clone(),
             error: state.error.clone(),
+            trigger: state.trigger.clone(),
         }
     }
 
@@ -128,7 +179,18 @@ impl Shared {
         if let Ok(mut actors) = self.actors.lock() {
             actors.remove(run_id);
         }
+        if let Ok(mut runs) = self.flow_runs.lock() {
+            runs.remove(run_id);
+        }
         self.backlog.run_ended(run_id);
+    }
+
+    fn admission_lock(&self, flow: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .admission
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(flow.to_owned()).or_default().clone()
     }
 
     /// Refuses a new run of `flow` when the orchestrator or one of the flow's queues is full.
@@ -212,7 +274,11 @@ impl Shared {
             .lock()
             .map_err(|_| Error::Internal("actor system poisoned".into()))?;
         let system = system.as_ref().ok_or(Error::NotRunning("orchestrator"))?;
+        let (flow, created_at_ms) = (state.flow.name.clone(), state.created_at_ms);
         let addr = system.spawn_run(state, self.clone(), initial);
+        if let Ok(mut runs) = self.flow_runs.lock() {
+            runs.add(&run_id, &flow, created_at_ms);
+        }
         actors.insert(run_id, addr.clone());
         Ok(addr)
     }
@@ -234,6 +300,8 @@ impl Shared {
 /// The orchestrator; [`Orchestrator::run`] drives it until shutdown.
 pub struct Orchestrator {
     shared: Arc<Shared>,
+    /// Started by [`Orchestrator::run`].
+    scheduler: Scheduler,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -257,17 +325,21 @@ impl Orchestrator {
         let registry = Registry::new(store.clone());
         let system = ActorSystem::start(config.arbiters)?;
         let (events, _) = broadcast::channel(64 * 1024);
+        let scheduler = Scheduler::new(Clock::new(config.clock_file.clone()));
         let shared = Arc::new(Shared {
             store,
             registry,
             bus,
             backlog: Backlog::default(),
+            scheduler: scheduler.handle(),
             config,
             actors: Mutex::new(HashMap::new()),
+            flow_runs: Mutex::default(),
+            admission: Mutex::default(),
             system: Mutex::new(Some(system)),
             events,
         });
-        let orchestrator = Self { shared };
+        let orchestrator = Self { shared, scheduler };
         orchestrator.recover().await?;
         Ok(orchestrator)
     }
@@ -315,9 +387,13 @@ impl Orchestrator {
         }
     }
 
-    /// Routes worker results to run actors until `shutdown`, then stops the actors.
+    /// Routes worker results to run actors and fires schedules until `shutdown`, then stops the
+    /// scheduler and the actors.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
-        let shared = self.shared.clone();
+        let handle = self.handle();
+        let Self { shared, scheduler } = self;
+        let scheduler_stop = shutdown.child_token();
+        let scheduler = tokio::spawn(scheduler.run(handle, scheduler_stop.clone()));
         loop {
             let delivery = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -366,6 +442,10 @@ impl Orchestrator {
             });
         }
         info!("orchestrator stopping");
+        scheduler_stop.cancel();
+        if let Err(err) = scheduler.await {
+            warn!(error = %err, "scheduler task failed");
+        }
         if let Ok(mut system) = shared.system.lock()
             && let Some(mut system) = system.take()
         {
@@ -388,6 +468,9 @@ pub struct StartRun {
     pub idempotency_key: String,
     /// The subflow step starting this run, if any.
     pub parent: Option<crate::state::ParentRef>,
+    /// What starts the run: empty for the API, else `schedule:<trigger id>`,
+    /// `webhook:<trigger id>` or `kafka:<trigger id>`; recorded in its `RunStarted` event.
+    pub trigger: String,
 }
 
 /// A flow version with what clients want to know about it.
@@ -416,7 +499,45 @@ impl OrchestratorHandle {
     }
 
     pub async fn register_flow(&self, file_name: &str, source: &str) -> Result<Registered> {
-        self.shared.registry.register(file_name, source).await
+        let registered = self.shared.registry.register(file_name, source).await?;
+        if registered.created {
+            let schedules = registered
+                .flow
+                .triggers
+                .iter()
+                .any(|t| matches!(t.kind, TriggerKind::Schedule(_)));
+            if !schedules {
+                self.shared.scheduler.flows_changed();
+            } else if let Err(err) = self.shared.scheduler.schedules_registered().await {
+                // The version is registered; the scheduler picks the schedules up when it can.
+                warn!(flow = %registered.record.name, error = %err, "schedules not stored yet");
+            }
+        }
+        Ok(registered)
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Schedule triggers of the latest flow versions (of `flow` when not empty), with their
+    /// next fire times.
+    pub async fn list_schedules(&self, flow: &str) -> Result<Vec<ScheduleView>> {
+        self.shared.scheduler.list(flow).await
+    }
+
+    /// Pauses a schedule: fire times pass without runs until it is resumed.
+    pub async fn pause_schedule(&self, flow: &str, trigger: &str) -> Result<ScheduleView> {
+        self.shared.scheduler.set_paused(flow, trigger, true).await
+    }
+
+    pub async fn resume_schedule(&self, flow: &str, trigger: &str) -> Result<ScheduleView> {
+        self.shared.scheduler.set_paused(flow, trigger, false).await
+    }
+
+    /// Starts a run of a schedule now, outside its cron.
+    pub async fn trigger_schedule(&self, flow: &str, trigger: &str) -> Result<(RunState, bool)> {
+        self.shared.scheduler.fire_now(flow, trigger).await
     }
 
     pub fn get_flow(&self, name: &str, version: u32) -> Result<FlowView> {
@@ -471,6 +592,16 @@ impl OrchestratorHandle {
         {
             return Ok((existing, false));
         }
+        // Count, decide and create one start at a time per flow with a concurrency policy.
+        let _admission = match &flow.concurrency {
+            Some(concurrency) => {
+                let lock = shared.admission_lock(&req.flow);
+                let guard = lock.lock_owned().await;
+                self.make_room(&req.flow, concurrency).await?;
+                Some(guard)
+            }
+            None => None,
+        };
         // A child run belongs to a parent that was already admitted.
         if req.parent.is_none() {
             shared.admit(&flow)?;
@@ -478,6 +609,7 @@ impl OrchestratorHandle {
         let run_id = uuid::Uuid::now_v7().to_string();
         let mut state = RunState::new(&run_id, flow, version);
         state.max_payload_bytes = shared.config.max_payload_bytes;
+        state.trigger = req.trigger.clone();
         let events = state.start(
             inputs,
             req.idempotency_key.clone(),
@@ -499,6 +631,47 @@ impl OrchestratorHandle {
             shared.ensure_actor(state.clone(), actions)?;
         }
         Ok((state, true))
+    }
+
+    /// Applies the flow's concurrency policy before a new run: past `max_runs` unfinished runs,
+    /// `skip` refuses it and `cancel_oldest` cancels the oldest ones to make room.
+    async fn make_room(&self, flow: &str, concurrency: &Concurrency) -> Result<()> {
+        let active = self
+            .shared
+            .flow_runs
+            .lock()
+            .map_err(|_| Error::Internal("run table poisoned".into()))?
+            .active(flow);
+        let max = concurrency.max_runs as usize;
+        if active.len() < max {
+            return Ok(());
+        }
+        match concurrency.policy {
+            ConcurrencyPolicy::Skip | ConcurrencyPolicy::Queue => {
+                Err(Error::FailedPrecondition(format!(
+                    "flow {flow} has {} runs active (concurrency.max_runs)",
+                    active.len()
+                )))
+            }
+            ConcurrencyPolicy::CancelOldest => {
+                for run_id in &active[..active.len() + 1 - max] {
+                    let reason = format!(
+                        "cancelled to make room for a new run of {flow} (concurrency: cancel_oldest, max_runs {max})"
+                    );
+                    match self.cancel_run(run_id, &reason).await {
+                        Ok(_) => info!(run_id = %run_id, flow, "run cancelled to make room"),
+                        // It ended meanwhile: room made all the same.
+                        Err(Error::Rejected { .. } | Error::FailedPrecondition(_)) => {}
+                        Err(err) => return Err(err),
+                    }
+                    // Finished now; its actor leaves a moment later.
+                    if let Ok(mut runs) = self.shared.flow_runs.lock() {
+                        runs.remove(run_id);
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     async fn existing_for_key(&self, flow: &str, key: &str) -> Result<Option<RunState>> {

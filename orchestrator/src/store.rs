@@ -39,6 +39,9 @@ pub struct RunSummary {
     pub idempotency_key: String,
     #[serde(default)]
     pub error: Option<ErrorInfo>,
+    /// What started the run (see [`crate::state::RunState::trigger`]); empty for the API.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trigger: String,
 }
 
 impl RunSummary {
@@ -74,6 +77,21 @@ struct StoredSecret {
     updated_at_ms: i64,
 }
 
+/// The state of one schedule trigger of a flow (`schedules` tree, by `flow \0 trigger`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRecord {
+    pub flow: String,
+    pub trigger: String,
+    /// What the fire times were computed from (cron, zone, start, end); a new flow version that
+    /// changes it makes the schedule start afresh from the present.
+    pub spec: String,
+    /// The next nominal fire time not yet handled; `None` once the schedule has ended.
+    pub next_ms: Option<i64>,
+    pub paused: bool,
+    /// The nominal time of the last fire that started a run.
+    pub last_fire_ms: Option<i64>,
+}
+
 /// The outcome of creating a run with an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Created {
@@ -103,6 +121,8 @@ struct Inner {
     approvals: sled::Tree,
     /// Secret values by name.
     secrets: sled::Tree,
+    /// Schedule state by `flow \0 trigger`.
+    schedules: sled::Tree,
     flusher: Option<std_mpsc::Sender<oneshot::Sender<Result<()>>>>,
     flusher_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -145,6 +165,10 @@ fn event_key(run_id: &str, seq: u64) -> Vec<u8> {
     key.push(0);
     key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+fn schedule_key(flow: &str, trigger: &str) -> Vec<u8> {
+    [flow.as_bytes(), &[0], trigger.as_bytes()].concat()
 }
 
 fn idempotency_key(flow: &str, key: &str) -> Vec<u8> {
@@ -192,6 +216,7 @@ impl Store {
             tree("approvals")?,
         );
         let secrets = tree("secrets")?;
+        let schedules = tree("schedules")?;
         let flusher_thread = std::thread::Builder::new()
             .name("rpaflow-flusher".into())
             .spawn(move || group_flush(&db, &requests))
@@ -204,6 +229,7 @@ impl Store {
             active,
             approvals,
             secrets,
+            schedules,
             flusher: Some(flusher),
             flusher_thread: Some(flusher_thread),
         };
@@ -421,6 +447,36 @@ impl Store {
             .collect()
     }
 
+    // ---- schedules ----
+
+    /// Stores a schedule's state, durably.
+    pub async fn put_schedule(&self, record: &ScheduleRecord) -> Result<()> {
+        self.inner
+            .schedules
+            .insert(schedule_key(&record.flow, &record.trigger), encode(record)?)
+            .map_err(storage("put schedule"))?;
+        self.commit().await
+    }
+
+    /// Forgets a schedule (its trigger left the flow), durably.
+    pub async fn remove_schedule(&self, flow: &str, trigger: &str) -> Result<()> {
+        self.inner
+            .schedules
+            .remove(schedule_key(flow, trigger))
+            .map_err(storage("remove schedule"))?;
+        self.commit().await
+    }
+
+    /// Every stored schedule, by flow and trigger.
+    pub fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        self.inner
+            .schedules
+            .iter()
+            .values()
+            .map(|value| decode(&value.map_err(storage("scan schedules"))?, "schedule"))
+            .collect()
+    }
+
     /// Records a pending approval; durable with the next commit.
     pub fn put_approval(&self, approval: &PendingApproval) -> Result<()> {
         let key = [approval.run_id.as_bytes(), &[0], approval.step.as_bytes()].concat();
@@ -560,6 +616,7 @@ mod tests {
             updated_at_ms: 1,
             idempotency_key: key.into(),
             error: None,
+            trigger: String::new(),
         }
     }
 
@@ -656,5 +713,30 @@ mod tests {
             .map(|r| (r.name, r.version))
             .collect();
         assert_eq!(latest, vec![("a".into(), 2), ("b".into(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn schedules_persist_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = ScheduleRecord {
+            flow: "f".into(),
+            trigger: "nightly".into(),
+            spec: "0 2 * * *|UTC||".into(),
+            next_ms: Some(7_200_000),
+            paused: false,
+            last_fire_ms: None,
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.put_schedule(&record).await.unwrap();
+            let other = ScheduleRecord {
+                trigger: "gone".into(),
+                ..record.clone()
+            };
+            store.put_schedule(&other).await.unwrap();
+            store.remove_schedule("f", "gone").await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.schedules().unwrap(), vec![record]);
     }
 }

@@ -65,6 +65,7 @@ pub(crate) async fn start_child(shared: Arc<Shared>, parent_run: String, spec: T
         inputs,
         idempotency_key: child_key(&parent),
         parent: Some(parent.clone()),
+        ..StartRun::default()
     };
     let handle = OrchestratorHandle::from_shared(shared.clone());
     match handle.start_run(req).await {

@@ -248,6 +248,19 @@ impl Dev {
         format!("http://{}", self.addr)
     }
 
+    /// The webhook endpoint of the current process, `http://127.0.0.1:PORT`, from the
+    /// `webhooks on http://ADDR` line it printed (started with `--hooks-listen`).
+    pub fn hooks_url(&self) -> String {
+        const HOOKS: &str = ": webhooks on ";
+        let output = self.output();
+        // The current process printed its line last (before its serving line).
+        output
+            .lines()
+            .rev()
+            .find_map(|line| line.split_once(HOOKS).map(|(_, url)| url.trim().to_owned()))
+            .unwrap_or_else(|| self.fail("the process printed no `webhooks on ADDR` line"))
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

@@ -43,6 +43,12 @@ pub struct Flow {
     /// The secrets the steps read (`secrets.NAME` in `with`).
     #[serde(default)]
     pub secrets: std::collections::BTreeSet<String>,
+    /// What starts runs besides the API: schedules, webhooks, Kafka topics.
+    #[serde(default)]
+    pub triggers: Vec<Trigger>,
+    /// How many runs of the flow may be active at once, and what happens past that.
+    #[serde(default)]
+    pub concurrency: Option<Concurrency>,
 }
 
 impl Flow {
@@ -146,6 +152,127 @@ impl InputType {
             Self::Array => value.is_array(),
             Self::Any => true,
         }
+    }
+}
+
+/// Something that starts runs of a flow on its own: a schedule, a webhook or a Kafka topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trigger {
+    /// Unique within the flow; runs it starts record `<kind>:<id>` (see [`Trigger::source`]).
+    pub id: String,
+    pub kind: TriggerKind,
+}
+
+impl Trigger {
+    /// What a run started by this trigger records as its trigger: `schedule:<id>`,
+    /// `webhook:<id>` or `kafka:<id>`.
+    pub fn source(&self) -> String {
+        format!("{}:{}", self.kind.name(), self.id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerKind {
+    Schedule(Schedule),
+    Webhook(WebhookTrigger),
+    Kafka(KafkaTrigger),
+}
+
+impl TriggerKind {
+    /// `schedule`, `webhook` or `kafka`: the YAML key, and the prefix of a run's trigger.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Schedule(_) => "schedule",
+            Self::Webhook(_) => "webhook",
+            Self::Kafka(_) => "kafka",
+        }
+    }
+}
+
+/// A cron schedule in a time zone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    /// Five fields (minute precision) or six (with seconds first); validated at parse time.
+    pub cron: String,
+    /// An IANA time zone name; `UTC` when the flow names none.
+    pub timezone: String,
+    /// No fire before this instant (Unix milliseconds).
+    pub start_ms: Option<i64>,
+    /// No fire after this instant (Unix milliseconds).
+    pub end_ms: Option<i64>,
+    /// Each fire is delayed by a random amount up to this.
+    #[serde(with = "duration_ms")]
+    pub jitter: Duration,
+    /// What happens to fire times that passed while the orchestrator was down.
+    pub missed: MissedPolicy,
+    /// The inputs of the runs it starts.
+    pub inputs: serde_json::Map<String, Json>,
+}
+
+/// What happens to fire times that passed while the orchestrator was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissedPolicy {
+    /// None of them run.
+    Skip,
+    /// One run, for the latest of them.
+    #[default]
+    RunOnce,
+    /// One run for each, oldest first, at most `max` (the latest `max`).
+    CatchUp { max: u32 },
+}
+
+impl MissedPolicy {
+    /// `max_catch_up` when a flow sets none.
+    pub const DEFAULT_MAX_CATCH_UP: u32 = 10;
+}
+
+/// A webhook: `POST /hooks/{namespace}/{flow}`, authenticated by an HMAC signature, a token, or both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookTrigger {
+    /// The secret (by name) that keys the HMAC signature of the body.
+    pub signature_secret: Option<String>,
+    /// The secret (by name) holding the bearer token.
+    pub token_secret: Option<String>,
+    /// A template over `body` whose value becomes the run's inputs; the whole body when none.
+    pub input: Option<String>,
+}
+
+/// One run per message of a Kafka topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KafkaTrigger {
+    pub topic: String,
+    /// A template over `message` whose value becomes the run's inputs; the whole message when none.
+    pub input: Option<String>,
+}
+
+/// How many runs of a flow may be active at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Concurrency {
+    /// At least 1.
+    pub max_runs: u32,
+    pub policy: ConcurrencyPolicy,
+}
+
+/// What happens to a run started while `max_runs` runs of its flow are active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConcurrencyPolicy {
+    /// It waits until one of them ends.
+    #[default]
+    Queue,
+    /// It is refused.
+    Skip,
+    /// The oldest of them is cancelled to make room.
+    CancelOldest,
+}
+
+impl ConcurrencyPolicy {
+    pub const NAMES: &'static [&'static str] = &["queue", "skip", "cancel_oldest"];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
     }
 }
 

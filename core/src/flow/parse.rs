@@ -89,7 +89,23 @@ const FLOW_FIELDS: &[&str] = &[
     "defaults",
     "steps",
     "outputs",
+    "triggers",
+    "concurrency",
 ];
+const TRIGGER_FIELDS: &[&str] = &["id", "schedule", "webhook", "kafka"];
+const SCHEDULE_FIELDS: &[&str] = &[
+    "cron",
+    "timezone",
+    "start",
+    "end",
+    "jitter",
+    "missed",
+    "max_catch_up",
+    "inputs",
+];
+const WEBHOOK_FIELDS: &[&str] = &["signature_secret", "token_secret", "input"];
+const KAFKA_FIELDS: &[&str] = &["topic", "input"];
+const CONCURRENCY_FIELDS: &[&str] = &["max_runs", "policy"];
 const INPUT_FIELDS: &[&str] = &["type", "default", "description"];
 const DEFAULTS_FIELDS: &[&str] = &["queue", "timeout", "retry"];
 const STEP_FIELDS: &[&str] = &[
@@ -311,6 +327,13 @@ impl<'a> Parser<'a> {
                 Vec::new()
             }
         };
+        let triggers = map
+            .get_node("triggers")
+            .map(|n| self.triggers(n, &inputs))
+            .unwrap_or_default();
+        let concurrency = map
+            .get_node("concurrency")
+            .and_then(|n| self.concurrency(n));
         let mut flow = Flow {
             name: name?,
             version,
@@ -319,6 +342,8 @@ impl<'a> Parser<'a> {
             steps,
             outputs,
             secrets: BTreeSet::new(),
+            triggers,
+            concurrency,
         };
         self.check_graph(&mut flow, map);
         flow.secrets = std::mem::take(&mut self.secrets);
@@ -383,6 +408,351 @@ impl<'a> Parser<'a> {
             });
         }
         out
+    }
+
+    fn triggers(&mut self, node: &Node, inputs: &[InputSpec]) -> Vec<Trigger> {
+        let Some(seq) = self.sequence(node, "`triggers`") else {
+            return Vec::new();
+        };
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for item in seq.iter() {
+            let Some(map) = self.mapping(item, "a trigger") else {
+                continue;
+            };
+            let id = match map.get_node("id") {
+                Some(node) => self.string(node, "`id`").filter(|id| {
+                    if !valid_name(id) {
+                        self.err(
+                            node.span(),
+                            format!(
+                                "trigger id `{id}` may only use letters, digits, `-`, `_` and `.`"
+                            ),
+                        );
+                        false
+                    } else if !seen.insert(id.clone()) {
+                        self.err(node.span(), format!("duplicate trigger id `{id}`"));
+                        false
+                    } else {
+                        true
+                    }
+                }),
+                None => {
+                    self.err(map.span(), "a trigger needs an `id`");
+                    None
+                }
+            };
+            let what = match &id {
+                Some(id) => format!("trigger `{id}`"),
+                None => "a trigger".to_owned(),
+            };
+            self.check_fields(map, TRIGGER_FIELDS, &what);
+            let kinds: Vec<&str> = ["schedule", "webhook", "kafka"]
+                .into_iter()
+                .filter(|k| map.get_node(k).is_some())
+                .collect();
+            let kind = match kinds.as_slice() {
+                ["schedule"] => map
+                    .get_node("schedule")
+                    .and_then(|n| self.schedule(n, &what, inputs))
+                    .map(TriggerKind::Schedule),
+                ["webhook"] => map
+                    .get_node("webhook")
+                    .and_then(|n| self.webhook(n, &what))
+                    .map(TriggerKind::Webhook),
+                ["kafka"] => map
+                    .get_node("kafka")
+                    .and_then(|n| self.kafka(n, &what))
+                    .map(TriggerKind::Kafka),
+                [] => {
+                    self.err(
+                        map.span(),
+                        format!("{what} needs one of `schedule`, `webhook` or `kafka`"),
+                    );
+                    None
+                }
+                _ => {
+                    self.err(
+                        map.span(),
+                        format!(
+                            "{what} has {}: a trigger is one of them",
+                            kinds.join(" and ")
+                        ),
+                    );
+                    None
+                }
+            };
+            if let (Some(id), Some(kind)) = (id, kind) {
+                out.push(Trigger { id, kind });
+            }
+        }
+        out
+    }
+
+    fn schedule(&mut self, node: &Node, what: &str, inputs: &[InputSpec]) -> Option<Schedule> {
+        let map = self.mapping(node, &format!("`schedule` of {what}"))?;
+        self.check_fields(map, SCHEDULE_FIELDS, &format!("`schedule` of {what}"));
+        let cron = match map.get_node("cron") {
+            Some(node) => {
+                self.string(node, "`cron`")
+                    .filter(|cron| match super::schedule::parse_cron(cron) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            self.err(
+                                node.span(),
+                                format!("bad cron expression `{cron}` in {what}: {e}"),
+                            );
+                            false
+                        }
+                    })
+            }
+            None => {
+                self.err(
+                    map.span(),
+                    format!(
+                        "`schedule` of {what} needs `cron` (e.g. `0 2 * * *`: 02:00 every day)"
+                    ),
+                );
+                None
+            }
+        };
+        let timezone = match map.get_node("timezone") {
+            Some(node) => self.string(node, "`timezone`").filter(|tz| {
+                if super::schedule::parse_timezone(tz).is_ok() {
+                    return true;
+                }
+                let names: Vec<&str> = super::schedule::timezone_names().collect();
+                let hint = closest(tz, &names)
+                    .map(|c| format!("; did you mean `{c}`?"))
+                    .unwrap_or_else(|| {
+                        " (an IANA name such as `Europe/Berlin` or `UTC`)".to_owned()
+                    });
+                self.err(
+                    node.span(),
+                    format!("unknown time zone `{tz}` in {what}{hint}"),
+                );
+                false
+            }),
+            None => Some("UTC".to_owned()),
+        };
+        let instant = |p: &mut Self, field: &str| -> Option<Option<i64>> {
+            let Some(node) = map.get_node(field) else {
+                return Some(None);
+            };
+            let text = p.string(node, &format!("`{field}`"))?;
+            match super::schedule::parse_instant(&text) {
+                Ok(ms) => Some(Some(ms)),
+                Err(e) => {
+                    p.err(node.span(), format!("bad `{field}` of {what}: {e}"));
+                    None
+                }
+            }
+        };
+        let start_ms = instant(&mut *self, "start");
+        let end_ms = instant(&mut *self, "end");
+        if let (Some(Some(start)), Some(Some(end)), Some(node)) =
+            (start_ms, end_ms, map.get_node("end"))
+            && end <= start
+        {
+            self.err(
+                node.span(),
+                format!("`end` of {what} must be after its `start`"),
+            );
+        }
+        let jitter = map
+            .get_node("jitter")
+            .map(|n| self.duration(n, "`jitter`"))
+            .unwrap_or(Some(Duration::ZERO));
+        let max_catch_up = map
+            .get_node("max_catch_up")
+            .and_then(|n| self.uint(n, "`max_catch_up`", 1));
+        let missed = match map.get_node("missed") {
+            Some(node) => match self.string(node, "`missed`").as_deref() {
+                Some("skip") => Some(MissedPolicy::Skip),
+                Some("run_once") => Some(MissedPolicy::RunOnce),
+                Some("catch_up") => Some(MissedPolicy::CatchUp {
+                    max: max_catch_up.unwrap_or(MissedPolicy::DEFAULT_MAX_CATCH_UP),
+                }),
+                Some(other) => {
+                    self.err(
+                        node.span(),
+                        format!("unknown `missed` policy `{other}` (expected `skip`, `run_once` or `catch_up`)"),
+                    );
+                    None
+                }
+                None => None,
+            },
+            None => Some(MissedPolicy::default()),
+        };
+        if let (Some(node), Some(policy)) = (map.get_node("max_catch_up"), missed)
+            && !matches!(policy, MissedPolicy::CatchUp { .. })
+        {
+            self.err(
+                node.span(),
+                "`max_catch_up` only applies with `missed: catch_up`",
+            );
+        }
+        let run_inputs = match map.get_node("inputs") {
+            Some(node) => match to_json(node) {
+                Json::Object(values) => {
+                    if let Some(m) = node.as_mapping() {
+                        for key in m.keys() {
+                            if !inputs.iter().any(|i| i.name == key.as_str()) {
+                                self.err(
+                                    key.span(),
+                                    format!("{what} sets unknown input `{}`", key.as_str()),
+                                );
+                            }
+                        }
+                    }
+                    values
+                }
+                _ => {
+                    self.err(node.span(), format!("`inputs` of {what} must be a mapping"));
+                    serde_json::Map::new()
+                }
+            },
+            None => serde_json::Map::new(),
+        };
+        Some(Schedule {
+            cron: cron?,
+            timezone: timezone?,
+            start_ms: start_ms?,
+            end_ms: end_ms?,
+            jitter: jitter?,
+            missed: missed?,
+            inputs: run_inputs,
+        })
+    }
+
+    fn secret_name(&mut self, map: &MarkedMappingNode, field: &str) -> Option<String> {
+        let node = map.get_node(field)?;
+        let name = self.string(node, &format!("`{field}`"))?;
+        if !crate::secrets::valid_name(&name) {
+            self.err(
+                node.span(),
+                format!("`{field}` names a secret: `{name}` must start with a letter or `_` and use only letters, digits and `_`"),
+            );
+            return None;
+        }
+        Some(name)
+    }
+
+    fn input_template(&mut self, map: &MarkedMappingNode, what: &str) -> Option<String> {
+        let node = map.get_node("input")?;
+        let text = self.string(node, "`input`")?;
+        if let Err(e) = expr::check_template(&text) {
+            self.err(
+                node.span(),
+                format!("bad expression in `input` of {what}: {}", e.message),
+            );
+        }
+        Some(text)
+    }
+
+    fn webhook(&mut self, node: &Node, what: &str) -> Option<WebhookTrigger> {
+        let Some(map) = node.as_mapping() else {
+            if node.as_scalar().is_some_and(|s| s.as_str().is_empty()) {
+                self.err(
+                    node.span(),
+                    format!("`webhook` of {what} needs `signature_secret` or `token_secret`"),
+                );
+            } else {
+                self.err(
+                    node.span(),
+                    format!("`webhook` of {what} must be a mapping"),
+                );
+            }
+            return None;
+        };
+        self.check_fields(map, WEBHOOK_FIELDS, &format!("`webhook` of {what}"));
+        let signature_secret = self.secret_name(map, "signature_secret");
+        let token_secret = self.secret_name(map, "token_secret");
+        if map.get_node("signature_secret").is_none() && map.get_node("token_secret").is_none() {
+            self.err(
+                map.span(),
+                format!("`webhook` of {what} needs `signature_secret` (HMAC of the body) or `token_secret` (a bearer token), or both: a webhook without either would start runs for anyone"),
+            );
+            return None;
+        }
+        let input = self.input_template(map, what);
+        Some(WebhookTrigger {
+            signature_secret,
+            token_secret,
+            input,
+        })
+    }
+
+    fn kafka(&mut self, node: &Node, what: &str) -> Option<KafkaTrigger> {
+        let map = self.mapping(node, &format!("`kafka` of {what}"))?;
+        self.check_fields(map, KAFKA_FIELDS, &format!("`kafka` of {what}"));
+        let topic = match map.get_node("topic") {
+            Some(node) => self.string(node, "`topic`").filter(|t| {
+                let ok = valid_name(t) && t.len() <= 249;
+                if !ok {
+                    self.err(
+                        node.span(),
+                        format!("Kafka topic `{t}` may only use letters, digits, `-`, `_` and `.`"),
+                    );
+                }
+                ok
+            }),
+            None => {
+                self.err(map.span(), format!("`kafka` of {what} needs `topic`"));
+                None
+            }
+        };
+        let input = self.input_template(map, what);
+        Some(KafkaTrigger {
+            topic: topic?,
+            input,
+        })
+    }
+
+    fn concurrency(&mut self, node: &Node) -> Option<Concurrency> {
+        let map = self.mapping(node, "`concurrency`")?;
+        self.check_fields(map, CONCURRENCY_FIELDS, "`concurrency`");
+        let max_runs = match map.get_node("max_runs") {
+            Some(node) => self.uint(node, "`concurrency.max_runs`", 1),
+            None => {
+                self.err(map.span(), "`concurrency` needs `max_runs` (at least 1)");
+                None
+            }
+        };
+        let policy = match map.get_node("policy") {
+            Some(node) => match self.string(node, "`concurrency.policy`").as_deref() {
+                Some("queue") => Some(ConcurrencyPolicy::Queue),
+                Some("skip") => Some(ConcurrencyPolicy::Skip),
+                Some("cancel_oldest") => Some(ConcurrencyPolicy::CancelOldest),
+                Some(other) => {
+                    let hint = closest(other, ConcurrencyPolicy::NAMES)
+                        .map(|c| format!("did you mean `{c}`? "))
+                        .unwrap_or_default();
+                    self.err(
+                        node.span(),
+                        format!(
+                            "unknown concurrency policy `{other}` ({hint}expected one of: {})",
+                            ConcurrencyPolicy::NAMES.join(", ")
+                        ),
+                    );
+                    None
+                }
+                None => None,
+            },
+            None => Some(ConcurrencyPolicy::default()),
+        };
+        if policy == Some(ConcurrencyPolicy::Queue) {
+            let span = map.get_node("policy").map_or(*map.span(), |n| *n.span());
+            self.err(
+                &span,
+                "concurrency policy `queue` (the default) is not built yet: write `policy: skip` (refuse runs past `max_runs`) or `policy: cancel_oldest`",
+            );
+            return None;
+        }
+        Some(Concurrency {
+            max_runs: max_runs?,
+            policy: policy?,
+        })
     }
 
     fn defaults(&mut self, node: Option<&Node>) -> Defaults {
@@ -1262,6 +1632,155 @@ outputs: { leak: '{{ secrets.API_TOKEN }}' }
         assert!(
             err.contains("unknown input `extra`")
                 && err.contains("input `times` must be an integer"),
+            "{err}"
+        );
+    }
+
+    const TRIGGERS: &str = r#"
+name: t
+inputs:
+  region: { type: string, default: us }
+triggers:
+  - id: nightly
+    schedule: { cron: "0 30 2 * * *", timezone: Europe/Berlin, start: "2026-01-01T00:00:00Z", end: "2027-01-01T00:00:00Z", jitter: 30s, missed: catch_up, max_catch_up: 5, inputs: { region: eu } }
+  - id: hourly
+    schedule: { cron: "0 * * * *" }
+  - id: inbound
+    webhook: { signature_secret: HOOK_KEY, token_secret: HOOK_TOKEN, input: "{{ body.customer }}" }
+  - id: orders
+    kafka: { topic: orders, input: "{{ message }}" }
+concurrency: { max_runs: 5, policy: cancel_oldest }
+steps:
+  - { id: a, uses: log }
+"#;
+
+    #[test]
+    fn parses_triggers_and_concurrency() {
+        let flow = parse("t.yaml", TRIGGERS).unwrap();
+        assert_eq!(flow.triggers.len(), 4);
+        let TriggerKind::Schedule(nightly) = &flow.triggers[0].kind else {
+            panic!("not a schedule: {:?}", flow.triggers[0]);
+        };
+        assert_eq!(nightly.cron, "0 30 2 * * *");
+        assert_eq!(nightly.timezone, "Europe/Berlin");
+        assert_eq!(nightly.start_ms, Some(1_767_225_600_000));
+        assert_eq!(nightly.end_ms, Some(1_798_761_600_000));
+        assert_eq!(nightly.jitter, Duration::from_secs(30));
+        assert_eq!(nightly.missed, MissedPolicy::CatchUp { max: 5 });
+        assert_eq!(nightly.inputs.get("region"), Some(&json!("eu")));
+        let TriggerKind::Schedule(hourly) = &flow.triggers[1].kind else {
+            panic!("not a schedule");
+        };
+        assert_eq!(
+            (hourly.timezone.as_str(), hourly.missed, hourly.jitter),
+            ("UTC", MissedPolicy::RunOnce, Duration::ZERO)
+        );
+        assert_eq!(
+            flow.triggers[2].kind,
+            TriggerKind::Webhook(WebhookTrigger {
+                signature_secret: Some("HOOK_KEY".into()),
+                token_secret: Some("HOOK_TOKEN".into()),
+                input: Some("{{ body.customer }}".into()),
+            })
+        );
+        assert_eq!(flow.triggers[3].source(), "kafka:orders");
+        assert_eq!(
+            flow.concurrency,
+            Some(Concurrency {
+                max_runs: 5,
+                policy: ConcurrencyPolicy::CancelOldest
+            })
+        );
+        // Stored flows from before triggers existed still load.
+        let mut old = serde_json::to_value(&flow).unwrap();
+        old.as_object_mut().unwrap().remove("triggers");
+        old.as_object_mut().unwrap().remove("concurrency");
+        let loaded: Flow = serde_json::from_value(old).unwrap();
+        assert!(loaded.triggers.is_empty() && loaded.concurrency.is_none());
+        // And the new fields round-trip.
+        let text = serde_json::to_string(&flow).unwrap();
+        assert_eq!(serde_json::from_str::<Flow>(&text).unwrap(), flow);
+    }
+
+    #[test]
+    fn reports_bad_triggers_with_positions() {
+        let src = "name: t
+triggers:
+  - id: a
+    schedule: { cron: '0 0 25 * * * *', timezone: Europe/Berlinn, start: yesterday, jiter: 5s }
+  - id: a
+    webhook: { input: '{{ body }}' }
+  - id: k
+    kafka: { input: '{{ message }}' }
+  - id: s
+    schedule: { cron: '0 2 * *', missed: sometimes }
+concurrency: { max_runs: 0, policy: cancel_newest }
+steps:
+  - { id: a, uses: log }
+";
+        let err = parse("t.yaml", src).unwrap_err().to_string();
+        let expect = [
+            "t.yaml:4:23: bad cron expression `0 0 25 * * * *`",
+            "t.yaml:4:51: unknown time zone `Europe/Berlinn` in trigger `a`; did you mean `Europe/Berlin`?",
+            "t.yaml:4:74: bad `start` of trigger `a`",
+            "t.yaml:4:85: unknown field `jiter` in `schedule` of trigger `a`; did you mean `jitter`?",
+            "t.yaml:5:9: duplicate trigger id `a`",
+            "t.yaml:6:14: `webhook` of a trigger needs `signature_secret`",
+            "t.yaml:8:12: `kafka` of trigger `k` needs `topic`",
+            "t.yaml:10:23: bad cron expression `0 2 * *` in trigger `s`",
+            "t.yaml:10:42: unknown `missed` policy `sometimes`",
+            "t.yaml:11:26: `concurrency.max_runs` must be a whole number of at least 1, got `0`",
+            "t.yaml:11:37: unknown concurrency policy `cancel_newest`",
+        ];
+        for e in expect {
+            assert!(
+                err.lines().any(|l| l.starts_with(e)),
+                "missing `{e}` in:\n{err}"
+            );
+        }
+        assert_eq!(err.lines().count(), expect.len(), "{err}");
+    }
+
+    #[test]
+    fn schedule_inputs_must_be_declared() {
+        let src = "name: t
+triggers:
+  - { id: n, schedule: { cron: '0 * * * *', end: '2026-01-01T00:00:00Z', start: '2026-02-01T00:00:00+01:00', inputs: { regoin: eu } } }
+steps:
+  - { id: a, uses: log }
+";
+        let err = parse("t.yaml", src).unwrap_err().to_string();
+        assert!(
+            err.contains("`end` of trigger `n` must be after its `start`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("trigger `n` sets unknown input `regoin`"),
+            "{err}"
+        );
+        let err = parse(
+            "t.yaml",
+            "name: t\ntriggers:\n  - { id: x, schedule: { cron: '* * * * *' }, kafka: { topic: t } }\n  - { id: y }\nsteps: [{ id: a, uses: log }]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("trigger `x` has schedule and kafka"), "{err}");
+        assert!(
+            err.contains("trigger `y` needs one of `schedule`, `webhook` or `kafka`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn queue_concurrency_is_not_built() {
+        let err = parse(
+            "c.yaml",
+            "name: c\nconcurrency: { max_runs: 2 }\nsteps: [{ id: a, uses: log }]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("c.yaml:2:14: concurrency policy `queue` (the default) is not built yet"),
             "{err}"
         );
     }

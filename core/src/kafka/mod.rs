@@ -23,11 +23,13 @@
 //! - `consumer`: the poll loop shared by both sides: buffer, pause/resume, commits, dead letters.
 //! - [`KafkaStepBus`] (`step_bus`): the orchestrator's side.
 //! - [`KafkaTaskSource`] (`task_source`): the worker's side.
+//! - [`KafkaTriggerSource`] (`trigger`): the messages of a flow's Kafka trigger topic.
 
 mod consumer;
 pub mod offsets;
 mod step_bus;
 mod task_source;
+mod trigger;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -42,6 +44,7 @@ use serde::{Deserialize, Serialize};
 
 pub use step_bus::KafkaStepBus;
 pub use task_source::KafkaTaskSource;
+pub use trigger::{KafkaTriggerSource, TriggerDelivery, TriggerMessage, trigger_group};
 
 /// The prefix of task topics: `rpaflow.tasks.<queue>`.
 pub const TASKS_TOPIC_PREFIX: &str = "rpaflow.tasks.";

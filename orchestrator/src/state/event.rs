@@ -61,6 +61,10 @@ pub enum EventKind {
         /// Set when a `subflow` step of another run started this one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         parent: Option<ParentRef>,
+        /// What started the run: empty for the API, else `schedule:<id>`, `webhook:<id>` or
+        /// `kafka:<id>` (a trigger of the flow).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        trigger: String,
     },
     /// The step's `if` was false.
     StepSkipped {

@@ -168,7 +168,7 @@ impl RunState {
         })
     }
 
-    /// The first events of a new run.
+    /// The first events of a new run; the `RunStarted` event records `self.trigger`.
     pub fn start(
         &mut self,
         inputs: Json,
@@ -188,6 +188,7 @@ impl RunState {
             inputs,
             idempotency_key,
             parent,
+            trigger: tx.state.trigger.clone(),
         };
         tx.emit(kind);
         advance(&mut tx);

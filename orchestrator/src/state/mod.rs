@@ -228,6 +228,9 @@ pub struct RunState {
     pub flow_version: u32,
     pub inputs: Json,
     pub idempotency_key: String,
+    /// What started the run: empty for the API, else `schedule:<id>`, `webhook:<id>` or
+    /// `kafka:<id>`. Set it before [`RunState::start`], which records it.
+    pub trigger: String,
     /// The subflow step that started this run, if one did.
     pub parent: Option<ParentRef>,
     pub status: RunStatus,
@@ -257,6 +260,7 @@ impl RunState {
             flow_version,
             inputs: Json::Null,
             idempotency_key: String::new(),
+            trigger: String::new(),
             parent: None,
             status: RunStatus::Running,
             steps,
@@ -295,10 +299,12 @@ impl RunState {
                 inputs,
                 idempotency_key,
                 parent,
+                trigger,
                 ..
             } => {
                 self.inputs = inputs.clone();
                 self.idempotency_key = idempotency_key.clone();
+                self.trigger = trigger.clone();
                 self.parent = parent.clone();
                 self.status = RunStatus::Running;
                 self.created_at_ms = at;

@@ -1,0 +1,58 @@
+//! What "now" is for the scheduler: the system clock, or, as a testing aid, a file.
+
+use std::path::PathBuf;
+
+use rpaflow_core::flow::schedule::parse_instant;
+
+/// The scheduler's clock.
+#[derive(Debug, Clone)]
+pub enum Clock {
+    System,
+    /// "Now" is the content of this file: Unix milliseconds or an RFC 3339 time. The scheduler
+    /// reads it on every tick (every 100 ms), so a test moves time by rewriting the file. Only
+    /// the scheduler follows it; run timers (retries, timeouts, `sleep`) keep real time.
+    File(PathBuf),
+}
+
+impl Clock {
+    pub fn new(file: Option<PathBuf>) -> Self {
+        file.map_or(Self::System, Self::File)
+    }
+
+    /// The current time in Unix milliseconds; `Err` when the clock file cannot be read or parsed.
+    pub fn now_ms(&self) -> Result<i64, String> {
+        match self {
+            Self::System => Ok(rpaflow_core::time::now_ms()),
+            Self::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read clock file {}: {e}", path.display()))?;
+                parse_now(&text).map_err(|e| format!("bad clock file {}: {e}", path.display()))
+            }
+        }
+    }
+}
+
+/// Unix milliseconds or an RFC 3339 time.
+fn parse_now(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    match text.parse::<i64>() {
+        Ok(ms) => Ok(ms),
+        Err(_) => parse_instant(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_milliseconds_or_rfc3339() {
+        assert_eq!(parse_now(" 1500\n"), Ok(1500));
+        assert_eq!(parse_now("1970-01-01T00:00:01.5Z"), Ok(1500));
+        assert_eq!(
+            parse_now("2026-01-01T01:00:00+01:00"),
+            Ok(1_767_225_600_000)
+        );
+        assert!(parse_now("soon").is_err());
+    }
+}
