@@ -328,14 +328,17 @@ pub enum ScheduleCommand {
     },
 }
 
-pub async fn schedule(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
-    let print = |schedules: &[pb::ScheduleInfo], format: OutputFormat| match format {
+fn print_schedules(schedules: &[pb::ScheduleInfo], format: OutputFormat) {
+    match format {
         OutputFormat::Json => println!(
             "{}",
             serde_json::Value::Array(schedules.iter().map(output::schedule_json).collect())
         ),
         OutputFormat::Text => println!("{}", output::schedules_text(schedules)),
-    };
+    }
+}
+
+pub async fn schedule(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ScheduleCommand::List { flow, opts } => {
             let mut client = connect(&opts.server).await?;
@@ -345,34 +348,18 @@ pub async fn schedule(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
                 .map_err(status_error)?
                 .into_inner()
                 .schedules;
-            print(&schedules, opts.output);
+            print_schedules(&schedules, opts.output);
         }
         ScheduleCommand::Pause {
             flow,
             trigger,
             opts,
-        } => {
-            let mut client = connect(&opts.server).await?;
-            let schedule = client
-                .pause_schedule(pb::ScheduleRef { flow, trigger })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            print(std::slice::from_ref(&schedule), opts.output);
-        }
+        } => set_paused(pb::ScheduleRef { flow, trigger }, &opts, true).await?,
         ScheduleCommand::Resume {
             flow,
             trigger,
             opts,
-        } => {
-            let mut client = connect(&opts.server).await?;
-            let schedule = client
-                .resume_schedule(pb::ScheduleRef { flow, trigger })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            print(std::slice::from_ref(&schedule), opts.output);
-        }
+        } => set_paused(pb::ScheduleRef { flow, trigger }, &opts, false).await?,
         ScheduleCommand::Trigger {
             flow,
             trigger,
@@ -389,6 +376,23 @@ pub async fn schedule(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Pauses or resumes a schedule and prints it as it is now.
+async fn set_paused(
+    schedule: pb::ScheduleRef,
+    opts: &ClientOpts,
+    pause: bool,
+) -> anyhow::Result<()> {
+    let mut client = connect(&opts.server).await?;
+    let answer = if pause {
+        client.pause_schedule(schedule).await
+    } else {
+        client.resume_schedule(schedule).await
+    };
+    let schedule = answer.map_err(status_error)?.into_inner();
+    print_schedules(std::slice::from_ref(&schedule), opts.output);
+    Ok(())
 }
 
 async fn connect(server: &str) -> anyhow::Result<FlowServiceClient<Channel>> {

@@ -19,6 +19,44 @@ use rpaflow_worker::WorkerConfig;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+/// `--config FILE` and `--print-config`, for every command that runs a service.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// A TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Print the effective configuration (as JSON) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl ConfigArgs {
+    /// The layered configuration, or `None` once `--print-config` printed it.
+    pub fn load<T: Layered>(&self, flags: Figment) -> anyhow::Result<Option<T>> {
+        let config = T::load(self.config.as_deref(), flags)?;
+        if self.print_config {
+            println!("{}", serde_json::to_string_pretty(&config)?);
+            return Ok(None);
+        }
+        Ok(Some(config))
+    }
+}
+
+/// Flags are the last layer: `Figment::new().flag("listen", args.listen)` sets a key only when the
+/// flag was given.
+pub trait Flag: Sized {
+    fn flag<T: Serialize>(self, key: &str, value: Option<T>) -> Self;
+}
+
+impl Flag for Figment {
+    fn flag<T: Serialize>(self, key: &str, value: Option<T>) -> Self {
+        match value {
+            Some(value) => self.merge(Serialized::default(key, value)),
+            None => self,
+        }
+    }
+}
+
 const DEFAULT_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 50051);
 
 /// A configuration that can be layered.

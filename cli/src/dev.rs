@@ -10,7 +10,6 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Args;
 use figment::Figment;
-use figment::providers::Serialized;
 use futures::StreamExt;
 use rpaflow_core::bus::{InProcessBus, StepBus, TaskSource};
 use rpaflow_core::kafka::{KafkaStepBus, KafkaTaskSource};
@@ -20,7 +19,7 @@ use rpaflow_orchestrator::{Orchestrator, OrchestratorHandle, StartRun, api};
 use rpaflow_worker::{Registry, Worker};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DevConfig, Layered as _};
+use crate::config::{ConfigArgs, DevConfig, Flag as _};
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -52,12 +51,8 @@ pub struct DevArgs {
     /// queues of the flow file).
     #[arg(long = "queue", value_name = "NAME")]
     pub queues: Vec<String>,
-    /// A TOML configuration file.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Print the effective configuration (as JSON) and exit.
-    #[arg(long)]
-    pub print_config: bool,
+    #[command(flatten)]
+    pub settings: ConfigArgs,
     /// Serve this GPT-2 model directory in-process for `llm` steps (see `rpaflow inference`).
     #[arg(
         long,
@@ -161,30 +156,16 @@ impl Embedded {
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
-    let mut overrides = Figment::new();
-    if let Some(data) = &args.data {
-        overrides = overrides.merge(Serialized::default("orchestrator.data_dir", data));
-    }
-    if let Some(listen) = args.listen {
-        overrides = overrides.merge(Serialized::default("listen", listen));
-    }
-    if let Some(hooks) = args.hooks_listen {
-        overrides = overrides.merge(Serialized::default("hooks_listen", hooks));
-    }
-    if let Some(c) = args.concurrency {
-        overrides = overrides.merge(Serialized::default("worker.concurrency", c));
-    }
-    if let Some(brokers) = &args.kafka {
-        overrides = overrides.merge(Serialized::default("kafka.brokers", brokers));
-    }
-    if !args.queues.is_empty() {
-        overrides = overrides.merge(Serialized::default("queues", &args.queues));
-    }
-    let mut config = DevConfig::load(args.config.as_deref(), overrides)?;
-    if args.print_config {
-        println!("{}", serde_json::to_string_pretty(&config)?);
+    let overrides = Figment::new()
+        .flag("orchestrator.data_dir", args.data.as_ref())
+        .flag("listen", args.listen)
+        .flag("hooks_listen", args.hooks_listen)
+        .flag("worker.concurrency", args.concurrency)
+        .flag("kafka.brokers", args.kafka.as_ref())
+        .flag("queues", (!args.queues.is_empty()).then_some(&args.queues));
+    let Some(mut config) = args.settings.load::<DevConfig>(overrides)? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry);
 
     // Validate the flow before starting anything, so a typo costs nothing.

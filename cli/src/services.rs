@@ -10,7 +10,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Args;
 use figment::Figment;
-use figment::providers::Serialized;
 use rpaflow_core::flow::DEFAULT_QUEUE;
 use rpaflow_core::kafka::{KafkaStepBus, KafkaTaskSource};
 use rpaflow_orchestrator::kafka_triggers::KafkaTriggers;
@@ -20,7 +19,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Layered, OrchestratorServiceConfig, WorkerServiceConfig};
+use crate::config::{ConfigArgs, Flag as _, OrchestratorServiceConfig, WorkerServiceConfig};
 use crate::dev::wait_for_signal;
 
 #[derive(Debug, Args)]
@@ -37,12 +36,8 @@ pub struct OrchestratorArgs {
     /// Serve webhooks (`POST /hooks/{namespace}/{flow}`) on this address (port 0 picks a free one).
     #[arg(long, value_name = "ADDR")]
     pub hooks_listen: Option<SocketAddr>,
-    /// A TOML configuration file.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Print the effective configuration (as JSON) and exit.
-    #[arg(long)]
-    pub print_config: bool,
+    #[command(flatten)]
+    pub settings: ConfigArgs,
 }
 
 #[derive(Debug, Args)]
@@ -62,33 +57,19 @@ pub struct WorkerArgs {
     /// The inference node for `llm` steps, `http://host:port`.
     #[arg(long, value_name = "URL")]
     pub inference: Option<String>,
-    /// A TOML configuration file.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Print the effective configuration (as JSON) and exit.
-    #[arg(long)]
-    pub print_config: bool,
+    #[command(flatten)]
+    pub settings: ConfigArgs,
 }
 
 pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
-    let mut overrides = Figment::new();
-    if let Some(brokers) = &args.kafka {
-        overrides = overrides.merge(Serialized::default("kafka.brokers", brokers));
-    }
-    if let Some(data) = &args.data {
-        overrides = overrides.merge(Serialized::default("orchestrator.data_dir", data));
-    }
-    if let Some(listen) = args.listen {
-        overrides = overrides.merge(Serialized::default("listen", listen));
-    }
-    if let Some(hooks) = args.hooks_listen {
-        overrides = overrides.merge(Serialized::default("hooks_listen", hooks));
-    }
-    let config = OrchestratorServiceConfig::load(args.config.as_deref(), overrides)?;
-    if args.print_config {
-        println!("{}", serde_json::to_string_pretty(&config)?);
+    let overrides = Figment::new()
+        .flag("kafka.brokers", args.kafka.as_ref())
+        .flag("orchestrator.data_dir", args.data.as_ref())
+        .flag("listen", args.listen)
+        .flag("hooks_listen", args.hooks_listen);
+    let Some(config) = args.settings.load::<OrchestratorServiceConfig>(overrides)? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry);
 
     let bus = Arc::new(
@@ -198,27 +179,15 @@ async fn forward_events(
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let mut overrides = Figment::new();
-    if let Some(brokers) = &args.kafka {
-        overrides = overrides.merge(Serialized::default("kafka.brokers", brokers));
-    }
-    if !args.queues.is_empty() {
-        overrides = overrides.merge(Serialized::default("queues", &args.queues));
-    }
-    if let Some(c) = args.concurrency {
-        overrides = overrides.merge(Serialized::default("worker.concurrency", c));
-    }
-    if let Some(id) = &args.id {
-        overrides = overrides.merge(Serialized::default("worker.id", id));
-    }
-    if let Some(url) = &args.inference {
-        overrides = overrides.merge(Serialized::default("worker.inference_endpoint", url));
-    }
-    let config = WorkerServiceConfig::load(args.config.as_deref(), overrides)?;
-    if args.print_config {
-        println!("{}", serde_json::to_string_pretty(&config)?);
+    let overrides = Figment::new()
+        .flag("kafka.brokers", args.kafka.as_ref())
+        .flag("queues", (!args.queues.is_empty()).then_some(&args.queues))
+        .flag("worker.concurrency", args.concurrency)
+        .flag("worker.id", args.id.as_ref())
+        .flag("worker.inference_endpoint", args.inference.as_ref());
+    let Some(config) = args.settings.load::<WorkerServiceConfig>(overrides)? else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry);
 
     let registry = Registry::for_config(&config.worker).context("cannot set up the executors")?;

@@ -7,6 +7,7 @@
 //! - [`bus`]: the [`bus::StepBus`] / [`bus::TaskSource`] contract and the in-process bus.
 //! - [`kafka`]: the step bus over Kafka (`rdkafka`).
 //! - [`secrets`]: secret markers in step inputs, revealing and masking them.
+//! - [`signature`]: the HMAC signature of webhooks, sent and checked.
 //! - [`telemetry`]: logging set-up.
 //! - [`time`]: wall-clock helpers.
 
@@ -15,6 +16,7 @@ pub mod expr;
 pub mod flow;
 pub mod kafka;
 pub mod secrets;
+pub mod signature;
 pub mod telemetry;
 
 pub mod time {

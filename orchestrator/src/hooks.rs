@@ -29,11 +29,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use hmac::{Hmac, KeyInit, Mac};
 use rpaflow_core::expr;
 use rpaflow_core::flow::{TriggerKind, WebhookTrigger};
 use serde_json::{Map, Value as Json, json};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -42,7 +40,7 @@ use crate::orchestrator::{OrchestratorHandle, StartRun};
 
 /// The only namespace there is for now.
 pub const DEFAULT_NAMESPACE: &str = "default";
-pub const SIGNATURE_HEADER: &str = "x-rpaflow-signature";
+pub const SIGNATURE_HEADER: &str = rpaflow_core::signature::HEADER;
 pub const DELIVERY_HEADER: &str = "x-rpaflow-delivery";
 /// The longest delivery id accepted.
 const MAX_DELIVERY_ID: usize = 200;
@@ -294,7 +292,7 @@ fn authenticate(
         let given = headers
             .get(SIGNATURE_HEADER)
             .ok_or_else(|| unauthorized("missing X-Rpaflow-Signature header"))?;
-        if !signature_matches(key.as_bytes(), body, given.as_bytes()) {
+        if !rpaflow_core::signature::verify(key.as_bytes(), body, given.as_bytes()) {
             return Err(unauthorized(
                 "X-Rpaflow-Signature does not match the body (expected sha256=<hex HMAC-SHA256>)",
             ));
@@ -307,35 +305,11 @@ fn authenticate(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| unauthorized("missing Authorization: Bearer token"))?;
-        if !same_secret(given.trim().as_bytes(), token.as_bytes()) {
+        if !rpaflow_core::signature::same_secret(given.trim().as_bytes(), token.as_bytes()) {
             return Err(unauthorized("the bearer token is not valid"));
         }
     }
     Ok(())
-}
-
-/// `sha256=<hex>` over `body` keyed by `key`, checked in constant time.
-fn signature_matches(key: &[u8], body: &[u8], given: &[u8]) -> bool {
-    let Some(hex_part) = given.strip_prefix(b"sha256=") else {
-        return false;
-    };
-    let Ok(tag) = hex::decode(hex_part.trim_ascii()) else {
-        return false;
-    };
-    let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(key) else {
-        return false;
-    };
-    mac.update(body);
-    mac.verify_slice(&tag).is_ok()
-}
-
-/// Equal, in time that does not depend on where the values differ (their digests are compared).
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    let (a, b) = (Sha256::digest(given), Sha256::digest(expected));
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
 }
 
 /// Request headers for the `input` template: lower-case names, text values (repeated headers
@@ -406,36 +380,6 @@ fn kind(value: &Json) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sign(key: &[u8], body: &[u8]) -> String {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap();
-        mac.update(body);
-        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-    }
-
-    #[test]
-    fn signatures_are_checked_over_the_raw_body() {
-        let body = br#"{"a": 1}"#;
-        let good = sign(b"k", body);
-        assert!(signature_matches(b"k", body, good.as_bytes()));
-        assert!(!signature_matches(b"other", body, good.as_bytes()));
-        assert!(!signature_matches(b"k", br#"{"a":1}"#, good.as_bytes()));
-        assert!(!signature_matches(
-            b"k",
-            body,
-            good.trim_start_matches("sha256=").as_bytes()
-        ));
-        assert!(!signature_matches(b"k", body, b"sha256=zz"));
-        assert!(!signature_matches(b"k", body, b"sha256="));
-    }
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abc", b"abd"));
-        assert!(!same_secret(b"ab", b"abc"));
-        assert!(!same_secret(b"", b"abc"));
-    }
 
     #[test]
     fn inputs_come_from_the_template_or_the_value_itself() {

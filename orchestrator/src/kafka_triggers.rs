@@ -36,8 +36,9 @@ use tracing::{error, info, warn};
 use crate::error::Error;
 use crate::orchestrator::{OrchestratorHandle, StartRun};
 
-/// How often the registry is looked at for new or changed triggers.
-const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// How often the registry is looked at without a registration (consumers that stopped are
+/// started again then).
+const RECONCILE_EVERY: Duration = Duration::from_secs(10);
 /// Runs being started at once per trigger (their storage flushes are shared).
 const MAX_STARTING: usize = 64;
 /// Back-off between attempts of a StartRun refused for load: from the first, doubling, to the last.
@@ -87,12 +88,16 @@ impl KafkaTriggers {
     /// finishing the runs it is starting and committing what is acknowledged.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut running: HashMap<(String, String), Running> = HashMap::new();
+        // A registration reconciles at once; the tick restarts consumers that stopped on their
+        // own.
+        let mut registrations = self.handle.registrations();
         let mut tick = tokio::time::interval(RECONCILE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
+                changed = registrations.changed() => if changed.is_err() { break },
             }
             let wanted = match self.wanted() {
                 Ok(wanted) => wanted,

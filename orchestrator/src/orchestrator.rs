@@ -117,6 +117,8 @@ pub struct Shared {
     admission: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     system: Mutex<Option<ActorSystem>>,
     events: broadcast::Sender<Published>,
+    /// Bumped whenever a new flow version is registered.
+    registrations: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -338,6 +340,7 @@ impl Orchestrator {
             admission: Mutex::default(),
             system: Mutex::new(Some(system)),
             events,
+            registrations: tokio::sync::watch::Sender::new(0),
         });
         let orchestrator = Self { shared, scheduler };
         orchestrator.recover().await?;
@@ -501,6 +504,7 @@ impl OrchestratorHandle {
     pub async fn register_flow(&self, file_name: &str, source: &str) -> Result<Registered> {
         let registered = self.shared.registry.register(file_name, source).await?;
         if registered.created {
+            self.shared.registrations.send_modify(|n| *n += 1);
             let schedules = registered
                 .flow
                 .triggers
@@ -804,6 +808,12 @@ impl OrchestratorHandle {
     /// Approval steps waiting for a person, oldest run first.
     pub fn list_approvals(&self, flow: &str) -> Result<Vec<PendingApproval>> {
         self.shared.store.approvals(flow)
+    }
+
+    /// Changes whenever a new flow version is registered (for components that follow the
+    /// registry, such as the Kafka triggers).
+    pub fn registrations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.registrations.subscribe()
     }
 
     /// Every batch of events of every run, as each becomes durable: `(run_id, events)`.

@@ -27,16 +27,16 @@ const TAIL_LINES: usize = 150;
 
 /// Everything the processes of one [`Dev`] printed, every line tagged with its process and stream.
 #[derive(Debug, Clone, Default)]
-struct OutputBuffer(Arc<Mutex<String>>);
+pub(crate) struct OutputBuffer(Arc<Mutex<String>>);
 
 impl OutputBuffer {
-    fn push(&self, line: &str) {
+    pub(crate) fn push(&self, line: &str) {
         let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
         buf.push_str(line);
         buf.push('\n');
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -77,24 +77,35 @@ impl std::fmt::Debug for Dev {
 impl Dev {
     /// Starts a process on a new temporary data directory.
     pub async fn launch() -> Self {
-        let temp = tempfile::Builder::new()
-            .prefix("rpaflow-e2e-")
-            .tempdir()
-            .expect("cannot create a temporary data directory");
-        let mut dev = Self::launch_in(temp.path()).await;
-        dev._temp = Some(temp);
-        dev
+        Self::launch_with(&[]).await
     }
 
     /// Starts a process on a new temporary data directory, with more `rpaflow dev` arguments
     /// (kept for restarts).
     pub async fn launch_with(args: &[&str]) -> Self {
+        Self::start_temp(&["dev", "--keep-running"], args, &[]).await
+    }
+
+    /// Starts the orchestrator service, `rpaflow orchestrator --kafka BROKERS ARGS...`, on a new
+    /// temporary data directory, with `env` set; every call of a [`Dev`] works against it.
+    pub async fn orchestrator(brokers: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_temp(&["orchestrator", "--kafka", brokers], args, env).await
+    }
+
+    /// Starts `rpaflow MODE... --listen 127.0.0.1:0 --data TEMP ARGS...` with `env`; mode, arguments
+    /// and environment are kept for restarts.
+    async fn start_temp(mode: &[&str], args: &[&str], env: &[(&str, &str)]) -> Self {
         let temp = tempfile::Builder::new()
             .prefix("rpaflow-e2e-")
             .tempdir()
             .expect("cannot create a temporary data directory");
         let mut dev = Self::new_in(temp.path());
+        dev.mode = mode.iter().map(|a| (*a).to_owned()).collect();
         dev.extra = args.iter().map(|a| (*a).to_owned()).collect();
+        dev.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         dev._temp = Some(temp);
         dev.spawn().await;
         dev
@@ -116,40 +127,9 @@ impl Dev {
         }
     }
 
-    /// Starts the orchestrator service, `rpaflow orchestrator --kafka BROKERS ARGS...`, on a new
-    /// temporary data directory, with `env` set; every call of a [`Dev`] works against it.
-    pub async fn orchestrator(brokers: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let temp = tempfile::Builder::new()
-            .prefix("rpaflow-e2e-")
-            .tempdir()
-            .expect("cannot create a temporary data directory");
-        let mut dev = Self::new_in(temp.path());
-        dev.mode = vec!["orchestrator".into(), "--kafka".into(), brokers.to_owned()];
-        dev.extra = args.iter().map(|a| (*a).to_owned()).collect();
-        dev.env = env
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        dev._temp = Some(temp);
-        dev.spawn().await;
-        dev
-    }
-
     /// Starts a process on `data_dir` (created by the process when missing).
     pub async fn launch_in(data_dir: &Path) -> Self {
-        let mut dev = Self {
-            child: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir: data_dir.to_path_buf(),
-            _temp: None,
-            output: OutputBuffer::default(),
-            drains: Vec::new(),
-            channel: None,
-            generation: 0,
-            extra: Vec::new(),
-            mode: vec!["dev".into(), "--keep-running".into()],
-            env: Vec::new(),
-        };
+        let mut dev = Self::new_in(data_dir);
         dev.spawn().await;
         dev
     }
@@ -511,7 +491,7 @@ impl Drop for Dev {
 
 /// Copies a pipe into the buffer line by line, so the process never blocks on a full pipe; the
 /// first serving line's address goes to `ready`.
-fn drain(
+pub(crate) fn drain(
     pipe: impl Read + Send + 'static,
     prefix: String,
     output: OutputBuffer,

@@ -1,9 +1,9 @@
 //! [`WorkerProcess`]: one `rpaflow worker` service on Kafka, as a child process.
 
-use std::io::{BufRead as _, BufReader, Read};
 use std::process::{Child, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::dev::{OutputBuffer, drain};
 
 /// How long a worker may take to join its pools.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -14,7 +14,7 @@ const STEP_SUCCEEDED: &str = "step succeeded";
 pub struct WorkerProcess {
     id: String,
     child: Option<Child>,
-    output: Arc<Mutex<String>>,
+    output: OutputBuffer,
     drains: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -40,17 +40,19 @@ impl WorkerProcess {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", crate::rpaflow_bin().display()));
-        let output = Arc::new(Mutex::new(String::new()));
+        let output = OutputBuffer::default();
         let drains = vec![
             drain(
                 child.stdout.take().expect("stdout is piped"),
                 format!("[{id} out] "),
-                Arc::clone(&output),
+                output.clone(),
+                None,
             ),
             drain(
                 child.stderr.take().expect("stderr is piped"),
                 format!("[{id} err] "),
-                Arc::clone(&output),
+                output.clone(),
+                None,
             ),
         ];
         let worker = Self {
@@ -83,10 +85,7 @@ impl WorkerProcess {
 
     /// Everything the process printed so far.
     pub fn output(&self) -> String {
-        self.output
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.output.text()
     }
 
     /// Steps this worker ran to success, from its log.
@@ -154,27 +153,4 @@ impl Drop for WorkerProcess {
             let _ = child.wait();
         }
     }
-}
-
-fn drain(
-    pipe: impl Read + Send + 'static,
-    prefix: String,
-    output: Arc<Mutex<String>>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            let text = String::from_utf8_lossy(&line);
-            let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
-            out.push_str(&prefix);
-            out.push_str(text.trim_end_matches(['\n', '\r']));
-            out.push('\n');
-        }
-    })
 }

@@ -155,6 +155,35 @@ impl Cluster {
         ids
     }
 
+    /// Waits (a minute at most) until at least `n` runs of `five` succeeded: the load is under way.
+    async fn wait_progress(&self, n: usize, what: &str) {
+        let started = Instant::now();
+        loop {
+            let done = self.orchestrator.list_runs("five", "succeeded").await.len();
+            if done >= n {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                self.fail(&format!("only {done} runs succeeded in a minute, {what}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (30 s at most) until each of the given workers has started a step.
+    async fn wait_steps_started(&self, workers: std::ops::Range<usize>) {
+        let started = Instant::now();
+        while self.workers[workers.clone()]
+            .iter()
+            .any(|w| !w.output().contains("step started"))
+        {
+            if started.elapsed() > Duration::from_secs(30) {
+                self.fail(&format!("workers {workers:?} did not all start steps"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until `n` runs of `flow` succeeded; fails early on a failed run.
     async fn wait_all_succeeded(&self, flow: &str, n: usize, timeout: Duration) {
         let started = Instant::now();
@@ -257,17 +286,7 @@ async fn steps_of_a_killed_worker_are_retried_on_the_others() {
     cluster.wait_balanced().await;
     let ids = cluster.start_runs("slow", 12, "slow").await;
     // Wait until both workers are in the middle of `hold` steps.
-    let started = Instant::now();
-    while cluster
-        .workers
-        .iter()
-        .any(|w| !w.output().contains("step started"))
-    {
-        if started.elapsed() > Duration::from_secs(30) {
-            cluster.fail("the workers did not both start steps");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster.wait_steps_started(0..2).await;
     cluster.workers[0].kill9();
     let killed = cluster.workers[0].output();
     let held: Vec<String> = ids
@@ -312,21 +331,7 @@ async fn orchestrator_killed_mid_load_and_restarted_finishes_every_run_once() {
     cluster.orchestrator.register(FIVE_STEPS).await;
     let ids = cluster.start_runs("five", 300, "crash").await;
     // Kill it while runs are half-way.
-    let started = Instant::now();
-    loop {
-        let done = cluster
-            .orchestrator
-            .list_runs("five", "succeeded")
-            .await
-            .len();
-        if done >= 30 {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            cluster.fail(&format!("only {done} runs succeeded in a minute"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster.wait_progress(30, "before the kill").await;
     cluster.orchestrator.kill9();
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.orchestrator.restart().await;
@@ -348,19 +353,7 @@ async fn broker_stopped_and_restarted_mid_load_loses_nothing() {
     let mut cluster = Cluster::start(2).await;
     cluster.orchestrator.register(FIVE_STEPS).await;
     let ids = cluster.start_runs("five", 200, "outage").await;
-    let started = Instant::now();
-    while cluster
-        .orchestrator
-        .list_runs("five", "succeeded")
-        .await
-        .len()
-        < 20
-    {
-        if started.elapsed() > Duration::from_secs(60) {
-            cluster.fail("runs did not progress before the outage");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster.wait_progress(20, "before the outage").await;
     cluster.broker.stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster
@@ -418,19 +411,9 @@ async fn a_third_worker_joining_under_load_takes_a_share_and_nothing_is_lost() {
     let mut cluster = Cluster::start(2).await;
     cluster.orchestrator.register(FIVE_STEPS).await;
     let ids = cluster.start_runs("five", 600, "join").await;
-    let started = Instant::now();
-    while cluster
-        .orchestrator
-        .list_runs("five", "succeeded")
-        .await
-        .len()
-        < 50
-    {
-        if started.elapsed() > Duration::from_secs(60) {
-            cluster.fail("runs did not progress before the third worker joined");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster
+        .wait_progress(50, "before the third worker joined")
+        .await;
     let third = cluster.add_worker().await;
     let more = cluster.start_runs("five", 300, "join-more").await;
     cluster
@@ -457,13 +440,7 @@ async fn a_stopping_worker_finishes_its_steps_and_leaves() {
     cluster.orchestrator.register(SLOW).await;
     cluster.wait_balanced().await;
     let ids = cluster.start_runs("slow", 3, "drain").await;
-    let started = Instant::now();
-    while !cluster.workers[0].output().contains("step started") {
-        if started.elapsed() > Duration::from_secs(30) {
-            cluster.fail("the worker started no step");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster.wait_steps_started(0..1).await;
     let status = cluster.workers[0].terminate(Duration::from_secs(30)).await;
     assert!(status.success(), "the worker exited with {status}");
     let output = cluster.workers[0].output();

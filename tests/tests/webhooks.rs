@@ -68,6 +68,18 @@ async fn launch() -> Dev {
 }
 
 /// POSTs `body` to `path` of the webhook endpoint (HTTP/1.1, one connection per request).
+/// `body` to the order hook, signed with the trigger's key (by Python, not by rpaflow's code).
+async fn post_signed(dev: &Dev, body: &[u8]) -> Answer {
+    let signature = sign(KEY, body);
+    post(
+        dev,
+        "/hooks/default/order-hook",
+        &[("X-Rpaflow-Signature", signature.as_str())],
+        body,
+    )
+    .await
+}
+
 async fn post(dev: &Dev, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
     let url = dev.hooks_url();
     let host = url.strip_prefix("http://").unwrap_or(&url).to_owned();
@@ -262,18 +274,10 @@ async fn bad_credentials_get_401_and_start_nothing() {
 #[tokio::test]
 async fn malformed_or_unfitting_bodies_are_refused_with_the_reason() {
     let dev = launch().await;
-    let signed = |body: &[u8]| sign(KEY, body);
 
     // Not JSON: 400 with serde_json's message, line and column.
     let body = b"{\"customer\": {\"name\": \"Ada\",}}";
-    let signature = signed(body);
-    let answer = post(
-        &dev,
-        "/hooks/default/order-hook",
-        &[("X-Rpaflow-Signature", signature.as_str())],
-        body,
-    )
-    .await;
+    let answer = post_signed(&dev, body).await;
     assert_status(&dev, &answer, 400, "malformed JSON");
     let error = answer.body["error"].as_str().unwrap_or_default();
     assert!(
@@ -290,27 +294,13 @@ async fn malformed_or_unfitting_bodies_are_refused_with_the_reason() {
 
     // JSON, but the mapping gives no object: 422.
     let body = br#"{"customer": "Ada"}"#;
-    let signature = signed(body);
-    let answer = post(
-        &dev,
-        "/hooks/default/order-hook",
-        &[("X-Rpaflow-Signature", signature.as_str())],
-        body,
-    )
-    .await;
+    let answer = post_signed(&dev, body).await;
     assert_status(&dev, &answer, 422, "input mapping to a string");
     assert!(answer.raw.contains("must give an object"), "{}", answer.raw);
 
     // An object the flow's inputs refuse: 422 with the flow's message.
     let body = br#"{"customer": {"tier": "gold"}}"#;
-    let signature = signed(body);
-    let answer = post(
-        &dev,
-        "/hooks/default/order-hook",
-        &[("X-Rpaflow-Signature", signature.as_str())],
-        body,
-    )
-    .await;
+    let answer = post_signed(&dev, body).await;
     assert_status(&dev, &answer, 422, "inputs the flow refuses");
     assert!(
         answer.raw.contains("input `name` is required"),
@@ -336,7 +326,7 @@ async fn malformed_or_unfitting_bodies_are_refused_with_the_reason() {
 
     // Unknown namespace, flow or trigger: 404.
     let body = br#"{"customer": {"name": "Ada"}}"#;
-    let signature = signed(body);
+    let signature = sign(KEY, body);
     let headers = [("X-Rpaflow-Signature", signature.as_str())];
     for path in [
         "/hooks/prod/order-hook",

@@ -18,9 +18,8 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -29,10 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::offsets::Offsets;
-use super::{
-    DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC, DLQ_TOPIC_HEADER, Error,
-    KafkaConfig, Result,
-};
+use super::{Error, KafkaConfig, Origin, Result, dead_letter};
 use crate::bus::Ack;
 
 /// Turns a message into what the application wants, or says why it cannot.
@@ -349,35 +345,16 @@ impl<T: Send + 'static> Loop<T> {
     /// Puts a message on the dead-letter topic; `false` when the broker did not take it (the
     /// offset then stays uncommitted and the message comes back after a restart).
     async fn dead_letter(&self, message: &OwnedMessage, reason: &str) -> bool {
-        let partition = message.partition().to_string();
-        let offset = message.offset().to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: DLQ_REASON_HEADER,
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: DLQ_TOPIC_HEADER,
-                value: Some(message.topic()),
-            })
-            .insert(Header {
-                key: DLQ_PARTITION_HEADER,
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: DLQ_OFFSET_HEADER,
-                value: Some(&offset),
-            });
-        let payload = message.payload().unwrap_or_default();
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(DLQ_TOPIC)
-            .payload(payload)
-            .headers(headers);
-        if let Some(key) = message.key() {
-            record = record.key(key);
-        }
-        match self.dlq.send(record, Timeout::Never).await {
-            Ok(_) => true,
-            Err((err, _)) => {
+        let origin = Origin {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key(),
+            payload: message.payload().unwrap_or_default(),
+        };
+        match dead_letter(&self.dlq, &origin, reason).await {
+            Ok(()) => true,
+            Err(err) => {
                 error!(error = %err, "cannot write to the dead-letter topic");
                 false
             }

@@ -38,8 +38,10 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
 
 pub use step_bus::KafkaStepBus;
@@ -286,6 +288,79 @@ impl KafkaConfig {
         }
         Ok(())
     }
+}
+
+/// Produces one message and waits until the broker holds it (`acks=all`), with the W3C trace
+/// context in a `traceparent` header when given.
+pub(crate) async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    trace: Option<&str>,
+) -> crate::bus::Result<()> {
+    let mut record = FutureRecord::to(topic).key(key).payload(payload);
+    if let Some(trace) = trace {
+        record = record.headers(OwnedHeaders::new().insert(Header {
+            key: TRACEPARENT_HEADER,
+            value: Some(trace),
+        }));
+    }
+    producer
+        .send(record, Timeout::After(Duration::from_secs(30)))
+        .await
+        .map(|_| ())
+        .map_err(|(err, _)| crate::bus::BusError::Transport {
+            topic: topic.to_owned(),
+            message: err.to_string(),
+        })
+}
+
+/// Where a dead letter came from.
+pub(crate) struct Origin<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+}
+
+/// Puts a message on the dead-letter topic with `reason` and its origin in headers; returns once
+/// the broker holds it (librdkafka retries until `message.timeout.ms`).
+pub(crate) async fn dead_letter(
+    producer: &FutureProducer,
+    origin: &Origin<'_>,
+    reason: &str,
+) -> crate::bus::Result<()> {
+    let partition = origin.partition.to_string();
+    let offset = origin.offset.to_string();
+    let headers = [
+        (DLQ_REASON_HEADER, reason),
+        (DLQ_TOPIC_HEADER, origin.topic),
+        (DLQ_PARTITION_HEADER, partition.as_str()),
+        (DLQ_OFFSET_HEADER, offset.as_str()),
+    ]
+    .into_iter()
+    .fold(OwnedHeaders::new(), |headers, (key, value)| {
+        headers.insert(Header {
+            key,
+            value: Some(value),
+        })
+    });
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(DLQ_TOPIC)
+        .payload(origin.payload)
+        .headers(headers);
+    if let Some(key) = origin.key {
+        record = record.key(key);
+    }
+    producer
+        .send(record, Timeout::Never)
+        .await
+        .map(|_| ())
+        .map_err(|(err, _)| crate::bus::BusError::Transport {
+            topic: DLQ_TOPIC.to_owned(),
+            message: err.to_string(),
+        })
 }
 
 /// librdkafka names use dots; environment variables cannot, so `linger_ms` means `linger.ms`.

@@ -7,16 +7,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use prost::Message as _;
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use rdkafka::util::Timeout;
 use rpaflow_proto::v1 as pb;
 use tokio::sync::mpsc;
 
 use super::consumer::{Partitions, PollLoop};
 use super::{
     CONTROL_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, KafkaConfig, RESULTS_TOPIC, Result, TRACEPARENT_HEADER,
-    tasks_topic, traceparent,
+    produce, tasks_topic, traceparent,
 };
 use crate::bus::{Ack, BusError, ResultDelivery, StepBus};
 
@@ -113,30 +112,6 @@ impl KafkaStepBus {
             }),
         }
     }
-
-    async fn send(
-        &self,
-        topic: &str,
-        key: &str,
-        payload: &[u8],
-        trace: Option<&str>,
-    ) -> crate::bus::Result<()> {
-        let mut record = FutureRecord::to(topic).key(key).payload(payload);
-        if let Some(trace) = trace {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: TRACEPARENT_HEADER,
-                value: Some(trace),
-            }));
-        }
-        self.producer
-            .send(record, Timeout::After(Duration::from_secs(30)))
-            .await
-            .map(|_| ())
-            .map_err(|(err, _)| BusError::Transport {
-                topic: topic.to_owned(),
-                message: err.to_string(),
-            })
-    }
 }
 
 #[async_trait]
@@ -157,13 +132,18 @@ impl StepBus for KafkaStepBus {
             .cloned()
             .unwrap_or_else(|| traceparent(&task.run_id, &task.step_id, task.item, task.attempt));
         let payload = task.encode_to_vec();
-        self.send(&topic, &task.run_id, &payload, Some(&trace))
-            .await
+        produce(&self.producer, &topic, &task.run_id, &payload, Some(&trace)).await
     }
 
     async fn cancel_run(&self, run_id: &str) -> crate::bus::Result<()> {
-        self.send(CONTROL_TOPIC, run_id, run_id.as_bytes(), None)
-            .await
+        produce(
+            &self.producer,
+            CONTROL_TOPIC,
+            run_id,
+            run_id.as_bytes(),
+            None,
+        )
+        .await
     }
 
     async fn next_result(&self) -> Option<ResultDelivery> {

@@ -8,9 +8,8 @@ use async_trait::async_trait;
 use prost::Message as _;
 use rdkafka::Offset;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use rdkafka::util::Timeout;
+use rdkafka::message::{Headers as _, Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, Producer as _};
 use rpaflow_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -19,9 +18,9 @@ use tracing::{info, warn};
 use super::consumer::{Partitions, PollLoop, all_partitions};
 use super::{
     CONTROL_TOPIC, DLQ_TOPIC, Error, KafkaConfig, RESULTS_TOPIC, Result, TRACEPARENT_HEADER,
-    tasks_topic, traceparent, worker_group,
+    produce, tasks_topic, traceparent, worker_group,
 };
-use crate::bus::{Ack, BusError, TaskDelivery, TaskSource};
+use crate::bus::{Ack, TaskDelivery, TaskSource};
 
 pub struct KafkaTaskSource {
     queues: Vec<String>,
@@ -104,21 +103,14 @@ impl TaskSource for KafkaTaskSource {
     async fn publish(&self, result: pb::TaskResult) -> crate::bus::Result<()> {
         let trace = traceparent(&result.run_id, &result.step_id, result.item, result.attempt);
         let payload = result.encode_to_vec();
-        let record = FutureRecord::to(RESULTS_TOPIC)
-            .key(&result.run_id)
-            .payload(&payload)
-            .headers(OwnedHeaders::new().insert(Header {
-                key: TRACEPARENT_HEADER,
-                value: Some(&trace),
-            }));
-        self.producer
-            .send(record, Timeout::After(Duration::from_secs(30)))
-            .await
-            .map(|_| ())
-            .map_err(|(err, _)| BusError::Transport {
-                topic: RESULTS_TOPIC.to_owned(),
-                message: err.to_string(),
-            })
+        produce(
+            &self.producer,
+            RESULTS_TOPIC,
+            &result.run_id,
+            &payload,
+            Some(&trace),
+        )
+        .await
     }
 
     fn cancellations(&self) -> broadcast::Receiver<String> {

@@ -15,17 +15,13 @@
 
 use std::time::Duration;
 
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use rdkafka::util::Timeout;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, Producer as _};
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
 use super::consumer::{Partitions, PollLoop};
-use super::{
-    DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER, DLQ_TOPIC, DLQ_TOPIC_HEADER,
-    KafkaConfig, Result,
-};
+use super::{DLQ_TOPIC, KafkaConfig, Origin, Result, dead_letter};
 use crate::bus::Ack;
 
 /// Deliveries polled ahead of the application.
@@ -119,39 +115,14 @@ impl KafkaTriggerSource {
         message: &TriggerMessage,
         reason: &str,
     ) -> crate::bus::Result<()> {
-        let partition = message.partition.to_string();
-        let offset = message.offset.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: DLQ_REASON_HEADER,
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: DLQ_TOPIC_HEADER,
-                value: Some(&message.topic),
-            })
-            .insert(Header {
-                key: DLQ_PARTITION_HEADER,
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: DLQ_OFFSET_HEADER,
-                value: Some(&offset),
-            });
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(DLQ_TOPIC)
-            .payload(message.payload.as_slice())
-            .headers(headers);
-        if let Some(key) = &message.key {
-            record = record.key(key.as_slice());
-        }
-        self.producer
-            .send(record, Timeout::After(Duration::from_secs(30)))
-            .await
-            .map(|_| ())
-            .map_err(|(err, _)| crate::bus::BusError::Transport {
-                topic: DLQ_TOPIC.to_owned(),
-                message: err.to_string(),
-            })
+        let origin = Origin {
+            topic: &message.topic,
+            partition: message.partition,
+            offset: message.offset,
+            key: message.key.as_deref(),
+            payload: &message.payload,
+        };
+        dead_letter(&self.producer, &origin, reason).await
     }
 
     /// Stops polling, commits the offsets of what was acknowledged and flushes the producer.

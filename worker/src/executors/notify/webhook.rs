@@ -3,31 +3,22 @@
 use std::error::Error as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{StatusCode, Url};
 use serde_json::{Value as Json, json};
-use sha2::Sha256;
 
 use super::codes;
 use crate::executors::Input;
 use crate::{StepError, TaskContext};
 
 const FIELDS: [&str; 4] = ["channel", "url", "body", "secret"];
-pub(super) const SIGNATURE: &str = "x-rpaflow-signature";
+pub(super) const SIGNATURE: &str = rpaflow_core::signature::HEADER;
 pub(super) const TIMESTAMP: &str = "x-rpaflow-timestamp";
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// How much of a refusing response's body goes into the error message.
 const SNIPPET_CHARS: usize = 300;
 
-/// `sha256=<hex HMAC-SHA256 of body under secret>`.
-pub(super) fn signature(secret: &[u8], body: &[u8]) -> String {
-    // HMAC takes keys of any length, so this cannot fail.
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("hmac accepts keys of any length"));
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
+use rpaflow_core::signature::sign as signature;
 
 pub(super) async fn send(
     client: &reqwest::Client,
@@ -115,6 +106,8 @@ mod tests {
     use super::*;
     use crate::Executor;
     use crate::executors::notify::NotifyExecutor;
+    use hmac::{Hmac, KeyInit, Mac};
+    use sha2::Sha256;
 
     /// What the receiver saw: headers and the raw body bytes.
     type Seen = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
