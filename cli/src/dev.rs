@@ -320,7 +320,9 @@ pub async fn follow(handle: &OrchestratorHandle, run_id: &str) -> anyhow::Result
             EventKind::RunSucceeded { .. } => status = RunStatus::Succeeded,
             EventKind::RunFailed { .. } => status = RunStatus::Failed,
             EventKind::RunCancelled { .. } => status = RunStatus::Cancelled,
-            EventKind::RunRetried { .. } => status = RunStatus::Running,
+            EventKind::RunRetried { .. } | EventKind::RunDequeued { .. } => {
+                status = RunStatus::Running
+            }
             _ => {}
         }
         let mut pb = rpaflow_orchestrator::event_to_pb(run_id, &event);

@@ -23,6 +23,7 @@ fn parse_json(text: &str) -> Json {
 
 pub fn run_status_name(status: i32) -> &'static str {
     match pb::RunStatus::try_from(status).unwrap_or(pb::RunStatus::Unspecified) {
+        pb::RunStatus::Queued => "queued",
         pb::RunStatus::Running => "running",
         pb::RunStatus::Succeeded => "succeeded",
         pb::RunStatus::Failed => "failed",

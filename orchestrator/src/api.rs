@@ -184,7 +184,7 @@ impl FlowService for Api {
             "" => None,
             name => Some(RunStatus::from_name(name).ok_or_else(|| {
                 Error::InvalidArgument(format!(
-                    "unknown status `{name}` (expected running, succeeded, failed or cancelled)"
+                    "unknown status `{name}` (expected queued, running, succeeded, failed or cancelled)"
                 ))
             })?),
         };

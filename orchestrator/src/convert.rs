@@ -10,6 +10,7 @@ use crate::store::{PendingApproval, RunSummary};
 
 pub fn run_status(status: RunStatus) -> pb::RunStatus {
     match status {
+        RunStatus::Queued => pb::RunStatus::Queued,
         RunStatus::Running => pb::RunStatus::Running,
         RunStatus::Succeeded => pb::RunStatus::Succeeded,
         RunStatus::Failed => pb::RunStatus::Failed,
@@ -128,6 +129,7 @@ pub fn event(run_id: &str, e: &RunEvent) -> pb::RunEvent {
         EventKind::RunSucceeded { .. } => RunStatus::Succeeded,
         EventKind::RunFailed { .. } => RunStatus::Failed,
         EventKind::RunCancelled { .. } => RunStatus::Cancelled,
+        EventKind::RunQueued { .. } => RunStatus::Queued,
         _ => RunStatus::Running,
     };
     pb::RunEvent {
@@ -147,6 +149,16 @@ pub fn event(run_id: &str, e: &RunEvent) -> pb::RunEvent {
 fn describe(kind: &EventKind) -> String {
     match kind {
         EventKind::RunStarted { flow, version, .. } => format!("run of {flow} v{version} started"),
+        EventKind::RunQueued {
+            flow,
+            version,
+            reason,
+            ..
+        } => format!("run of {flow} v{version} queued: {reason}"),
+        EventKind::RunDequeued { waited_ms } => format!(
+            "run left the queue after {:.1}s and started",
+            *waited_ms as f64 / 1000.0
+        ),
         EventKind::StepSkipped { reason, .. } => format!("skipped: {reason}"),
         EventKind::StepExpanded { items, .. } => format!("{} items", items.len()),
         EventKind::TaskDispatched { .. } => "dispatched".into(),

@@ -16,7 +16,8 @@
 //!    `webhook:<flow>:<trigger>:<id>`, and a repeat answers 200 with the run it started
 //!    (`"created": false`). Without the header every delivery starts a run.
 //!
-//! A new run answers 201 `{"run_id", "created": true, "flow", "version"}`. StartRun refused for
+//! A new run answers 201 `{"run_id", "created": true, "flow", "version", "status"}` (`status` is
+//! `queued` when the flow's concurrency policy has it wait). StartRun refused for
 //! load answers 429 with `Retry-After`, refused by the flow's concurrency policy 409, and an
 //! orchestrator that is stopping 503.
 
@@ -213,6 +214,7 @@ async fn accept(
         "created": created,
         "flow": flow_name,
         "version": run.flow_version,
+        "status": run.status.name(),
     });
     Ok((status, axum::Json(answer)).into_response())
 }

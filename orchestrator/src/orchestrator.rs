@@ -64,41 +64,92 @@ impl Default for OrchestratorConfig {
     }
 }
 
-/// The unfinished runs of each flow, oldest first, for the flows' concurrency policies.
+/// The unfinished runs of each flow, oldest first, for the flows' concurrency policies: those
+/// running and those queued (policy `queue`).
 #[derive(Default)]
 struct FlowRuns {
-    by_flow: HashMap<String, BTreeSet<(i64, String)>>,
-    /// run id -> (flow, created at).
-    flow_of: HashMap<String, (String, i64)>,
+    by_flow: HashMap<String, FlowSlots>,
+    /// run id -> (flow, created at, queued).
+    flow_of: HashMap<String, (String, i64, bool)>,
+}
+
+#[derive(Default)]
+struct FlowSlots {
+    running: BTreeSet<(i64, String)>,
+    queued: BTreeSet<(i64, String)>,
+}
+
+impl FlowSlots {
+    fn set(&mut self, queued: bool) -> &mut BTreeSet<(i64, String)> {
+        if queued {
+            &mut self.queued
+        } else {
+            &mut self.running
+        }
+    }
 }
 
 impl FlowRuns {
-    fn add(&mut self, run_id: &str, flow: &str, created_at_ms: i64) {
+    fn add(&mut self, run_id: &str, flow: &str, created_at_ms: i64, queued: bool) {
         self.by_flow
             .entry(flow.to_owned())
             .or_default()
+            .set(queued)
             .insert((created_at_ms, run_id.to_owned()));
         self.flow_of
-            .insert(run_id.to_owned(), (flow.to_owned(), created_at_ms));
+            .insert(run_id.to_owned(), (flow.to_owned(), created_at_ms, queued));
     }
 
-    fn remove(&mut self, run_id: &str) {
-        if let Some((flow, created)) = self.flow_of.remove(run_id)
-            && let Some(runs) = self.by_flow.get_mut(&flow)
-        {
-            runs.remove(&(created, run_id.to_owned()));
-            if runs.is_empty() {
-                self.by_flow.remove(&flow);
-            }
+    /// Forgets a run; returns its flow when it held a running place (one may be free now).
+    fn remove(&mut self, run_id: &str) -> Option<String> {
+        let (flow, created, queued) = self.flow_of.remove(run_id)?;
+        let slots = self.by_flow.get_mut(&flow)?;
+        slots.set(queued).remove(&(created, run_id.to_owned()));
+        if slots.running.is_empty() && slots.queued.is_empty() {
+            self.by_flow.remove(&flow);
         }
+        (!queued).then_some(flow)
     }
 
-    /// The flow's unfinished runs, oldest first.
-    fn active(&self, flow: &str) -> Vec<String> {
+    /// The flow's running runs, oldest first.
+    fn running(&self, flow: &str) -> Vec<String> {
         self.by_flow
             .get(flow)
-            .map(|runs| runs.iter().map(|(_, id)| id.clone()).collect())
+            .map(|s| s.running.iter().map(|(_, id)| id.clone()).collect())
             .unwrap_or_default()
+    }
+
+    fn queued(&self, flow: &str) -> usize {
+        self.by_flow.get(flow).map_or(0, |s| s.queued.len())
+    }
+
+    /// Flows with queued runs.
+    fn with_queue(&self) -> Vec<String> {
+        self.by_flow
+            .iter()
+            .filter(|(_, s)| !s.queued.is_empty())
+            .map(|(flow, _)| flow.clone())
+            .collect()
+    }
+
+    /// Moves the oldest queued runs of `flow` to running while fewer than `max` run; returns
+    /// them, oldest first.
+    fn promote(&mut self, flow: &str, max: usize) -> Vec<String> {
+        let mut promoted = Vec::new();
+        let Some(slots) = self.by_flow.get_mut(flow) else {
+            return promoted;
+        };
+        while slots.running.len() < max {
+            let Some(next) = slots.queued.pop_first() else {
+                break;
+            };
+            if let Some(entry) = self.flow_of.get_mut(&next.1) {
+                entry.2 = false;
+            }
+            promoted.push(next.1.clone());
+            slots.running.insert(next);
+        }
+        promoted
     }
 }
 
@@ -177,14 +228,64 @@ impl Shared {
         let _ = self.events.send(Arc::new((run_id.to_owned(), events)));
     }
 
-    pub(crate) fn forget(&self, run_id: &str) {
+    pub(crate) fn forget(self: &Arc<Self>, run_id: &str) {
         if let Ok(mut actors) = self.actors.lock() {
             actors.remove(run_id);
         }
-        if let Ok(mut runs) = self.flow_runs.lock() {
-            runs.remove(run_id);
+        let freed = self.flow_runs.lock().ok().and_then(|mut runs| {
+            let flow = runs.remove(run_id)?;
+            (runs.queued(&flow) > 0).then_some(flow)
+        });
+        if let Some(flow) = freed {
+            tokio::spawn(self.clone().dequeue(flow));
         }
         self.backlog.run_ended(run_id);
+    }
+
+    /// Starts the oldest queued runs of `flow` while it has fewer than `max_runs` running (the
+    /// latest version's `concurrency`; all of them when it has no `queue` policy any more).
+    async fn dequeue(self: Arc<Self>, flow: String) {
+        let lock = self.admission_lock(&flow);
+        let promoted = {
+            let _admission = lock.lock().await;
+            let max = match self
+                .registry
+                .latest_version(&flow)
+                .and_then(|v| self.registry.get(&flow, v))
+            {
+                Ok(latest) => match &latest.concurrency {
+                    Some(c) if c.policy == ConcurrencyPolicy::Queue => c.max_runs as usize,
+                    _ => usize::MAX,
+                },
+                Err(err) => {
+                    warn!(flow, error = %err, "cannot read the flow's concurrency; its queued runs wait");
+                    return;
+                }
+            };
+            match self.flow_runs.lock() {
+                Ok(mut runs) => runs.promote(&flow, max),
+                Err(_) => return,
+            }
+        };
+        for run_id in promoted {
+            let Some(addr) = self.actor(&run_id) else {
+                continue;
+            };
+            match addr
+                .send(Deliver {
+                    input: Input::Dequeue,
+                    ack: None,
+                })
+                .await
+            {
+                Ok(Ok(())) => info!(run_id = %run_id, flow, "queued run started"),
+                // Cancelled meanwhile: its end frees the place again.
+                Ok(Err(rejection)) => {
+                    info!(run_id = %run_id, flow, %rejection, "queued run not started")
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     fn admission_lock(&self, flow: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -277,9 +378,10 @@ impl Shared {
             .map_err(|_| Error::Internal("actor system poisoned".into()))?;
         let system = system.as_ref().ok_or(Error::NotRunning("orchestrator"))?;
         let (flow, created_at_ms) = (state.flow.name.clone(), state.created_at_ms);
+        let queued = state.status == RunStatus::Queued;
         let addr = system.spawn_run(state, self.clone(), initial);
         if let Ok(mut runs) = self.flow_runs.lock() {
-            runs.add(&run_id, &flow, created_at_ms);
+            runs.add(&run_id, &flow, created_at_ms, queued);
         }
         actors.insert(run_id, addr.clone());
         Ok(addr)
@@ -397,6 +499,15 @@ impl Orchestrator {
         let Self { shared, scheduler } = self;
         let scheduler_stop = shutdown.child_token();
         let scheduler = tokio::spawn(scheduler.run(handle, scheduler_stop.clone()));
+        // Places may have freed while the orchestrator was down.
+        let waiting = shared
+            .flow_runs
+            .lock()
+            .map(|r| r.with_queue())
+            .unwrap_or_default();
+        for flow in waiting {
+            tokio::spawn(shared.clone().dequeue(flow));
+        }
         loop {
             let delivery = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -505,6 +616,8 @@ impl OrchestratorHandle {
         let registered = self.shared.registry.register(file_name, source).await?;
         if registered.created {
             self.shared.registrations.send_modify(|n| *n += 1);
+            // A new version may allow more runs at once.
+            tokio::spawn(self.shared.clone().dequeue(registered.record.name.clone()));
             let schedules = registered
                 .flow
                 .triggers
@@ -597,14 +710,14 @@ impl OrchestratorHandle {
             return Ok((existing, false));
         }
         // Count, decide and create one start at a time per flow with a concurrency policy.
-        let _admission = match &flow.concurrency {
+        let (_admission, queued) = match &flow.concurrency {
             Some(concurrency) => {
                 let lock = shared.admission_lock(&req.flow);
                 let guard = lock.lock_owned().await;
-                self.make_room(&req.flow, concurrency).await?;
-                Some(guard)
+                let queued = self.make_room(&req.flow, concurrency).await?;
+                (Some(guard), queued)
             }
-            None => None,
+            None => (None, None),
         };
         // A child run belongs to a parent that was already admitted.
         if req.parent.is_none() {
@@ -618,6 +731,7 @@ impl OrchestratorHandle {
             inputs,
             req.idempotency_key.clone(),
             req.parent.clone(),
+            queued,
             now_ms(),
         );
         shared.track_approvals(&state, &events)?;
@@ -634,31 +748,51 @@ impl OrchestratorHandle {
         if !state.status.is_finished() {
             shared.ensure_actor(state.clone(), actions)?;
         }
+        if state.status == RunStatus::Queued {
+            // Runs ahead of it may have ended meanwhile; this runs once the admission is done.
+            tokio::spawn(shared.clone().dequeue(req.flow.clone()));
+        }
         Ok((state, true))
     }
 
-    /// Applies the flow's concurrency policy before a new run: past `max_runs` unfinished runs,
-    /// `skip` refuses it and `cancel_oldest` cancels the oldest ones to make room.
-    async fn make_room(&self, flow: &str, concurrency: &Concurrency) -> Result<()> {
-        let active = self
-            .shared
-            .flow_runs
-            .lock()
-            .map_err(|_| Error::Internal("run table poisoned".into()))?
-            .active(flow);
+    /// Applies the flow's concurrency policy before a new run. With `max_runs` runs active,
+    /// `queue` has it wait (returns why), `skip` refuses it and `cancel_oldest` cancels the
+    /// oldest ones to make room. A run queues behind runs already waiting.
+    async fn make_room(&self, flow: &str, concurrency: &Concurrency) -> Result<Option<String>> {
+        let (running, queued) = {
+            let runs = self
+                .shared
+                .flow_runs
+                .lock()
+                .map_err(|_| Error::Internal("run table poisoned".into()))?;
+            (runs.running(flow), runs.queued(flow))
+        };
         let max = concurrency.max_runs as usize;
-        if active.len() < max {
-            return Ok(());
+        if running.len() < max && queued == 0 {
+            return Ok(None);
         }
         match concurrency.policy {
-            ConcurrencyPolicy::Skip | ConcurrencyPolicy::Queue => {
-                Err(Error::FailedPrecondition(format!(
-                    "flow {flow} has {} runs active (concurrency.max_runs)",
-                    active.len()
+            ConcurrencyPolicy::Queue => {
+                if let Some(limit) = concurrency.max_queued
+                    && queued >= limit as usize
+                {
+                    return Err(Error::FailedPrecondition(format!(
+                        "flow {flow} has {} runs active and {queued} queued, the limit is {limit} (concurrency.max_queued)",
+                        running.len()
+                    )));
+                }
+                Ok(Some(format!(
+                    "{} runs of {flow} active (concurrency.max_runs {max}), {queued} queued before it",
+                    running.len()
                 )))
             }
+            ConcurrencyPolicy::Skip => Err(Error::FailedPrecondition(format!(
+                "flow {flow} has {} runs active (concurrency.max_runs)",
+                running.len()
+            ))),
             ConcurrencyPolicy::CancelOldest => {
-                for run_id in &active[..active.len() + 1 - max] {
+                let excess = (running.len() + 1).saturating_sub(max);
+                for run_id in &running[..excess] {
                     let reason = format!(
                         "cancelled to make room for a new run of {flow} (concurrency: cancel_oldest, max_runs {max})"
                     );
@@ -673,7 +807,7 @@ impl OrchestratorHandle {
                         runs.remove(run_id);
                     }
                 }
-                Ok(())
+                Ok(None)
             }
         }
     }

@@ -107,7 +107,7 @@ pub(crate) fn notify_parent(shared: &Shared, child: &RunState) {
             format!("run {} of {} was cancelled", child.run_id, child.flow.name),
             false,
         )),
-        RunStatus::Running => return,
+        RunStatus::Running | RunStatus::Queued => return,
     };
     deliver(shared, parent, outcome);
 }

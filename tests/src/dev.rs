@@ -392,7 +392,7 @@ impl Dev {
     /// Waits until the run is no longer running and returns it.
     pub async fn wait_finished(&self, run_id: &str, timeout: Duration) -> pb::Run {
         self.wait_for(run_id, timeout, "end of the run", |run| {
-            run.status() != pb::RunStatus::Running
+            !matches!(run.status(), pb::RunStatus::Running | pb::RunStatus::Queued)
         })
         .await
     }

@@ -416,3 +416,150 @@ async fn concurrency_policies_skip_and_cancel_oldest() {
         );
     }
 }
+
+/// Approves the `wait` step of a run of a [`limited`] flow.
+async fn approve(dev: &Dev, run_id: &str) {
+    dev.wait_step(
+        run_id,
+        "wait",
+        rpaflow_tests::pb::StepStatus::WaitingApproval,
+        TIMEOUT,
+    )
+    .await;
+    dev.client()
+        .await
+        .signal_run(rpaflow_tests::pb::SignalRunRequest {
+            run_id: run_id.to_owned(),
+            step_id: "wait".into(),
+            approve: true,
+            comment: String::new(),
+            by: "test".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("approving {run_id}: {e:?}"));
+}
+
+async fn statuses(dev: &Dev, runs: &[String]) -> Vec<rpaflow_tests::pb::RunStatus> {
+    let mut out = Vec::new();
+    for id in runs {
+        out.push(dev.get(id).await.status());
+    }
+    out
+}
+
+#[tokio::test]
+async fn concurrency_policy_queue_runs_the_waiting_runs_in_order() {
+    use rpaflow_tests::pb::RunStatus::{Cancelled, Queued, Running, Succeeded};
+    let mut dev = Dev::launch().await;
+    // No policy: `queue` is the default.
+    dev.register(
+        r#"
+name: waiting
+concurrency: { max_runs: 2, max_queued: 3 }
+steps:
+  - { id: wait, uses: approval, with: { message: "hold" } }
+"#,
+    )
+    .await;
+    let mut runs = Vec::new();
+    for i in 0..5 {
+        runs.push(dev.run("waiting", serde_json::json!({})).await);
+        if i < 2 {
+            // Created in this order (run ids are time-ordered, the queue is too).
+            dev.wait_for(&runs[i], TIMEOUT, "running", |r| r.status() == Running)
+                .await;
+        }
+    }
+    assert_eq!(
+        statuses(&dev, &runs).await,
+        [Running, Running, Queued, Queued, Queued]
+    );
+    let queued = dev.get(&runs[2]).await;
+    assert!(
+        queued
+            .steps
+            .iter()
+            .all(|s| s.status() == rpaflow_tests::pb::StepStatus::Pending),
+        "a queued run runs nothing: {}",
+        rpaflow_tests::describe_run(&queued)
+    );
+    // Past max_queued: refused, saying why.
+    let refused = dev
+        .client()
+        .await
+        .start_run(rpaflow_tests::pb::StartRunRequest {
+            flow: "waiting".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a fourth waiting run is refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        refused.message(),
+        "flow waiting has 2 runs active and 3 queued, the limit is 3 (concurrency.max_queued)"
+    );
+    assert_eq!(dev.list_runs("waiting", "queued").await.len(), 3);
+
+    // The first run ends: the oldest queued one starts, the others still wait.
+    approve(&dev, &runs[0]).await;
+    dev.wait_succeeded(&runs[0], TIMEOUT).await;
+    dev.wait_for(&runs[2], TIMEOUT, "running", |r| r.status() == Running)
+        .await;
+    assert_eq!(
+        statuses(&dev, &runs[3..]).await,
+        [Queued, Queued],
+        "one place freed, one run started"
+    );
+
+    // A queued run can be cancelled; it never runs.
+    dev.client()
+        .await
+        .cancel_run(rpaflow_tests::pb::CancelRunRequest {
+            run_id: runs[3].clone(),
+            reason: "not needed".into(),
+        })
+        .await
+        .expect("cancelling a queued run");
+    assert_eq!(dev.get(&runs[3]).await.status(), Cancelled);
+
+    // The queue survives a crash: after kill -9, runs 1 and 2 still hold the places and run 4
+    // waits; when run 1 ends, run 4 starts.
+    dev.restart().await;
+    assert_eq!(
+        statuses(&dev, &runs).await,
+        [Succeeded, Running, Running, Cancelled, Queued]
+    );
+    approve(&dev, &runs[1]).await;
+    dev.wait_for(&runs[4], TIMEOUT, "running", |r| r.status() == Running)
+        .await;
+    approve(&dev, &runs[2]).await;
+    approve(&dev, &runs[4]).await;
+    for id in [&runs[2], &runs[4]] {
+        dev.wait_succeeded(id, TIMEOUT).await;
+    }
+
+    // From the events: never more than two runs at once, and each queued run says how long
+    // it waited.
+    let mut spans = Vec::new();
+    for id in [&runs[0], &runs[1], &runs[2], &runs[4]] {
+        let events = dev.events(id).await;
+        let began = events
+            .of("run_started")
+            .chain(events.of("run_dequeued"))
+            .map(|e| e.at_ms)
+            .next()
+            .unwrap_or_else(|| panic!("run {id} never started:\n{events}"));
+        let ended = events.last().map(|e| e.at_ms).unwrap();
+        spans.push((began, ended));
+    }
+    for &(at, _) in &spans {
+        let running = spans.iter().filter(|(b, e)| *b <= at && at < *e).count();
+        assert!(running <= 2, "{running} runs at once at {at}: {spans:?}");
+    }
+    let events = dev.events(&runs[2]).await;
+    assert_eq!(events.count("run_queued"), 1, "{events}");
+    assert_eq!(events.count("run_dequeued"), 1, "{events}");
+    assert_eq!(events.count("run_started"), 0, "{events}");
+    let cancelled = dev.events(&runs[3]).await;
+    assert_eq!(cancelled.count("task_dispatched"), 0, "{cancelled}");
+}

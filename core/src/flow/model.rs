@@ -253,6 +253,10 @@ pub struct Concurrency {
     /// At least 1.
     pub max_runs: u32,
     pub policy: ConcurrencyPolicy,
+    /// With `queue`: how many runs may wait; past it a new run is refused. None: no limit
+    /// but the orchestrator's `max_active_runs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<u32>,
 }
 
 /// What happens to a run started while `max_runs` runs of its flow are active.

@@ -105,7 +105,7 @@ const SCHEDULE_FIELDS: &[&str] = &[
 ];
 const WEBHOOK_FIELDS: &[&str] = &["signature_secret", "token_secret", "input"];
 const KAFKA_FIELDS: &[&str] = &["topic", "input"];
-const CONCURRENCY_FIELDS: &[&str] = &["max_runs", "policy"];
+const CONCURRENCY_FIELDS: &[&str] = &["max_runs", "policy", "max_queued"];
 const INPUT_FIELDS: &[&str] = &["type", "default", "description"];
 const DEFAULTS_FIELDS: &[&str] = &["queue", "timeout", "retry"];
 const STEP_FIELDS: &[&str] = &[
@@ -741,17 +741,23 @@ impl<'a> Parser<'a> {
             },
             None => Some(ConcurrencyPolicy::default()),
         };
-        if policy == Some(ConcurrencyPolicy::Queue) {
-            let span = map.get_node("policy").map_or(*map.span(), |n| *n.span());
-            self.err(
-                &span,
-                "concurrency policy `queue` (the default) is not built yet: write `policy: skip` (refuse runs past `max_runs`) or `policy: cancel_oldest`",
-            );
-            return None;
-        }
+        let max_queued = match map.get_node("max_queued") {
+            Some(node) => {
+                let value = self.uint(node, "`concurrency.max_queued`", 1);
+                if policy.is_some_and(|p| p != ConcurrencyPolicy::Queue) {
+                    self.err(
+                        node.span(),
+                        "`concurrency.max_queued` applies to `policy: queue` only",
+                    );
+                }
+                value.map(Some)
+            }
+            None => Some(None),
+        };
         Some(Concurrency {
             max_runs: max_runs?,
             policy: policy?,
+            max_queued: max_queued?,
         })
     }
 
@@ -1688,7 +1694,8 @@ steps:
             flow.concurrency,
             Some(Concurrency {
                 max_runs: 5,
-                policy: ConcurrencyPolicy::CancelOldest
+                policy: ConcurrencyPolicy::CancelOldest,
+                max_queued: None,
             })
         );
         // Stored flows from before triggers existed still load.
@@ -1772,15 +1779,26 @@ steps:
     }
 
     #[test]
-    fn queue_concurrency_is_not_built() {
+    fn concurrency_defaults_to_queue() {
+        let flow = parse(
+            "c.yaml",
+            "name: c\nconcurrency: { max_runs: 2, max_queued: 10 }\nsteps: [{ id: a, uses: log }]\n",
+        )
+        .unwrap();
+        let concurrency = flow.concurrency.unwrap();
+        assert_eq!(concurrency.policy, ConcurrencyPolicy::Queue);
+        assert_eq!(
+            (concurrency.max_runs, concurrency.max_queued),
+            (2, Some(10))
+        );
         let err = parse(
             "c.yaml",
-            "name: c\nconcurrency: { max_runs: 2 }\nsteps: [{ id: a, uses: log }]\n",
+            "name: c\nconcurrency: { max_runs: 2, policy: skip, max_queued: 3 }\nsteps: [{ id: a, uses: log }]\n",
         )
         .unwrap_err()
         .to_string();
         assert!(
-            err.contains("c.yaml:2:14: concurrency policy `queue` (the default) is not built yet"),
+            err.contains("c.yaml:2:55: `concurrency.max_queued` applies to `policy: queue` only"),
             "{err}"
         );
     }

@@ -66,6 +66,26 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         trigger: String,
     },
+    /// The first event of a run that must wait: its flow has `concurrency.max_runs` runs
+    /// active (policy `queue`). Nothing runs until `RunDequeued`.
+    RunQueued {
+        flow: String,
+        version: u32,
+        inputs: Json,
+        #[serde(default)]
+        idempotency_key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<ParentRef>,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        trigger: String,
+        /// Why it waits, for people.
+        reason: String,
+    },
+    /// A queued run got its place and starts.
+    RunDequeued {
+        /// How long it waited.
+        waited_ms: i64,
+    },
     /// The step's `if` was false.
     StepSkipped {
         step: String,
@@ -156,6 +176,8 @@ impl EventKind {
     pub fn name(&self) -> &'static str {
         match self {
             Self::RunStarted { .. } => "run_started",
+            Self::RunQueued { .. } => "run_queued",
+            Self::RunDequeued { .. } => "run_dequeued",
             Self::StepSkipped { .. } => "step_skipped",
             Self::StepExpanded { .. } => "step_expanded",
             Self::TaskDispatched { .. } => "task_dispatched",
@@ -179,6 +201,8 @@ impl EventKind {
         matches!(
             self,
             Self::RunStarted { .. }
+                | Self::RunQueued { .. }
+                | Self::RunDequeued { .. }
                 | Self::RunRetried { .. }
                 | Self::RunSucceeded { .. }
                 | Self::RunFailed { .. }

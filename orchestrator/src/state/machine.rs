@@ -32,6 +32,8 @@ pub enum Input {
     },
     /// Restart a failed run from its failed steps.
     Retry,
+    /// A queued run got its place: start it.
+    Dequeue,
     /// The orchestrator restarted: hand out again what has no result yet.
     Recover,
 }
@@ -85,6 +87,8 @@ pub struct TaskSpec {
 pub enum Rejection {
     #[error("run is {0}, not running")]
     NotRunning(&'static str),
+    #[error("run is {0}, not queued")]
+    NotQueued(&'static str),
     #[error("run is {0}; only failed runs can be retried")]
     NotFailed(&'static str),
     #[error("flow has no step `{0}`")]
@@ -168,12 +172,14 @@ impl RunState {
         })
     }
 
-    /// The first events of a new run; the `RunStarted` event records `self.trigger`.
+    /// The first events of a new run; the `RunStarted` event records `self.trigger`. With
+    /// `queued` (the reason), the run only records `RunQueued` and waits for `Input::Dequeue`.
     pub fn start(
         &mut self,
         inputs: Json,
         idempotency_key: String,
         parent: Option<super::ParentRef>,
+        queued: Option<String>,
         now_ms: i64,
     ) -> Vec<RunEvent> {
         let mut tx = Tx {
@@ -182,13 +188,26 @@ impl RunState {
             events: Vec::new(),
             ctx: None,
         };
-        let kind = EventKind::RunStarted {
-            flow: tx.state.flow.name.clone(),
-            version: tx.state.flow_version,
-            inputs,
-            idempotency_key,
-            parent,
-            trigger: tx.state.trigger.clone(),
+        let (flow, version) = (tx.state.flow.name.clone(), tx.state.flow_version);
+        let trigger = tx.state.trigger.clone();
+        let kind = match queued {
+            Some(reason) => EventKind::RunQueued {
+                flow,
+                version,
+                inputs,
+                idempotency_key,
+                parent,
+                trigger,
+                reason,
+            },
+            None => EventKind::RunStarted {
+                flow,
+                version,
+                inputs,
+                idempotency_key,
+                parent,
+                trigger,
+            },
         };
         tx.emit(kind);
         advance(&mut tx);
@@ -213,7 +232,7 @@ impl RunState {
             } => on_result(&mut tx, &step, item, attempt, outcome),
             Input::Timer(timer) => on_timer(&mut tx, timer),
             Input::Cancel { reason } => {
-                if tx.state.status != RunStatus::Running {
+                if !matches!(tx.state.status, RunStatus::Running | RunStatus::Queued) {
                     return Err(Rejection::NotRunning(tx.state.status.name()));
                 }
                 tx.emit(EventKind::RunCancelled { reason });
@@ -268,6 +287,13 @@ impl RunState {
                     .map(|(def, _)| def.id.clone())
                     .collect();
                 tx.emit(EventKind::RunRetried { steps });
+            }
+            Input::Dequeue => {
+                if tx.state.status != RunStatus::Queued {
+                    return Err(Rejection::NotQueued(tx.state.status.name()));
+                }
+                let waited_ms = (tx.now - tx.state.created_at_ms).max(0);
+                tx.emit(EventKind::RunDequeued { waited_ms });
             }
             Input::Recover => {
                 if tx.state.status == RunStatus::Running {

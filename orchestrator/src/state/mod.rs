@@ -31,6 +31,8 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Waiting for a place under its flow's `concurrency.max_runs` (policy `queue`).
+    Queued,
     Running,
     Succeeded,
     Failed,
@@ -39,11 +41,12 @@ pub enum RunStatus {
 
 impl RunStatus {
     pub fn is_finished(self) -> bool {
-        !matches!(self, Self::Running)
+        !matches!(self, Self::Running | Self::Queued)
     }
 
     pub fn name(self) -> &'static str {
         match self {
+            Self::Queued => "queued",
             Self::Running => "running",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
@@ -53,6 +56,7 @@ impl RunStatus {
 
     pub fn from_name(name: &str) -> Option<Self> {
         [
+            Self::Queued,
             Self::Running,
             Self::Succeeded,
             Self::Failed,
@@ -301,14 +305,26 @@ impl RunState {
                 parent,
                 trigger,
                 ..
+            }
+            | EventKind::RunQueued {
+                inputs,
+                idempotency_key,
+                parent,
+                trigger,
+                ..
             } => {
                 self.inputs = inputs.clone();
                 self.idempotency_key = idempotency_key.clone();
                 self.trigger = trigger.clone();
                 self.parent = parent.clone();
-                self.status = RunStatus::Running;
+                self.status = if matches!(event.kind, EventKind::RunQueued { .. }) {
+                    RunStatus::Queued
+                } else {
+                    RunStatus::Running
+                };
                 self.created_at_ms = at;
             }
+            EventKind::RunDequeued { .. } => self.status = RunStatus::Running,
             EventKind::StepSkipped { .. } => {
                 if let Some(step) = index.map(|i| &mut self.steps[i]) {
                     step.status = StepStatus::Skipped;

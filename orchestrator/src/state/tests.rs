@@ -39,7 +39,7 @@ struct Sim {
 impl Sim {
     fn start(flow: Arc<Flow>, inputs: Json) -> Self {
         let mut state = RunState::new("run-1", flow, 1);
-        let events = state.start(inputs, String::new(), None, 1_000);
+        let events = state.start(inputs, String::new(), None, None, 1_000);
         let actions = state.actions_for(&events);
         let sim = Self {
             state,
@@ -132,6 +132,77 @@ impl Sim {
             _ => None,
         })
     }
+}
+
+/// A run that starts queued: nothing is dispatched until `Dequeue`.
+fn start_queued(src: &str) -> Sim {
+    let mut state = RunState::new("run-1", flow(src), 1);
+    let events = state.start(
+        json!({}),
+        "key-1".into(),
+        None,
+        Some("2 runs active".into()),
+        1_000,
+    );
+    let actions = state.actions_for(&events);
+    let sim = Sim {
+        state,
+        events,
+        actions,
+        now: 1_000,
+    };
+    sim.check_replay();
+    sim
+}
+
+#[test]
+fn a_queued_run_waits_for_its_place_then_runs() {
+    let src = "name: t\nsteps:\n  - { id: a, uses: echo }\n  - { id: b, uses: approval }\n";
+    let mut sim = start_queued(src);
+    assert_eq!(sim.state.status, RunStatus::Queued);
+    assert_eq!(sim.state.idempotency_key, "key-1");
+    assert!(sim.actions.is_empty(), "{:?}", sim.actions);
+    assert!(!sim.state.status.is_finished());
+    // Nothing of a queued run answers people or recovery yet.
+    assert_eq!(
+        sim.handle(Input::Signal {
+            step: "b".into(),
+            approve: true,
+            comment: String::new(),
+            by: String::new(),
+        }),
+        Err(Rejection::NotRunning("queued"))
+    );
+    assert_eq!(sim.handle(Input::Recover), Ok(Vec::new()));
+    assert!(sim.take_dispatches().is_empty());
+
+    sim.now = 4_000;
+    let events = sim.handle(Input::Dequeue).unwrap();
+    assert_eq!(events[0].kind, EventKind::RunDequeued { waited_ms: 3_000 });
+    assert_eq!(sim.state.status, RunStatus::Running);
+    let dispatched = sim.take_dispatches();
+    assert_eq!(dispatched.len(), 1);
+    assert_eq!(dispatched[0].step, "a");
+    assert_eq!(
+        sim.handle(Input::Dequeue),
+        Err(Rejection::NotQueued("running"))
+    );
+}
+
+#[test]
+fn a_queued_run_can_be_cancelled() {
+    let mut sim = start_queued("name: t\nsteps: [{ id: a, uses: echo }]\n");
+    sim.handle(Input::Cancel {
+        reason: "not needed".into(),
+    })
+    .unwrap();
+    assert_eq!(sim.state.status, RunStatus::Cancelled);
+    assert_eq!(sim.finished(), Some(RunStatus::Cancelled));
+    assert!(sim.take_dispatches().is_empty());
+    assert_eq!(
+        sim.handle(Input::Dequeue),
+        Err(Rejection::NotQueued("cancelled"))
+    );
 }
 
 #[test]
@@ -467,7 +538,13 @@ fn oversized_inputs_fail_the_step_with_a_clear_error() {
     );
     let mut state = RunState::new("r", f, 1);
     state.max_payload_bytes = 100;
-    state.start(json!({"blob": "x".repeat(200)}), String::new(), None, 0);
+    state.start(
+        json!({"blob": "x".repeat(200)}),
+        String::new(),
+        None,
+        None,
+        0,
+    );
     assert_eq!(state.status, RunStatus::Failed);
     let err = state.error.unwrap();
     assert_eq!(err.code, "payload_too_large");
