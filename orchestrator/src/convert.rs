@@ -148,13 +148,12 @@ pub fn event(run_id: &str, e: &RunEvent) -> pb::RunEvent {
 
 fn describe(kind: &EventKind) -> String {
     match kind {
-        EventKind::RunStarted { flow, version, .. } => format!("run of {flow} v{version} started"),
-        EventKind::RunQueued {
-            flow,
-            version,
-            reason,
-            ..
-        } => format!("run of {flow} v{version} queued: {reason}"),
+        EventKind::RunStarted(start) => {
+            format!("run of {} v{} started", start.flow, start.version)
+        }
+        EventKind::RunQueued { start, reason } => {
+            format!("run of {} v{} queued: {reason}", start.flow, start.version)
+        }
         EventKind::RunDequeued { waited_ms } => format!(
             "run left the queue after {:.1}s and started",
             *waited_ms as f64 / 1000.0

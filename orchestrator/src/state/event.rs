@@ -49,35 +49,33 @@ pub enum StepOutcome {
     Failed,
 }
 
+/// What a run is started with: the fields of `RunStarted`, and of `RunQueued` for a run that
+/// waits first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStart {
+    pub flow: String,
+    pub version: u32,
+    pub inputs: Json,
+    #[serde(default)]
+    pub idempotency_key: String,
+    /// Set when a `subflow` step of another run started this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
+    /// What started the run: empty for the API, else `schedule:<id>`, `webhook:<id>` or
+    /// `kafka:<id>` (a trigger of the flow).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trigger: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
-    RunStarted {
-        flow: String,
-        version: u32,
-        inputs: Json,
-        #[serde(default)]
-        idempotency_key: String,
-        /// Set when a `subflow` step of another run started this one.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        parent: Option<ParentRef>,
-        /// What started the run: empty for the API, else `schedule:<id>`, `webhook:<id>` or
-        /// `kafka:<id>` (a trigger of the flow).
-        #[serde(default, skip_serializing_if = "String::is_empty")]
-        trigger: String,
-    },
+    RunStarted(RunStart),
     /// The first event of a run that must wait: its flow has `concurrency.max_runs` runs
     /// active (policy `queue`). Nothing runs until `RunDequeued`.
     RunQueued {
-        flow: String,
-        version: u32,
-        inputs: Json,
-        #[serde(default)]
-        idempotency_key: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        parent: Option<ParentRef>,
-        #[serde(default, skip_serializing_if = "String::is_empty")]
-        trigger: String,
+        #[serde(flatten)]
+        start: RunStart,
         /// Why it waits, for people.
         reason: String,
     },
@@ -175,7 +173,7 @@ impl EventKind {
     /// The snake_case name of the event, as clients see it.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::RunStarted { .. } => "run_started",
+            Self::RunStarted(_) => "run_started",
             Self::RunQueued { .. } => "run_queued",
             Self::RunDequeued { .. } => "run_dequeued",
             Self::StepSkipped { .. } => "step_skipped",
@@ -200,7 +198,7 @@ impl EventKind {
     pub fn changes_run_status(&self) -> bool {
         matches!(
             self,
-            Self::RunStarted { .. }
+            Self::RunStarted(_)
                 | Self::RunQueued { .. }
                 | Self::RunDequeued { .. }
                 | Self::RunRetried { .. }

@@ -188,26 +188,17 @@ impl RunState {
             events: Vec::new(),
             ctx: None,
         };
-        let (flow, version) = (tx.state.flow.name.clone(), tx.state.flow_version);
-        let trigger = tx.state.trigger.clone();
+        let start = super::RunStart {
+            flow: tx.state.flow.name.clone(),
+            version: tx.state.flow_version,
+            inputs,
+            idempotency_key,
+            parent,
+            trigger: tx.state.trigger.clone(),
+        };
         let kind = match queued {
-            Some(reason) => EventKind::RunQueued {
-                flow,
-                version,
-                inputs,
-                idempotency_key,
-                parent,
-                trigger,
-                reason,
-            },
-            None => EventKind::RunStarted {
-                flow,
-                version,
-                inputs,
-                idempotency_key,
-                parent,
-                trigger,
-            },
+            Some(reason) => EventKind::RunQueued { start, reason },
+            None => EventKind::RunStarted(start),
         };
         tx.emit(kind);
         advance(&mut tx);

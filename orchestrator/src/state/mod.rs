@@ -22,7 +22,7 @@ use rpaflow_core::flow::Flow;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-pub use event::{ErrorInfo, EventKind, ParentRef, RunEvent, StepOutcome};
+pub use event::{ErrorInfo, EventKind, ParentRef, RunEvent, RunStart, StepOutcome};
 pub use machine::{Action, Input, Rejection, TaskSpec, Timer};
 
 /// The largest JSON payload (inputs, a rendered step input) accepted by default.
@@ -299,24 +299,11 @@ impl RunState {
         let at = event.at_ms;
         let index = event.kind.step().and_then(|s| self.flow.step_index(s));
         match &event.kind {
-            EventKind::RunStarted {
-                inputs,
-                idempotency_key,
-                parent,
-                trigger,
-                ..
-            }
-            | EventKind::RunQueued {
-                inputs,
-                idempotency_key,
-                parent,
-                trigger,
-                ..
-            } => {
-                self.inputs = inputs.clone();
-                self.idempotency_key = idempotency_key.clone();
-                self.trigger = trigger.clone();
-                self.parent = parent.clone();
+            EventKind::RunStarted(start) | EventKind::RunQueued { start, .. } => {
+                self.inputs = start.inputs.clone();
+                self.idempotency_key = start.idempotency_key.clone();
+                self.trigger = start.trigger.clone();
+                self.parent = start.parent.clone();
                 self.status = if matches!(event.kind, EventKind::RunQueued { .. }) {
                     RunStatus::Queued
                 } else {

@@ -38,8 +38,19 @@ struct Sim {
 
 impl Sim {
     fn start(flow: Arc<Flow>, inputs: Json) -> Self {
+        Self::start_as(flow, inputs, None)
+    }
+
+    /// A run started with the key `key-1`, queued for `queued` when it is set.
+    fn start_as(flow: Arc<Flow>, inputs: Json, queued: Option<&str>) -> Self {
         let mut state = RunState::new("run-1", flow, 1);
-        let events = state.start(inputs, String::new(), None, None, 1_000);
+        let events = state.start(
+            inputs,
+            "key-1".into(),
+            None,
+            queued.map(str::to_owned),
+            1_000,
+        );
         let actions = state.actions_for(&events);
         let sim = Self {
             state,
@@ -136,23 +147,7 @@ impl Sim {
 
 /// A run that starts queued: nothing is dispatched until `Dequeue`.
 fn start_queued(src: &str) -> Sim {
-    let mut state = RunState::new("run-1", flow(src), 1);
-    let events = state.start(
-        json!({}),
-        "key-1".into(),
-        None,
-        Some("2 runs active".into()),
-        1_000,
-    );
-    let actions = state.actions_for(&events);
-    let sim = Sim {
-        state,
-        events,
-        actions,
-        now: 1_000,
-    };
-    sim.check_replay();
-    sim
+    Sim::start_as(flow(src), json!({}), Some("2 runs active"))
 }
 
 #[test]
@@ -187,6 +182,27 @@ fn a_queued_run_waits_for_its_place_then_runs() {
         sim.handle(Input::Dequeue),
         Err(Rejection::NotQueued("running"))
     );
+}
+
+#[test]
+fn first_events_keep_their_stored_form() {
+    // Written by earlier versions: must still read back.
+    let stored = r#"{"seq":1,"at_ms":5,"type":"run_started","flow":"f","version":2,"inputs":{"a":1},"idempotency_key":"k","trigger":"webhook:w"}"#;
+    let event: RunEvent = serde_json::from_str(stored).unwrap();
+    let EventKind::RunStarted(start) = &event.kind else {
+        panic!("{event:?}")
+    };
+    assert_eq!((start.flow.as_str(), start.version), ("f", 2));
+    assert_eq!(start.inputs, json!({"a": 1}));
+    assert_eq!(start.trigger, "webhook:w");
+    assert_eq!(serde_json::to_string(&event).unwrap(), stored);
+    let queued = r#"{"seq":1,"at_ms":5,"type":"run_queued","flow":"f","version":2,"inputs":{},"idempotency_key":"","reason":"2 runs active"}"#;
+    let event: RunEvent = serde_json::from_str(queued).unwrap();
+    assert!(
+        matches!(&event.kind, EventKind::RunQueued { start, reason } if start.flow == "f" && reason == "2 runs active"),
+        "{event:?}"
+    );
+    assert_eq!(serde_json::to_string(&event).unwrap(), queued);
 }
 
 #[test]
