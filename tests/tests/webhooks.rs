@@ -352,3 +352,54 @@ async fn malformed_or_unfitting_bodies_are_refused_with_the_reason() {
     );
     assert!(dev.list_runs("token-hook", "").await.is_empty());
 }
+
+#[tokio::test]
+async fn deliveries_past_the_flows_concurrency_wait_or_get_409() {
+    let dev = launch().await;
+    dev.register(
+        r#"
+name: gate-hook
+triggers:
+  - id: raw
+    webhook: { token_secret: HOOK_TOKEN }
+concurrency: { max_runs: 1, max_queued: 1 }
+steps:
+  - { id: hold, uses: approval, with: { message: "hold" } }
+"#,
+    )
+    .await;
+    let bearer = format!("Bearer {TOKEN}");
+    let deliver = |id: &'static str| {
+        let bearer = bearer.clone();
+        let dev = &dev;
+        async move {
+            let headers = [
+                ("Authorization", bearer.as_str()),
+                ("X-Rpaflow-Delivery", id),
+            ];
+            post(dev, "/hooks/default/gate-hook", &headers, b"{}").await
+        }
+    };
+    let first = deliver("d1").await;
+    assert_status(&dev, &first, 201, "first delivery");
+    assert_eq!(first.body["status"], json!("running"), "{}", first.raw);
+    let second = deliver("d2").await;
+    assert_status(&dev, &second, 201, "second delivery, queued");
+    assert_eq!(second.body["status"], json!("queued"), "{}", second.raw);
+    // The repeat of a queued delivery names the same waiting run.
+    let again = deliver("d2").await;
+    assert_status(&dev, &again, 200, "repeated queued delivery");
+    assert_eq!(again.body["run_id"], second.body["run_id"], "{}", again.raw);
+    assert_eq!(again.body["status"], json!("queued"), "{}", again.raw);
+    // Past max_queued: 409 with the reason; nothing started.
+    let third = deliver("d3").await;
+    assert_status(&dev, &third, 409, "delivery past max_queued");
+    assert!(
+        third.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("concurrency.max_queued")),
+        "{}",
+        third.raw
+    );
+    assert_eq!(dev.list_runs("gate-hook", "").await.len(), 2);
+}
