@@ -48,8 +48,9 @@ pub struct EngineArgs {
     /// Requests waiting at most; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 256)]
     pub max_queue: usize,
-    /// Tokens (padding included) in one prefill pass at most. Small passes are cheaper: the
-    /// model computes logits for every prompt position.
+    /// Tokens (padding included) in one prefill pass at most: padding costs a pass through the
+    /// layers per position (and logits per position too, where the graph could not be edited to
+    /// compute the last position only).
     #[arg(long, default_value_t = 256)]
     pub max_prefill_tokens: usize,
     /// The ONNX Runtime library (libonnxruntime.so), e.g. from the PyPI wheel onnxruntime.

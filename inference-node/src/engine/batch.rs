@@ -226,8 +226,9 @@ impl Runner {
         };
         self.shared.stats().prefill_steps += 1;
         let sample_started = Instant::now();
+        let rows = logits.last_positions()?;
         for (i, seq) in new.iter_mut().enumerate() {
-            let row = logits.last(i, &mut self.logits_scratch)?;
+            let row = rows.row(i, &mut self.logits_scratch);
             let token = seq.sampler.next(row, &mut self.sample_scratch);
             accept(seq, token, &self.tokenizer, self.eos, &self.shared);
         }
@@ -343,9 +344,10 @@ impl Runner {
         let forward_time = forward_started.elapsed();
         drop(past);
         let sample_started = Instant::now();
+        let rows = logits.last_positions()?;
         for (i, seq) in self.seqs.iter_mut().enumerate() {
             seq.kv_len += 1;
-            let row = logits.last(i, &mut self.logits_scratch)?;
+            let row = rows.row(i, &mut self.logits_scratch);
             let token = seq.sampler.next(row, &mut self.sample_scratch);
             accept(seq, token, &self.tokenizer, self.eos, &self.shared);
         }
@@ -380,8 +382,8 @@ impl Runner {
 }
 
 /// Splits newcomers into prefill batches of similar prompt lengths, each at most `max_tokens`
-/// tokens once padded (a longer prompt goes alone): padding costs a full forward pass per
-/// position, logits included.
+/// tokens once padded (a longer prompt goes alone): padding costs a pass through the layers per
+/// position (logits too, where the graph computes them for every position).
 fn prefill_groups<T>(
     mut items: Vec<T>,
     len: impl Fn(&T) -> usize,

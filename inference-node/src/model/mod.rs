@@ -1,6 +1,8 @@
-//! A GPT-2 model directory in the Hugging Face Optimum layout, opened on ONNX Runtime: the session,
-//! its tensors bound by name, and the tokenizer.
+//! A GPT-2 model directory in the Hugging Face Optimum layout, opened on ONNX Runtime: the session
+//! (its graph edited for what the engine reads, see `graph`), its tensors bound by name, and the
+//! tokenizer.
 
+mod graph;
 mod kv;
 mod runtime;
 mod spec;
@@ -36,7 +38,8 @@ pub struct StepInput {
     pub position_ids: Vec<i64>,
 }
 
-/// The logits of one forward pass, `[batch, seq, vocab]`, in the model's float type.
+/// The logits of one forward pass, `[batch, seq, vocab]`, in the model's float type: `seq` is 1
+/// when the graph computes the last position only (see `graph`), else the pass's `seq`.
 #[derive(Debug)]
 pub struct Logits {
     value: DynTensor,
@@ -46,31 +49,61 @@ pub struct Logits {
 }
 
 impl Logits {
-    /// The logits of the last position of row `row`, as `f32`.
-    pub fn last<'a>(&'a self, row: usize, scratch: &'a mut Vec<f32>) -> Result<&'a [f32]> {
-        let start = (row * self.seq + self.seq - 1) * self.vocab;
-        match self.dtype {
-            KvDtype::F32 => {
-                let (_, data) = self
-                    .value
+    /// The logits of every row's last position, read out of the tensor once per step.
+    pub fn last_positions(&self) -> Result<LastPositions<'_>> {
+        let data = match self.dtype {
+            KvDtype::F32 => LogitsData::F32(
+                self.value
                     .try_extract_tensor::<f32>()
-                    .map_err(Error::ort("read the logits"))?;
-                Ok(&data[start..start + self.vocab])
-            }
-            KvDtype::F16 => {
-                let (_, data) = self
-                    .value
+                    .map_err(Error::ort("read the logits"))?
+                    .1,
+            ),
+            KvDtype::F16 => LogitsData::F16(
+                self.value
                     .try_extract_tensor::<f16>()
-                    .map_err(Error::ort("read the logits"))?;
-                scratch.clear();
-                scratch.extend(data[start..start + self.vocab].iter().map(|x| x.to_f32()));
-                Ok(scratch)
-            }
-        }
+                    .map_err(Error::ort("read the logits"))?
+                    .1,
+            ),
+        };
+        Ok(LastPositions {
+            data,
+            seq: self.seq,
+            vocab: self.vocab,
+        })
     }
 
     pub fn vocab(&self) -> usize {
         self.vocab
+    }
+}
+
+/// A view of [`Logits`]: the last position of each row.
+#[derive(Debug)]
+pub struct LastPositions<'a> {
+    data: LogitsData<'a>,
+    seq: usize,
+    vocab: usize,
+}
+
+#[derive(Debug)]
+enum LogitsData<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl LastPositions<'_> {
+    /// The logits of the last position of row `row`, as `f32` (converted into `scratch` when the
+    /// model computes in float16).
+    pub fn row<'s>(&'s self, row: usize, scratch: &'s mut Vec<f32>) -> &'s [f32] {
+        let start = (row * self.seq + self.seq - 1) * self.vocab;
+        match self.data {
+            LogitsData::F32(data) => &data[start..start + self.vocab],
+            LogitsData::F16(data) => {
+                scratch.clear();
+                scratch.extend(data[start..start + self.vocab].iter().map(|x| x.to_f32()));
+                scratch
+            }
+        }
     }
 }
 
@@ -302,7 +335,16 @@ impl Model {
                     .map_err(Error::ort("read an output"))
             };
         let logits = take(&mut outputs, "logits")?;
-        let vocab = logits.shape().last().copied().unwrap_or(0) as usize;
+        // `[batch, 1, vocab]` where the graph was edited to compute the last position only.
+        let (seq, vocab) = match logits.shape()[..] {
+            [_, seq, vocab] => (seq as usize, vocab as usize),
+            _ => {
+                return Err(Error::Model {
+                    dir: self.spec.dir.clone(),
+                    reason: format!("logits of shape {:?}", logits.shape()),
+                });
+            }
+        };
         let mut tensors = Vec::with_capacity(self.present_names.len());
         for name in &self.present_names {
             tensors.push(take(&mut outputs, name)?);
@@ -310,7 +352,7 @@ impl Model {
         drop(outputs);
         let logits = Logits {
             value: logits,
-            seq: s,
+            seq,
             vocab,
             dtype: self.spec.kv_dtype,
         };

@@ -13,7 +13,7 @@ use ort::{
 };
 use tracing::{info, warn};
 
-use super::spec::Device;
+use super::{graph, spec::Device};
 use crate::error::{Error, Result};
 
 static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
@@ -110,8 +110,32 @@ pub fn open_session(
             }
         }
     };
-    let session = builder
-        .commit_from_file(model)
-        .map_err(Error::ort("load model.onnx"))?;
+    let bytes = std::fs::read(model).map_err(|source| Error::Io {
+        path: model.to_path_buf(),
+        source,
+    })?;
+    let edited = graph::edit(&bytes);
+    drop(bytes);
+    let session = match edited {
+        Ok((edited, edits)) => {
+            match &edits.last_position {
+                Ok(()) => info!(
+                    copies_dropped = edits.copies_dropped,
+                    "graph edited: logits of the last position only"
+                ),
+                Err(reason) => info!(
+                    %reason,
+                    copies_dropped = edits.copies_dropped,
+                    "graph edited, but logits for every position"
+                ),
+            }
+            builder.commit_from_memory(&edited)
+        }
+        Err(reason) => {
+            info!(%reason, "model.onnx left as it is: logits for every position");
+            builder.commit_from_file(model)
+        }
+    }
+    .map_err(Error::ort("load model.onnx"))?;
     Ok((session, device))
 }
