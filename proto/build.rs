@@ -1,5 +1,6 @@
 //! Compiles `proto/rpaflow/v1/*.proto` with protox (no `protoc` needed) into `OUT_DIR`, together
-//! with the descriptor set that the servers expose through gRPC reflection.
+//! with the descriptor set that the servers expose through gRPC reflection, and the vendored
+//! `proto/onnx/onnx.proto` (messages only, kept out of that descriptor set).
 
 use std::path::PathBuf;
 
@@ -9,7 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/rpaflow/v1/task.proto",
         "proto/rpaflow/v1/inference.proto",
     ];
-    for file in &files {
+    let onnx = "proto/onnx/onnx.proto";
+    for file in files.iter().chain([&onnx]) {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["proto"])?;
@@ -19,5 +21,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
+
+    // The weights of a model are `bytes` fields: `Bytes` lets a model decoded from a `Bytes`
+    // buffer share them instead of copying them.
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .bytes(".onnx")
+        .compile_fds(protox::compile([onnx], ["proto"])?)?;
     Ok(())
 }

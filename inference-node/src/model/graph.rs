@@ -10,14 +10,24 @@
 //!   writing the output itself: the export has one for `logits` and one for every `present`
 //!   key/value (a copy of the whole cache on every step).
 //!
-//! The graph is rewritten on the protobuf wire format as it is loaded (no ONNX library needed).
-//! Each row's logits come out of the same `MatMul` kernel applied to the same hidden state, so they
-//! are bit for bit those of the unmodified graph (the generation tests compare greedy output with a
-//! plain onnxruntime loop over the original file). Anything unexpected (another shape of graph,
-//! weights in external files, an old opset) leaves the model, or that part of it, as it is, and
-//! the engine reads the logits' real shape either way.
+//! The model is decoded into the `onnx.proto` messages of [`rpaflow_proto::onnx`] (the weights
+//! stay in the buffer the file was read into), edited and encoded again. Each row's logits come
+//! out of the same `MatMul` kernel applied to the same hidden state, so they are bit for bit those
+//! of the unmodified graph (the generation tests compare greedy output with a plain onnxruntime
+//! loop over the original file). Anything unexpected (another shape of graph, weights in external
+//! files, an old opset) leaves the model, or that part of it, as it is, and the engine reads the
+//! logits' real shape either way.
 
 use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use prost::Message;
+use rpaflow_proto::onnx::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
+    attribute_proto::AttributeType,
+    tensor_proto::{DataLocation, DataType},
+    type_proto,
+};
 
 /// What [`edit`] changed.
 #[derive(Debug)]
@@ -30,19 +40,15 @@ pub(super) struct Edits {
 
 /// The model with `logits` computed for the last position only and copies to the outputs
 /// dropped, or why it was left as it is.
-pub(super) fn edit(model: &[u8]) -> Result<(Vec<u8>, Edits), String> {
-    let top = fields(model).ok_or("model.onnx is not a protobuf message")?;
-    let graphs: Vec<&Field<'_>> = top
+pub(super) fn edit(model: Bytes) -> Result<(Vec<u8>, Edits), String> {
+    let mut model =
+        ModelProto::decode(model).map_err(|e| format!("model.onnx is not an ONNX model: {e}"))?;
+    let graph = model.graph.as_mut().ok_or("the model has no graph")?;
+    let opset = model
+        .opset_import
         .iter()
-        .filter(|f| f.number == MODEL_GRAPH && f.wire == LEN)
-        .collect();
-    let [graph_field] = graphs[..] else {
-        return Err("the model has no single graph".into());
-    };
-    let opset = top
-        .iter()
-        .filter(|f| f.number == MODEL_OPSET_IMPORT && f.wire == LEN)
-        .filter_map(|f| default_opset(f.payload))
+        .filter(|o| matches!(o.domain(), "" | "ai.onnx"))
+        .filter_map(|o| o.version)
         .max()
         .ok_or("no opset for the default domain")?;
     if opset < 11 {
@@ -50,131 +56,65 @@ pub(super) fn edit(model: &[u8]) -> Result<(Vec<u8>, Edits), String> {
             "opset {opset} (Gather needs 11 for negative indices)"
         ));
     }
-    let (graph, edits) = rewrite_graph(graph_field.payload)?;
-    let mut out = Vec::with_capacity(model.len() + 256);
-    for f in &top {
-        if f.number == MODEL_GRAPH && f.wire == LEN {
-            put_len(&mut out, MODEL_GRAPH, &graph);
-        } else {
-            out.extend_from_slice(f.raw);
-        }
-    }
-    Ok((out, edits))
+    let edits = rewrite_graph(graph)?;
+    Ok((model.encode_to_vec(), edits))
 }
 
 const LOGITS: &str = "logits";
 const INDICES: &str = "rpaflow.last_position";
 const LAST_HIDDEN: &str = "rpaflow.last_hidden";
 
-// Field numbers of onnx.proto.
-const MODEL_GRAPH: u32 = 7;
-const MODEL_OPSET_IMPORT: u32 = 8;
-const OPSET_DOMAIN: u32 = 1;
-const OPSET_VERSION: u32 = 2;
-const GRAPH_NODE: u32 = 1;
-const GRAPH_INITIALIZER: u32 = 5;
-const GRAPH_OUTPUT: u32 = 12;
-const GRAPH_VALUE_INFO: u32 = 13;
-const NODE_INPUT: u32 = 1;
-const NODE_OUTPUT: u32 = 2;
-const NODE_NAME: u32 = 3;
-const NODE_OP_TYPE: u32 = 4;
-const NODE_ATTRIBUTE: u32 = 5;
-const NODE_DOMAIN: u32 = 7;
-const ATTRIBUTE_NAME: u32 = 1;
-const ATTRIBUTE_I: u32 = 3;
-const ATTRIBUTE_TYPE: u32 = 20;
-const ATTRIBUTE_TYPE_INT: u64 = 2;
-const TENSOR_DIMS: u32 = 1;
-const TENSOR_DATA_TYPE: u32 = 2;
-const TENSOR_DATA_TYPE_INT64: u64 = 7;
-const TENSOR_NAME: u32 = 8;
-const TENSOR_RAW_DATA: u32 = 9;
-const TENSOR_DATA_LOCATION: u32 = 14;
-const TENSOR_DATA_LOCATION_EXTERNAL: u64 = 1;
-const VALUE_INFO_NAME: u32 = 1;
-const VALUE_INFO_TYPE: u32 = 2;
-const TYPE_TENSOR: u32 = 1;
-const TENSOR_TYPE_SHAPE: u32 = 2;
-const SHAPE_DIM: u32 = 1;
-
-// Wire types.
-const VARINT: u8 = 0;
-const LEN: u8 = 2;
-
-fn rewrite_graph(graph: &[u8]) -> Result<(Vec<u8>, Edits), String> {
-    let parts = fields(graph).ok_or("the graph is not a protobuf message")?;
-    let mut nodes = Vec::new();
-    let mut initializers = HashSet::new();
-    let mut logits_rank = None;
-    let mut outputs = HashSet::new();
-    for (index, f) in parts.iter().enumerate() {
-        match (f.number, f.wire) {
-            (GRAPH_NODE, LEN) => {
-                let node =
-                    Node::parse(index, f.payload).ok_or("a node is not a protobuf message")?;
-                if matches!(node.op_type, "If" | "Loop" | "Scan") {
-                    return Err(format!("the graph has a subgraph ({})", node.op_type));
-                }
-                nodes.push(node);
-            }
-            (GRAPH_INITIALIZER, LEN) => {
-                let tensor = fields(f.payload).ok_or("an initializer is not a protobuf message")?;
-                let external = tensor.iter().any(|t| {
-                    t.number == TENSOR_DATA_LOCATION
-                        && t.wire == VARINT
-                        && t.value == TENSOR_DATA_LOCATION_EXTERNAL
-                });
-                if external {
-                    return Err("weights are in external data files".into());
-                }
-                if let Some(name) = tensor.iter().find(|t| t.number == TENSOR_NAME) {
-                    initializers.insert(name.string()?);
-                }
-            }
-            (GRAPH_OUTPUT, LEN) => {
-                let info = fields(f.payload).ok_or("an output is not a protobuf message")?;
-                let name = info
-                    .iter()
-                    .find(|t| t.number == VALUE_INFO_NAME)
-                    .map(Field::string)
-                    .transpose()?
-                    .unwrap_or_default();
-                if name == LOGITS {
-                    logits_rank = info
-                        .iter()
-                        .find(|t| t.number == VALUE_INFO_TYPE)
-                        .and_then(|t| rank(t.payload));
-                }
-                outputs.insert(name);
-            }
-            _ => {}
-        }
+fn rewrite_graph(graph: &mut GraphProto) -> Result<Edits, String> {
+    let nodes = &graph.node;
+    if let Some(n) = nodes
+        .iter()
+        .find(|n| matches!(n.op_type(), "If" | "Loop" | "Scan"))
+    {
+        return Err(format!("the graph has a subgraph ({})", n.op_type()));
     }
-    let default_domain = |n: &Node<'_>| matches!(n.domain, "" | "ai.onnx");
+    let external = Some(DataLocation::External as i32);
+    if graph
+        .initializer
+        .iter()
+        .any(|t| t.data_location == external)
+    {
+        return Err("weights are in external data files".into());
+    }
+    let initializers: HashSet<&str> = graph
+        .initializer
+        .iter()
+        .filter_map(|t| t.name.as_deref())
+        .collect();
+    let outputs: HashSet<&str> = graph.output.iter().map(ValueInfoProto::name).collect();
+    let logits_rank = graph
+        .output
+        .iter()
+        .rfind(|o| o.name() == LOGITS)
+        .and_then(rank);
+    let default_domain = |n: &NodeProto| matches!(n.domain(), "" | "ai.onnx");
 
     // Identity nodes that copy a computed tensor to a graph output (the present key/values, the
     // logits): the producer writes the output itself, and every reader reads it there.
-    let produced: HashSet<&str> = nodes.iter().flat_map(|n| n.outputs.clone()).collect();
+    let produced: HashSet<&str> = nodes
+        .iter()
+        .flat_map(|n| &n.output)
+        .map(String::as_str)
+        .collect();
     let mut rename: HashMap<&str, &str> = HashMap::new();
     let mut dropped = HashSet::new();
     for (i, n) in nodes.iter().enumerate() {
-        if let ("Identity", &[x], &[y]) = (n.op_type, &n.inputs[..], &n.outputs[..])
+        if let ("Identity", [x], [y]) = (n.op_type(), &n.input[..], &n.output[..])
             && default_domain(n)
-            && outputs.contains(y)
-            && !outputs.contains(x)
-            && produced.contains(x)
-            && !rename.contains_key(x)
+            && outputs.contains(y.as_str())
+            && !outputs.contains(x.as_str())
+            && produced.contains(x.as_str())
+            && !rename.contains_key(x.as_str())
         {
             rename.insert(x, y);
             dropped.insert(i);
         }
     }
-    let renamed = |name: &'_ str| -> String {
-        rename
-            .get(name)
-            .map_or_else(|| name.to_string(), |y| y.to_string())
-    };
+    let renamed = |name: &str| -> String { rename.get(name).copied().unwrap_or(name).to_string() };
     let live = || {
         nodes
             .iter()
@@ -182,11 +122,11 @@ fn rewrite_graph(graph: &[u8]) -> Result<(Vec<u8>, Edits), String> {
             .filter(|(i, _)| !dropped.contains(i))
     };
     let producer: HashMap<String, usize> = live()
-        .flat_map(|(i, n)| n.outputs.iter().map(move |&o| (renamed(o), i)))
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (renamed(o), i)))
         .collect();
     let mut consumers: HashMap<String, usize> = HashMap::new();
     for (_, n) in live() {
-        for &i in &n.inputs {
+        for i in &n.input {
             *consumers.entry(renamed(i)).or_default() += 1;
         }
     }
@@ -204,14 +144,14 @@ fn rewrite_graph(graph: &[u8]) -> Result<(Vec<u8>, Edits), String> {
                 .get(&name)
                 .ok_or_else(|| format!("nothing produces `{name}`"))?;
             let node = &nodes[i];
-            if !default_domain(node) || node.outputs.len() != 1 {
-                return Err(format!("`{name}` comes from a {} node", node.op_type));
+            if !default_domain(node) || node.output.len() != 1 {
+                return Err(format!("`{name}` comes from a {} node", node.op_type()));
             }
-            match node.op_type {
-                "MatMul" if node.inputs.len() == 2 => break i,
-                "Identity" | "Cast" if node.inputs.len() == 1 => {
+            match node.op_type() {
+                "MatMul" if node.input.len() == 2 => break i,
+                "Identity" | "Cast" if node.input.len() == 1 => {
                     chain.push(i);
-                    name = renamed(node.inputs[0]);
+                    name = renamed(&node.input[0]);
                     if consumers.get(&name) != Some(&1) || outputs.contains(name.as_str()) {
                         return Err(format!("`{name}` is read by more than the logits"));
                     }
@@ -220,7 +160,7 @@ fn rewrite_graph(graph: &[u8]) -> Result<(Vec<u8>, Edits), String> {
             }
         };
         // The weight: an initializer, transposed or cast (float16 exports) on the way.
-        let weight = renamed(nodes[lm].inputs[1]);
+        let weight = renamed(&nodes[lm].input[1]);
         let mut name = weight.clone();
         let mut constant = false;
         // A well-formed graph has no cycles; a malformed one must not loop forever.
@@ -230,8 +170,8 @@ fn rewrite_graph(graph: &[u8]) -> Result<(Vec<u8>, Edits), String> {
                 break;
             }
             match producer.get(&name).map(|&p| &nodes[p]) {
-                Some(n) if matches!(n.op_type, "Transpose" | "Cast") && n.inputs.len() == 1 => {
-                    name = renamed(n.inputs[0]);
+                Some(n) if matches!(n.op_type(), "Transpose" | "Cast") && n.input.len() == 1 => {
+                    name = renamed(&n.input[0]);
                 }
                 _ => break,
             }
@@ -248,7 +188,7 @@ fn rewrite_graph(graph: &[u8]) -> Result<(Vec<u8>, Edits), String> {
         // Shapes recorded for the tensors between the LM head and the output no longer hold.
         let stale = std::iter::once(lm)
             .chain(chain)
-            .map(|i| renamed(nodes[i].outputs[0]))
+            .map(|i| renamed(&nodes[i].output[0]))
             .filter(|n| n != LOGITS)
             .collect();
         Ok((lm, stale))
@@ -262,331 +202,139 @@ fn rewrite_graph(graph: &[u8]) -> Result<(Vec<u8>, Edits), String> {
     }
     stale.extend(rename.keys().map(|x| x.to_string()));
 
-    let node_at: HashMap<usize, usize> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.field, i))
-        .collect();
-    let mut out = Vec::with_capacity(graph.len() + 256);
-    for (index, f) in parts.iter().enumerate() {
-        if let Some(&i) = node_at.get(&index) {
-            if dropped.contains(&i) {
-                continue;
-            }
-            let mut first_input = None;
-            if Some(i) == lm {
-                put_len(
-                    &mut out,
-                    GRAPH_NODE,
-                    &gather_node(&renamed(nodes[i].inputs[0])),
-                );
-                first_input = Some(LAST_HIDDEN);
-            }
-            put_len(
-                &mut out,
-                GRAPH_NODE,
-                &Node::encode(f.payload, first_input, renamed)?,
-            );
-            continue;
+    let mut edited = Vec::with_capacity(nodes.len() + 1);
+    for (i, node) in live() {
+        let mut node = node.clone();
+        for name in node.input.iter_mut().chain(&mut node.output) {
+            *name = renamed(name);
         }
-        if f.number == GRAPH_VALUE_INFO && f.wire == LEN {
-            let name = fields(f.payload)
-                .and_then(|info| {
-                    info.iter()
-                        .find(|t| t.number == VALUE_INFO_NAME)
-                        .map(|t| t.payload)
-                })
-                .unwrap_or_default();
-            if stale.iter().any(|s| s.as_bytes() == name) {
-                continue;
-            }
+        if Some(i) == lm {
+            let hidden = std::mem::replace(&mut node.input[0], LAST_HIDDEN.into());
+            edited.push(gather_node(hidden));
         }
-        out.extend_from_slice(f.raw);
+        edited.push(node);
     }
+    graph.node = edited;
+    graph
+        .value_info
+        .retain(|v| !stale.iter().any(|s| s == v.name()));
     if lm.is_some() {
-        put_len(&mut out, GRAPH_INITIALIZER, &indices_tensor());
+        graph.initializer.push(indices_tensor());
     }
-    let edits = Edits {
+    Ok(Edits {
         last_position: why_not.map_or(Ok(()), Err),
         copies_dropped: dropped.len(),
-    };
-    Ok((out, edits))
+    })
 }
 
 /// `Gather(hidden, [-1], axis = 1)`: `[batch, seq, hidden]` to `[batch, 1, hidden]`.
-fn gather_node(hidden: &str) -> Vec<u8> {
-    let mut axis = Vec::new();
-    put_len(&mut axis, ATTRIBUTE_NAME, b"axis");
-    put_varint_field(&mut axis, ATTRIBUTE_I, 1);
-    put_varint_field(&mut axis, ATTRIBUTE_TYPE, ATTRIBUTE_TYPE_INT);
-    let mut node = Vec::new();
-    put_len(&mut node, NODE_INPUT, hidden.as_bytes());
-    put_len(&mut node, NODE_INPUT, INDICES.as_bytes());
-    put_len(&mut node, NODE_OUTPUT, LAST_HIDDEN.as_bytes());
-    put_len(&mut node, NODE_NAME, INDICES.as_bytes());
-    put_len(&mut node, NODE_OP_TYPE, b"Gather");
-    put_len(&mut node, NODE_ATTRIBUTE, &axis);
-    node
+fn gather_node(hidden: String) -> NodeProto {
+    NodeProto {
+        input: vec![hidden, INDICES.into()],
+        output: vec![LAST_HIDDEN.into()],
+        name: Some(INDICES.into()),
+        op_type: Some("Gather".into()),
+        attribute: vec![AttributeProto {
+            name: Some("axis".into()),
+            i: Some(1),
+            r#type: Some(AttributeType::Int as i32),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
 }
 
 /// The int64 tensor `[-1]`.
-fn indices_tensor() -> Vec<u8> {
-    let mut tensor = Vec::new();
-    put_varint_field(&mut tensor, TENSOR_DIMS, 1);
-    put_varint_field(&mut tensor, TENSOR_DATA_TYPE, TENSOR_DATA_TYPE_INT64);
-    put_len(&mut tensor, TENSOR_NAME, INDICES.as_bytes());
-    put_len(&mut tensor, TENSOR_RAW_DATA, &(-1i64).to_le_bytes());
-    tensor
-}
-
-/// The version of the default domain in an `OperatorSetIdProto`.
-fn default_opset(payload: &[u8]) -> Option<u64> {
-    let parts = fields(payload)?;
-    let domain = parts
-        .iter()
-        .find(|f| f.number == OPSET_DOMAIN && f.wire == LEN)
-        .map_or(&b""[..], |f| f.payload);
-    if !(domain.is_empty() || domain == b"ai.onnx") {
-        return None;
-    }
-    parts
-        .iter()
-        .find(|f| f.number == OPSET_VERSION && f.wire == VARINT)
-        .map(|f| f.value)
-}
-
-/// The rank of a `TypeProto` holding a tensor with a shape.
-fn rank(type_proto: &[u8]) -> Option<usize> {
-    let tensor = fields(type_proto)?
-        .into_iter()
-        .find(|f| f.number == TYPE_TENSOR && f.wire == LEN)?;
-    let shape = fields(tensor.payload)?
-        .into_iter()
-        .find(|f| f.number == TENSOR_TYPE_SHAPE && f.wire == LEN)?;
-    Some(
-        fields(shape.payload)?
-            .iter()
-            .filter(|f| f.number == SHAPE_DIM)
-            .count(),
-    )
-}
-
-/// A node of the graph: what surgery needs to know of it.
-#[derive(Debug)]
-struct Node<'a> {
-    /// Its index among the graph's fields.
-    field: usize,
-    inputs: Vec<&'a str>,
-    outputs: Vec<&'a str>,
-    op_type: &'a str,
-    domain: &'a str,
-}
-
-impl<'a> Node<'a> {
-    fn parse(field: usize, payload: &'a [u8]) -> Option<Node<'a>> {
-        let mut node = Node {
-            field,
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-            op_type: "",
-            domain: "",
-        };
-        for f in fields(payload)? {
-            let text = || std::str::from_utf8(f.payload).ok();
-            match (f.number, f.wire) {
-                (NODE_INPUT, LEN) => node.inputs.push(text()?),
-                (NODE_OUTPUT, LEN) => node.outputs.push(text()?),
-                (NODE_OP_TYPE, LEN) => node.op_type = text()?,
-                (NODE_DOMAIN, LEN) => node.domain = text()?,
-                _ => {}
-            }
-        }
-        Some(node)
-    }
-
-    /// A node's message with its inputs and outputs renamed, and its first input replaced if
-    /// `first_input` is given.
-    fn encode(
-        payload: &[u8],
-        first_input: Option<&str>,
-        renamed: impl Fn(&str) -> String,
-    ) -> Result<Vec<u8>, String> {
-        let parts = fields(payload).ok_or("a node is not a protobuf message")?;
-        let mut replace = first_input;
-        let mut out = Vec::with_capacity(payload.len() + 32);
-        for f in &parts {
-            match (f.number, f.wire) {
-                (NODE_INPUT | NODE_OUTPUT, LEN) => {
-                    let first = if f.number == NODE_INPUT {
-                        replace.take()
-                    } else {
-                        None
-                    };
-                    let name = match first {
-                        Some(name) => name.to_string(),
-                        None => renamed(f.string()?),
-                    };
-                    put_len(&mut out, f.number, name.as_bytes());
-                }
-                _ => out.extend_from_slice(f.raw),
-            }
-        }
-        Ok(out)
+fn indices_tensor() -> TensorProto {
+    TensorProto {
+        dims: vec![1],
+        data_type: Some(DataType::Int64 as i32),
+        name: Some(INDICES.into()),
+        raw_data: Some(Bytes::copy_from_slice(&(-1i64).to_le_bytes())),
+        ..Default::default()
     }
 }
 
-/// One field of a protobuf message.
-#[derive(Debug, Clone, Copy)]
-struct Field<'a> {
-    number: u32,
-    wire: u8,
-    /// The whole field, key included, as it is in the message.
-    raw: &'a [u8],
-    /// The bytes of a length-delimited field.
-    payload: &'a [u8],
-    /// The value of a varint field.
-    value: u64,
-}
-
-impl<'a> Field<'a> {
-    fn string(&self) -> Result<&'a str, String> {
-        std::str::from_utf8(self.payload).map_err(|_| "a name is not UTF-8".to_string())
+/// The rank of a tensor value with a shape.
+fn rank(info: &ValueInfoProto) -> Option<usize> {
+    match info.r#type.as_ref()?.value.as_ref()? {
+        type_proto::Value::TensorType(tensor) => Some(tensor.shape.as_ref()?.dim.len()),
+        _ => None,
     }
-}
-
-/// The fields of a protobuf message, in order; `None` if it is not one.
-fn fields(buf: &[u8]) -> Option<Vec<Field<'_>>> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < buf.len() {
-        let start = pos;
-        let key = varint(buf, &mut pos)?;
-        let number = u32::try_from(key >> 3).ok()?;
-        let wire = (key & 7) as u8;
-        let (mut payload, mut value): (&[u8], u64) = (&[], 0);
-        match wire {
-            VARINT => value = varint(buf, &mut pos)?,
-            1 => pos = pos.checked_add(8)?,
-            LEN => {
-                let len = usize::try_from(varint(buf, &mut pos)?).ok()?;
-                let end = pos.checked_add(len)?;
-                payload = buf.get(pos..end)?;
-                pos = end;
-            }
-            5 => pos = pos.checked_add(4)?,
-            _ => return None,
-        }
-        out.push(Field {
-            number,
-            wire,
-            raw: buf.get(start..pos)?,
-            payload,
-            value,
-        });
-    }
-    Some(out)
-}
-
-fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *buf.get(*pos)?;
-        *pos += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(value);
-        }
-    }
-    None
-}
-
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8 & 0x7f) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-fn put_varint_field(out: &mut Vec<u8>, number: u32, value: u64) {
-    put_varint(out, (u64::from(number) << 3) | u64::from(VARINT));
-    put_varint(out, value);
-}
-
-fn put_len(out: &mut Vec<u8>, number: u32, payload: &[u8]) {
-    put_varint(out, (u64::from(number) << 3) | u64::from(LEN));
-    put_varint(out, payload.len() as u64);
-    out.extend_from_slice(payload);
 }
 
 #[cfg(test)]
 mod tests {
+    use rpaflow_proto::onnx::{OperatorSetIdProto, TensorShapeProto, TypeProto};
+
     use super::*;
 
-    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> Vec<u8> {
-        let mut n = Vec::new();
-        for i in inputs {
-            put_len(&mut n, NODE_INPUT, i.as_bytes());
+    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+        NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.iter().map(|s| s.to_string()).collect(),
+            op_type: Some(op.into()),
+            ..Default::default()
         }
-        for o in outputs {
-            put_len(&mut n, NODE_OUTPUT, o.as_bytes());
-        }
-        put_len(&mut n, NODE_OP_TYPE, op.as_bytes());
-        n
     }
 
-    fn output(name: &str, rank: usize) -> Vec<u8> {
-        let mut shape = Vec::new();
-        for _ in 0..rank {
-            put_len(&mut shape, SHAPE_DIM, &[]);
+    fn value(name: &str, rank: usize) -> ValueInfoProto {
+        let tensor = type_proto::Tensor {
+            shape: Some(TensorShapeProto {
+                dim: vec![Default::default(); rank],
+            }),
+            ..Default::default()
+        };
+        ValueInfoProto {
+            name: Some(name.into()),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(tensor)),
+                ..Default::default()
+            }),
+            ..Default::default()
         }
-        let mut tensor = Vec::new();
-        put_len(&mut tensor, TENSOR_TYPE_SHAPE, &shape);
-        let mut ty = Vec::new();
-        put_len(&mut ty, TYPE_TENSOR, &tensor);
-        let mut info = Vec::new();
-        put_len(&mut info, VALUE_INFO_NAME, name.as_bytes());
-        put_len(&mut info, VALUE_INFO_TYPE, &ty);
-        info
     }
 
-    fn initializer(name: &str) -> Vec<u8> {
-        let mut t = Vec::new();
-        put_len(&mut t, TENSOR_NAME, name.as_bytes());
-        t
+    fn initializer(name: &str) -> TensorProto {
+        TensorProto {
+            name: Some(name.into()),
+            ..Default::default()
+        }
+    }
+
+    fn encode(graph: GraphProto, opset: i64) -> Bytes {
+        let model = ModelProto {
+            ir_version: Some(8),
+            opset_import: vec![OperatorSetIdProto {
+                version: Some(opset),
+                ..Default::default()
+            }],
+            graph: Some(graph),
+            ..Default::default()
+        };
+        model.encode_to_vec().into()
     }
 
     /// ln_f -> MatMul(transpose(wte)) -> `last` -> logits, as Optimum exports GPT-2 (`last` is
     /// Identity; a float16 export has Cast there, and wte cast from float16).
-    fn model(last: &str, opset: u64) -> Vec<u8> {
-        let mut graph = Vec::new();
-        put_len(
-            &mut graph,
-            GRAPH_NODE,
-            &node("LayerNormalization", &["h", "g", "b"], &["ln"]),
-        );
-        put_len(&mut graph, GRAPH_NODE, &node("Cast", &["wte16"], &["wte"]));
-        put_len(
-            &mut graph,
-            GRAPH_NODE,
-            &node("Transpose", &["wte"], &["wt"]),
-        );
-        put_len(
-            &mut graph,
-            GRAPH_NODE,
-            &node("MatMul", &["ln", "wt"], &["mm"]),
-        );
-        put_len(&mut graph, GRAPH_NODE, &node(last, &["mm"], &["logits"]));
-        put_len(&mut graph, GRAPH_INITIALIZER, &initializer("wte16"));
-        put_len(&mut graph, GRAPH_OUTPUT, &output("logits", 3));
-        put_len(&mut graph, GRAPH_VALUE_INFO, &output("mm", 3));
-        let mut opset_id = Vec::new();
-        put_varint_field(&mut opset_id, OPSET_VERSION, opset);
-        let mut m = Vec::new();
-        put_varint_field(&mut m, 1, 8);
-        put_len(&mut m, MODEL_GRAPH, &graph);
-        put_len(&mut m, MODEL_OPSET_IMPORT, &opset_id);
-        m
+    fn lm_graph(last: &str) -> GraphProto {
+        GraphProto {
+            node: vec![
+                node("LayerNormalization", &["h", "g", "b"], &["ln"]),
+                node("Cast", &["wte16"], &["wte"]),
+                node("Transpose", &["wte"], &["wt"]),
+                node("MatMul", &["ln", "wt"], &["mm"]),
+                node(last, &["mm"], &["logits"]),
+            ],
+            initializer: vec![initializer("wte16")],
+            output: vec![value("logits", 3)],
+            value_info: vec![value("mm", 3)],
+            ..Default::default()
+        }
+    }
+
+    fn model(last: &str, opset: i64) -> Bytes {
+        encode(lm_graph(last), opset)
     }
 
     /// Op type, inputs and outputs of a node.
@@ -594,31 +342,21 @@ mod tests {
 
     /// Every node, and how many value_info entries are left.
     fn summary(model: &[u8]) -> (Vec<NodeSummary>, usize) {
-        let top = fields(model).unwrap_or_default();
-        let graph = top
-            .iter()
-            .find(|f| f.number == MODEL_GRAPH)
-            .map(|f| f.payload);
-        let graph = fields(graph.unwrap_or_default()).unwrap_or_default();
+        let graph = ModelProto::decode(model)
+            .ok()
+            .and_then(|m| m.graph)
+            .unwrap_or_default();
         let nodes = graph
-            .iter()
-            .filter(|f| f.number == GRAPH_NODE)
-            .filter_map(|f| Node::parse(0, f.payload))
-            .map(|n| {
-                let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-                (n.op_type.to_string(), s(&n.inputs), s(&n.outputs))
-            })
+            .node
+            .into_iter()
+            .map(|n| (n.op_type().to_string(), n.input, n.output))
             .collect();
-        let infos = graph
-            .iter()
-            .filter(|f| f.number == GRAPH_VALUE_INFO)
-            .count();
-        (nodes, infos)
+        (nodes, graph.value_info.len())
     }
 
     #[test]
     fn the_lm_head_reads_the_last_position_and_writes_logits() {
-        let Ok((edited, edits)) = edit(&model("Identity", 17)) else {
+        let Ok((edited, edits)) = edit(model("Identity", 17)) else {
             panic!("the graph should be edited");
         };
         assert_eq!(edits.last_position, Ok(()));
@@ -639,11 +377,18 @@ mod tests {
         assert_eq!(nodes[4].1, [String::from(LAST_HIDDEN), "wt".into()]);
         assert_eq!(nodes[4].2, [String::from(LOGITS)]);
         assert_eq!(infos, 0, "the stale shape of `mm` is gone");
+        let graph = ModelProto::decode(&edited[..]).ok().and_then(|m| m.graph);
+        let indices = graph.and_then(|g| g.initializer.into_iter().find(|t| t.name() == INDICES));
+        assert_eq!(
+            indices.and_then(|t| t.raw_data),
+            Some(Bytes::from_static(&[0xff; 8])),
+            "the index is -1"
+        );
     }
 
     #[test]
     fn a_cast_after_the_lm_head_stays() {
-        let Ok((edited, edits)) = edit(&model("Cast", 17)) else {
+        let Ok((edited, edits)) = edit(model("Cast", 17)) else {
             panic!("the graph should be edited");
         };
         assert_eq!(edits.last_position, Ok(()));
@@ -666,30 +411,16 @@ mod tests {
     #[test]
     fn copies_to_outputs_are_dropped_and_their_readers_follow() {
         // concat -> Identity -> present, and concat read by attention as well.
-        let mut graph = Vec::new();
-        put_len(
-            &mut graph,
-            GRAPH_NODE,
-            &node("Concat", &["past", "new"], &["c"]),
-        );
-        put_len(
-            &mut graph,
-            GRAPH_NODE,
-            &node("MatMul", &["q", "c"], &["att"]),
-        );
-        put_len(
-            &mut graph,
-            GRAPH_NODE,
-            &node("Identity", &["c"], &["present"]),
-        );
-        put_len(&mut graph, GRAPH_OUTPUT, &output("present", 4));
-        put_len(&mut graph, GRAPH_OUTPUT, &output("att", 4));
-        let mut opset_id = Vec::new();
-        put_varint_field(&mut opset_id, OPSET_VERSION, 17);
-        let mut m = Vec::new();
-        put_len(&mut m, MODEL_GRAPH, &graph);
-        put_len(&mut m, MODEL_OPSET_IMPORT, &opset_id);
-        let Ok((edited, edits)) = edit(&m) else {
+        let graph = GraphProto {
+            node: vec![
+                node("Concat", &["past", "new"], &["c"]),
+                node("MatMul", &["q", "c"], &["att"]),
+                node("Identity", &["c"], &["present"]),
+            ],
+            output: vec![value("present", 4), value("att", 4)],
+            ..Default::default()
+        };
+        let Ok((edited, edits)) = edit(encode(graph, 17)) else {
             panic!("the copy should go");
         };
         assert!(edits.last_position.is_err(), "there is no LM head here");
@@ -702,20 +433,71 @@ mod tests {
 
     #[test]
     fn unexpected_graphs_are_left_alone() {
-        assert!(edit(&model("Softmax", 17)).is_err());
-        assert!(edit(&model("Identity", 9)).is_err());
-        assert!(edit(b"\xff\xff\xff").is_err());
-        assert!(edit(&[]).is_err());
+        assert!(edit(model("Softmax", 17)).is_err());
+        assert!(edit(model("Identity", 9)).is_err());
+        assert!(edit(Bytes::from_static(b"\xff\xff\xff")).is_err());
+        assert!(edit(Bytes::new()).is_err());
     }
 
     #[test]
-    fn varints_round_trip() {
-        for v in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
-            let mut buf = Vec::new();
-            put_varint(&mut buf, v);
-            let mut pos = 0;
-            assert_eq!(varint(&buf, &mut pos), Some(v));
-            assert_eq!(pos, buf.len());
-        }
+    fn each_fallback_says_why() {
+        let why = |change: fn(&mut GraphProto)| {
+            let mut graph = lm_graph("Cast");
+            change(&mut graph);
+            match edit(encode(graph, 17)) {
+                Ok((_, edits)) => edits.last_position.err(),
+                Err(reason) => Some(reason),
+            }
+        };
+        assert_eq!(why(|_| {}), None);
+        let external = |g: &mut GraphProto| {
+            g.initializer[0].data_location = Some(DataLocation::External as i32);
+        };
+        assert_eq!(
+            why(external).as_deref(),
+            Some("weights are in external data files")
+        );
+        let subgraph = |g: &mut GraphProto| g.node.push(node("If", &["c"], &["x"]));
+        assert_eq!(
+            why(subgraph).as_deref(),
+            Some("the graph has a subgraph (If)")
+        );
+        let computed = |g: &mut GraphProto| g.initializer.clear();
+        assert_eq!(
+            why(computed).as_deref(),
+            Some("the LM head's weight `wt` is not a constant")
+        );
+        let taken = |g: &mut GraphProto| g.initializer.push(initializer(INDICES));
+        assert_eq!(
+            why(taken).as_deref(),
+            Some("the graph already has rpaflow's names")
+        );
+        let shared = |g: &mut GraphProto| g.output.push(value("mm", 3));
+        assert_eq!(
+            why(shared).as_deref(),
+            Some("`mm` is read by more than the logits")
+        );
+    }
+
+    #[test]
+    fn the_rest_of_the_model_is_kept() {
+        let mut graph = lm_graph("Identity");
+        graph.initializer[0].raw_data = Some(Bytes::from_static(b"weights"));
+        graph.value_info.push(value("ln", 3));
+        let mut model = ModelProto::decode(encode(graph, 17)).unwrap_or_default();
+        model.producer_name = Some("optimum".into());
+        let Ok((edited, _)) = edit(model.encode_to_vec().into()) else {
+            panic!("the graph should be edited");
+        };
+        let edited = ModelProto::decode(&edited[..]).unwrap_or_default();
+        assert_eq!(edited.producer_name(), "optimum");
+        assert_eq!(edited.opset_import, model.opset_import);
+        let graph = edited.graph.unwrap_or_default();
+        assert_eq!(
+            graph.initializer[0].raw_data.as_deref(),
+            Some(&b"weights"[..])
+        );
+        let infos: Vec<&str> = graph.value_info.iter().map(|v| v.name()).collect();
+        assert_eq!(infos, ["ln"], "only the stale shapes go");
     }
 }

@@ -114,8 +114,8 @@ pub fn open_session(
         path: model.to_path_buf(),
         source,
     })?;
-    let edited = graph::edit(&bytes);
-    drop(bytes);
+    // The decoded model shares its weights with this buffer, freed when `edit` returns.
+    let edited = graph::edit(bytes.into());
     let session = match edited {
         Ok((edited, edits)) => {
             match &edits.last_position {
