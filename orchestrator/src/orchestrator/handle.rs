@@ -1,0 +1,346 @@
+//! [`OrchestratorHandle`]: what the API, the triggers and `rpaflow dev` call: flows,
+//! schedules, runs and their commands, secrets and approvals.
+
+use std::sync::Arc;
+
+use rpaflow_core::flow::{Flow, TriggerKind};
+use rpaflow_core::time::now_ms;
+use serde_json::Value as Json;
+use tokio::sync::broadcast;
+use tracing::warn;
+
+use super::Shared;
+use crate::actors::{Deliver, Published, Snapshot};
+use crate::error::{Error, Result};
+use crate::registry::Registered;
+use crate::schedule::ScheduleView;
+use crate::state::{Input, RunState, RunStatus};
+use crate::store::{Created, FlowRecord, PendingApproval, RunSummary, SecretInfo, Store};
+
+/// A request to start a run.
+#[derive(Debug, Clone, Default)]
+pub struct StartRun {
+    pub flow: String,
+    /// 0 for the latest version.
+    pub version: u32,
+    pub inputs: serde_json::Map<String, Json>,
+    pub idempotency_key: String,
+    /// The subflow step starting this run, if any.
+    pub parent: Option<crate::state::ParentRef>,
+    /// What starts the run: empty for the API, else `schedule:<trigger id>`,
+    /// `webhook:<trigger id>` or `kafka:<trigger id>`; recorded in its `RunStarted` event.
+    pub trigger: String,
+}
+
+/// A flow version with what clients want to know about it.
+#[derive(Debug, Clone)]
+pub struct FlowView {
+    pub record: FlowRecord,
+    pub flow: Arc<Flow>,
+    pub versions: Vec<u32>,
+}
+
+/// A cheap handle on the orchestrator.
+#[derive(Clone)]
+pub struct OrchestratorHandle {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for OrchestratorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OrchestratorHandle")
+    }
+}
+
+impl OrchestratorHandle {
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    pub async fn register_flow(&self, file_name: &str, source: &str) -> Result<Registered> {
+        let registered = self.shared.registry.register(file_name, source).await?;
+        if registered.created {
+            self.shared.registrations.send_modify(|n| *n += 1);
+            // A new version may allow more runs at once.
+            tokio::spawn(self.shared.clone().dequeue(registered.record.name.clone()));
+            let schedules = registered
+                .flow
+                .triggers
+                .iter()
+                .any(|t| matches!(t.kind, TriggerKind::Schedule(_)));
+            if !schedules {
+                self.shared.scheduler.flows_changed();
+            } else if let Err(err) = self.shared.scheduler.schedules_registered().await {
+                // The version is registered; the scheduler picks the schedules up when it can.
+                warn!(flow = %registered.record.name, error = %err, "schedules not stored yet");
+            }
+        }
+        Ok(registered)
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Schedule triggers of the latest flow versions (of `flow` when not empty), with their
+    /// next fire times.
+    pub async fn list_schedules(&self, flow: &str) -> Result<Vec<ScheduleView>> {
+        self.shared.scheduler.list(flow).await
+    }
+
+    /// Pauses a schedule: fire times pass without runs until it is resumed.
+    pub async fn pause_schedule(&self, flow: &str, trigger: &str) -> Result<ScheduleView> {
+        self.shared.scheduler.set_paused(flow, trigger, true).await
+    }
+
+    pub async fn resume_schedule(&self, flow: &str, trigger: &str) -> Result<ScheduleView> {
+        self.shared.scheduler.set_paused(flow, trigger, false).await
+    }
+
+    /// Starts a run of a schedule now, outside its cron.
+    pub async fn trigger_schedule(&self, flow: &str, trigger: &str) -> Result<(RunState, bool)> {
+        self.shared.scheduler.fire_now(flow, trigger).await
+    }
+
+    pub fn get_flow(&self, name: &str, version: u32) -> Result<FlowView> {
+        let registry = &self.shared.registry;
+        let record = registry.get_record(name, version)?;
+        let flow = registry.get(name, record.version)?;
+        Ok(FlowView {
+            versions: registry.versions(name)?,
+            record,
+            flow,
+        })
+    }
+
+    pub fn list_flows(&self) -> Result<Vec<FlowView>> {
+        let registry = &self.shared.registry;
+        registry
+            .latest()?
+            .into_iter()
+            .map(|record| {
+                Ok(FlowView {
+                    flow: registry.get(&record.name, record.version)?,
+                    versions: registry.versions(&record.name)?,
+                    record,
+                })
+            })
+            .collect()
+    }
+
+    /// Starts a run, or returns the run its idempotency key already named (then `false`).
+    pub async fn start_run(&self, req: StartRun) -> Result<(RunState, bool)> {
+        let shared = &self.shared;
+        let version = if req.version == 0 {
+            shared.registry.latest_version(&req.flow)?
+        } else {
+            req.version
+        };
+        let flow = shared.registry.get(&req.flow, version)?;
+        let size = serde_json::to_vec(&req.inputs).map_or(0, |v| v.len());
+        if size > shared.config.max_payload_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "inputs are {size} bytes, over the limit of {} bytes",
+                shared.config.max_payload_bytes
+            )));
+        }
+        let inputs = flow
+            .resolve_inputs(&req.inputs)
+            .map_err(|e| Error::InvalidArgument(format!("flow `{}`: {e}", req.flow)))?;
+        if !req.idempotency_key.is_empty()
+            && let Some(existing) = self
+                .existing_for_key(&req.flow, &req.idempotency_key)
+                .await?
+        {
+            return Ok((existing, false));
+        }
+        // Count, decide and create one start at a time per flow with a concurrency policy.
+        let (_admission, queued) = match &flow.concurrency {
+            Some(concurrency) => {
+                let lock = shared.admission_lock(&req.flow);
+                let guard = lock.lock_owned().await;
+                let queued = self.make_room(&req.flow, concurrency).await?;
+                (Some(guard), queued)
+            }
+            None => (None, None),
+        };
+        // A child run belongs to a parent that was already admitted.
+        if req.parent.is_none() {
+            shared.admit(&flow)?;
+        }
+        let run_id = uuid::Uuid::now_v7().to_string();
+        let mut state = RunState::new(&run_id, flow, version);
+        state.max_payload_bytes = shared.config.max_payload_bytes;
+        state.trigger = req.trigger.clone();
+        let events = state.start(
+            inputs,
+            req.idempotency_key.clone(),
+            req.parent.clone(),
+            queued,
+            now_ms(),
+        );
+        shared.track_approvals(&state, &events)?;
+        match shared
+            .store
+            .create_run(&shared.summary(&state), &events)
+            .await?
+        {
+            Created::Existing(existing) => return Ok((self.get_run(&existing).await?, false)),
+            Created::New => {}
+        }
+        let actions = state.actions_for(&events);
+        shared.publish(&run_id, events);
+        if !state.status.is_finished() {
+            shared.ensure_actor(state.clone(), actions)?;
+        }
+        if state.status == RunStatus::Queued {
+            // Runs ahead of it may have ended meanwhile; this runs once the admission is done.
+            tokio::spawn(shared.clone().dequeue(req.flow.clone()));
+        }
+        Ok((state, true))
+    }
+
+    async fn existing_for_key(&self, flow: &str, key: &str) -> Result<Option<RunState>> {
+        match self.shared.store.run_for_key(flow, key)? {
+            Some(run_id) => Ok(Some(self.get_run(&run_id).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn get_run(&self, run_id: &str) -> Result<RunState> {
+        if let Some(addr) = self.shared.actor(run_id)
+            && let Ok(state) = addr.send(Snapshot).await
+        {
+            return Ok(state);
+        }
+        self.shared.load(run_id)
+    }
+
+    /// Runs newest first; returns the page and the token for the next one (empty at the end).
+    pub fn list_runs(
+        &self,
+        flow: &str,
+        status: Option<RunStatus>,
+        page_size: usize,
+        page_token: &str,
+    ) -> Result<(Vec<RunSummary>, String)> {
+        let size = if page_size == 0 {
+            50
+        } else {
+            page_size.min(1000)
+        };
+        let runs = self
+            .shared
+            .store
+            .list_runs(flow, status, page_token, size + 1)?;
+        let next = if runs.len() > size {
+            runs[size - 1].run_id.clone()
+        } else {
+            String::new()
+        };
+        Ok((runs.into_iter().take(size).collect(), next))
+    }
+
+    pub async fn cancel_run(&self, run_id: &str, reason: &str) -> Result<RunState> {
+        let reason = if reason.is_empty() {
+            "cancelled by request".to_owned()
+        } else {
+            reason.to_owned()
+        };
+        self.command(run_id, Input::Cancel { reason }).await
+    }
+
+    pub async fn retry_run(&self, run_id: &str) -> Result<RunState> {
+        self.command(run_id, Input::Retry).await
+    }
+
+    pub async fn signal_run(
+        &self,
+        run_id: &str,
+        step: &str,
+        approve: bool,
+        comment: &str,
+        by: &str,
+    ) -> Result<RunState> {
+        let input = Input::Signal {
+            step: step.to_owned(),
+            approve,
+            comment: comment.to_owned(),
+            by: by.to_owned(),
+        };
+        self.command(run_id, input).await
+    }
+
+    /// Delivers a person's command to a run and returns the run afterwards.
+    async fn command(&self, run_id: &str, input: Input) -> Result<RunState> {
+        let rejected = |rejection| Error::Rejected {
+            run_id: run_id.to_owned(),
+            rejection,
+        };
+        let addr = match self.shared.actor(run_id) {
+            Some(addr) => addr,
+            None => {
+                let mut state = self.shared.load(run_id)?;
+                if !(matches!(input, Input::Retry) && state.status == RunStatus::Failed) {
+                    // Not running: the state machine says why the command does not apply.
+                    state.handle(input, now_ms()).map_err(rejected)?;
+                    return Err(Error::FailedPrecondition(format!(
+                        "run {run_id} is not active"
+                    )));
+                }
+                self.shared.ensure_actor(state, Vec::new())?
+            }
+        };
+        match addr.send(Deliver { input, ack: None }).await {
+            Ok(Ok(())) => {}
+            Ok(Err(rejection)) => return Err(rejected(rejection)),
+            Err(_) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "run {run_id} finished meanwhile"
+                )));
+            }
+        }
+        self.get_run(run_id).await
+    }
+
+    /// Stores a secret (flows read it as `{{ secrets.NAME }}` in `with`).
+    pub async fn set_secret(&self, name: &str, value: &str) -> Result<SecretInfo> {
+        if !rpaflow_core::secrets::valid_name(name) {
+            return Err(Error::InvalidArgument(format!(
+                "secret name `{name}` must start with a letter or `_` and use only letters, digits and `_`"
+            )));
+        }
+        if value.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "secret `{name}` needs a value"
+            )));
+        }
+        self.shared.store.put_secret(name, value).await
+    }
+
+    pub async fn delete_secret(&self, name: &str) -> Result<bool> {
+        self.shared.store.delete_secret(name).await
+    }
+
+    /// Secret names and update times, never values.
+    pub fn list_secrets(&self) -> Result<Vec<SecretInfo>> {
+        self.shared.store.secrets()
+    }
+
+    /// Approval steps waiting for a person, oldest run first.
+    pub fn list_approvals(&self, flow: &str) -> Result<Vec<PendingApproval>> {
+        self.shared.store.approvals(flow)
+    }
+
+    /// Changes whenever a new flow version is registered (for components that follow the
+    /// registry, such as the Kafka triggers).
+    pub fn registrations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.registrations.subscribe()
+    }
+
+    /// Every batch of events of every run, as each becomes durable: `(run_id, events)`.
+    /// A receiver that falls behind loses batches (`Lagged`); the store still has them.
+    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
+        self.shared.events.subscribe()
+    }
+}

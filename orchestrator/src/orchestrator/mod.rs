@@ -1,0 +1,208 @@
+//! The orchestrator component: storage, the flow registry, run actors and the result loop,
+//! behind a cheap [`OrchestratorHandle`] that the gRPC API, `rpaflow dev` and the benchmarks use.
+//!
+//! # Layout
+//! - `config`: [`OrchestratorConfig`].
+//! - `shared`: [`Shared`], the state the run actors and the handle share.
+//! - `concurrency`: the flows' `concurrency` policies and the admission of new runs.
+//! - `handle`: [`OrchestratorHandle`], [`StartRun`] and [`FlowView`].
+//! - `watch`: following a run's events ([`OrchestratorHandle::watch_run`]).
+
+mod concurrency;
+mod config;
+mod handle;
+mod shared;
+mod watch;
+
+pub use self::config::OrchestratorConfig;
+pub use self::handle::{FlowView, OrchestratorHandle, StartRun};
+pub use self::shared::Shared;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rpaflow_core::bus::{ResultDelivery, StepBus};
+use rpaflow_core::time::now_ms;
+use rpaflow_proto::v1 as pb;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::actors::{ActorSystem, Deliver};
+use crate::backlog::Backlog;
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+use crate::schedule::{Clock, Scheduler};
+use crate::state::{ErrorInfo, Input};
+use crate::store::Store;
+
+/// The orchestrator; [`Orchestrator::run`] drives it until shutdown.
+pub struct Orchestrator {
+    shared: Arc<Shared>,
+    /// Started by [`Orchestrator::run`].
+    scheduler: Scheduler,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field("data_dir", &self.shared.config.data_dir)
+            .finish()
+    }
+}
+
+impl Orchestrator {
+    /// Opens storage, starts the actor system and rebuilds every unfinished run.
+    pub async fn start(config: OrchestratorConfig, bus: Arc<dyn StepBus>) -> Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::Internal(format!(
+                "cannot create data directory {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let store = Store::open(&config.data_dir)?;
+        let registry = Registry::new(store.clone());
+        let system = ActorSystem::start(config.arbiters)?;
+        let (events, _) = broadcast::channel(64 * 1024);
+        let scheduler = Scheduler::new(Clock::new(config.clock_file.clone()));
+        let shared = Arc::new(Shared {
+            store,
+            registry,
+            bus,
+            backlog: Backlog::default(),
+            scheduler: scheduler.handle(),
+            config,
+            actors: Mutex::new(HashMap::new()),
+            flow_runs: Mutex::default(),
+            admission: Mutex::default(),
+            system: Mutex::new(Some(system)),
+            events,
+            registrations: tokio::sync::watch::Sender::new(0),
+        });
+        let orchestrator = Self { shared, scheduler };
+        orchestrator.recover().await?;
+        Ok(orchestrator)
+    }
+
+    /// Rebuilds unfinished runs from their events, re-dispatches what has no result and sets
+    /// their timers again.
+    async fn recover(&self) -> Result<()> {
+        let shared = &self.shared;
+        let mut rebuilt = Vec::new();
+        for run_id in shared.store.active_runs()? {
+            let mut state = match shared.load(&run_id) {
+                Ok(state) => state,
+                Err(err) => {
+                    warn!(run_id = %run_id, error = %err, "cannot rebuild run; left as it is");
+                    continue;
+                }
+            };
+            let events = state.handle(Input::Recover, now_ms()).unwrap_or_default();
+            let mut actions = state.actions_for(&events);
+            actions.extend(state.pending_timers());
+            let summary = shared.summary(&state);
+            rebuilt.push((state, events, summary, actions));
+        }
+        // Concurrent appends share flushes.
+        futures::future::try_join_all(rebuilt.iter().map(|(state, events, summary, _)| {
+            shared.store.append(&state.run_id, events, Some(summary))
+        }))
+        .await?;
+        let mut recovered = 0usize;
+        for (state, _, _, actions) in rebuilt {
+            if !state.status.is_finished() {
+                shared.ensure_actor(state, actions)?;
+                recovered += 1;
+            }
+        }
+        if recovered > 0 {
+            info!(runs = recovered, "recovered unfinished runs");
+        }
+        Ok(())
+    }
+
+    pub fn handle(&self) -> OrchestratorHandle {
+        OrchestratorHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Routes worker results to run actors and fires schedules until `shutdown`, then stops the
+    /// scheduler and the actors.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let handle = self.handle();
+        let Self { shared, scheduler } = self;
+        let scheduler_stop = shutdown.child_token();
+        let scheduler = tokio::spawn(scheduler.run(handle, scheduler_stop.clone()));
+        // Places may have freed while the orchestrator was down.
+        let waiting = shared
+            .flow_runs
+            .lock()
+            .map(|r| r.with_queue())
+            .unwrap_or_default();
+        for flow in waiting {
+            tokio::spawn(shared.clone().dequeue(flow));
+        }
+        loop {
+            let delivery = tokio::select! {
+                () = shutdown.cancelled() => break,
+                delivery = shared.bus.next_result() => delivery,
+            };
+            let Some(ResultDelivery { result, ack }) = delivery else {
+                break;
+            };
+            shared
+                .backlog
+                .answered(&result.run_id, &result.step_id, result.item, result.attempt);
+            let Some(addr) = shared.actor(&result.run_id) else {
+                // A finished or unknown run: nothing to record.
+                ack.ack();
+                continue;
+            };
+            let outcome = match result.outcome {
+                Some(pb::task_result::Outcome::OutputJson(text)) => serde_json::from_str(&text)
+                    .map_err(|e| {
+                        ErrorInfo::new(
+                            "invalid_output",
+                            format!("worker sent output that is not JSON: {e}"),
+                            false,
+                        )
+                    }),
+                Some(pb::task_result::Outcome::Error(e)) => Err(ErrorInfo {
+                    code: e.code,
+                    message: e.message,
+                    retryable: e.retryable,
+                }),
+                None => Err(ErrorInfo::new(
+                    "invalid_output",
+                    "worker sent a result with neither output nor error",
+                    false,
+                )),
+            };
+            let input = Input::Result {
+                step: result.step_id,
+                item: result.item,
+                attempt: result.attempt,
+                outcome,
+            };
+            addr.do_send(Deliver {
+                input,
+                ack: Some(ack),
+            });
+        }
+        info!("orchestrator stopping");
+        scheduler_stop.cancel();
+        if let Err(err) = scheduler.await {
+            warn!(error = %err, "scheduler task failed");
+        }
+        if let Ok(mut system) = shared.system.lock()
+            && let Some(mut system) = system.take()
+        {
+            system.stop();
+        }
+        shared.store.commit().await?;
+        // Everything acknowledged is durable now: its offsets may be committed.
+        shared.bus.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,193 @@
+//! [`Shared`]: the state the run actors and the handle share (storage, registry, bus, the
+//! actor table), and what the actors call on it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use actix::Addr;
+use rpaflow_core::bus::StepBus;
+use rpaflow_proto::v1 as pb;
+use tokio::sync::broadcast;
+use tracing::warn;
+
+use super::OrchestratorConfig;
+use super::concurrency::FlowRuns;
+use crate::actors::{ActorSystem, Published, RunActor};
+use crate::backlog::Backlog;
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+use crate::schedule::SchedulerHandle;
+use crate::state::{EventKind, RunEvent, RunState, RunStatus, TaskSpec};
+use crate::store::{PendingApproval, RunSummary, Store};
+
+/// What the actors and the handle share.
+pub struct Shared {
+    pub(crate) store: Store,
+    pub(crate) registry: Registry,
+    pub(crate) bus: Arc<dyn StepBus>,
+    pub(crate) backlog: Backlog,
+    pub(super) scheduler: SchedulerHandle,
+    pub(super) config: OrchestratorConfig,
+    pub(super) actors: Mutex<HashMap<String, Addr<RunActor>>>,
+    /// The same runs by flow, for `concurrency`.
+    pub(super) flow_runs: Mutex<FlowRuns>,
+    /// Starts of a flow with a `concurrency` policy, one at a time (count, decide, create).
+    pub(super) admission: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub(super) system: Mutex<Option<ActorSystem>>,
+    pub(super) events: broadcast::Sender<Published>,
+    /// Bumped whenever a new flow version is registered.
+    pub(super) registrations: tokio::sync::watch::Sender<u64>,
+}
+
+impl Shared {
+    pub(crate) fn summary(&self, state: &RunState) -> RunSummary {
+        RunSummary {
+            run_id: state.run_id.clone(),
+            flow: state.flow.name.clone(),
+            version: state.flow_version,
+            status: state.status.name().to_owned(),
+            created_at_ms: state.created_at_ms,
+            updated_at_ms: state.updated_at_ms,
+            idempotency_key: state.idempotency_key.clone(),
+            error: state.error.clone(),
+            trigger: state.trigger.clone(),
+        }
+    }
+
+    /// Keeps the store's list of pending approvals in step with `events` (written before, and
+    /// made durable with, the events' commit).
+    pub(crate) fn track_approvals(&self, state: &RunState, events: &[RunEvent]) -> Result<()> {
+        for event in events {
+            match &event.kind {
+                EventKind::ApprovalRequested {
+                    step,
+                    message,
+                    deadline_ms,
+                } => {
+                    self.store.put_approval(&PendingApproval {
+                        run_id: state.run_id.clone(),
+                        flow: state.flow.name.clone(),
+                        version: state.flow_version,
+                        step: step.clone(),
+                        message: message.clone(),
+                        requested_at_ms: event.at_ms,
+                        deadline_ms: *deadline_ms,
+                    })?;
+                }
+                EventKind::StepFinished { step, .. } => {
+                    self.store.remove_approval(&state.run_id, step)?
+                }
+                EventKind::RunCancelled { .. } | EventKind::RunFailed { .. } => {
+                    for (def, st) in state.flow.steps.iter().zip(&state.steps) {
+                        if def.uses == "approval" && st.status.is_finished() {
+                            self.store.remove_approval(&state.run_id, &def.id)?;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn publish(&self, run_id: &str, events: Vec<RunEvent>) {
+        // Nobody watching is fine.
+        let _ = self.events.send(Arc::new((run_id.to_owned(), events)));
+    }
+
+    pub(crate) fn forget(self: &Arc<Self>, run_id: &str) {
+        if let Ok(mut actors) = self.actors.lock() {
+            actors.remove(run_id);
+        }
+        let freed = self.flow_runs.lock().ok().and_then(|mut runs| {
+            let flow = runs.remove(run_id)?;
+            (runs.queued(&flow) > 0).then_some(flow)
+        });
+        if let Some(flow) = freed {
+            tokio::spawn(self.clone().dequeue(flow));
+        }
+        self.backlog.run_ended(run_id);
+    }
+
+    pub(crate) fn task(&self, state: &RunState, spec: TaskSpec) -> pb::Task {
+        // The values of the secrets the input refers to; a missing one is reported by the
+        // worker, naming it, when it puts the values in place.
+        let secrets = rpaflow_core::secrets::referenced(&spec.input)
+            .into_iter()
+            .filter_map(|name| match self.store.secret(&name) {
+                Ok(value) => value.map(|v| (name, v)),
+                Err(err) => {
+                    warn!(run_id = %state.run_id, secret = %name, error = %err, "cannot read secret");
+                    None
+                }
+            })
+            .collect();
+        let traceparent =
+            rpaflow_core::kafka::traceparent(&state.run_id, &spec.step, spec.item, spec.attempt);
+        pb::Task {
+            secrets,
+            run_id: state.run_id.clone(),
+            step_id: spec.step,
+            item: spec.item,
+            attempt: spec.attempt,
+            kind: spec.kind,
+            input_json: spec.input.to_string(),
+            queue: spec.queue,
+            timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
+            flow: state.flow.name.clone(),
+            flow_version: state.flow_version,
+            max_output_bytes: self.config.max_output_bytes as u64,
+            headers: HashMap::from([(
+                rpaflow_core::kafka::TRACEPARENT_HEADER.to_owned(),
+                traceparent,
+            )]),
+        }
+    }
+
+    pub(crate) fn actor(&self, run_id: &str) -> Option<Addr<RunActor>> {
+        self.actors.lock().ok()?.get(run_id).cloned()
+    }
+
+    /// Starts the actor of a run unless one is running; returns the run's actor.
+    pub(super) fn ensure_actor(
+        self: &Arc<Self>,
+        mut state: RunState,
+        initial: Vec<crate::state::Action>,
+    ) -> Result<Addr<RunActor>> {
+        let mut actors = self
+            .actors
+            .lock()
+            .map_err(|_| Error::Internal("actor table poisoned".into()))?;
+        if let Some(addr) = actors.get(&state.run_id) {
+            return Ok(addr.clone());
+        }
+        state.max_payload_bytes = self.config.max_payload_bytes;
+        let run_id = state.run_id.clone();
+        let system = self
+            .system
+            .lock()
+            .map_err(|_| Error::Internal("actor system poisoned".into()))?;
+        let system = system.as_ref().ok_or(Error::NotRunning("orchestrator"))?;
+        let (flow, created_at_ms) = (state.flow.name.clone(), state.created_at_ms);
+        let queued = state.status == RunStatus::Queued;
+        let addr = system.spawn_run(state, self.clone(), initial);
+        if let Ok(mut runs) = self.flow_runs.lock() {
+            runs.add(&run_id, &flow, created_at_ms, queued);
+        }
+        actors.insert(run_id, addr.clone());
+        Ok(addr)
+    }
+
+    /// A run's state from storage alone.
+    pub(super) fn load(&self, run_id: &str) -> Result<RunState> {
+        let summary = self
+            .store
+            .run(run_id)?
+            .ok_or_else(|| Error::RunNotFound(run_id.to_owned()))?;
+        let flow = self.registry.get(&summary.flow, summary.version)?;
+        let events = self.store.events(run_id, 1)?;
+        let mut state = RunState::replay(run_id, flow, summary.version, &events);
+        state.max_payload_bytes = self.config.max_payload_bytes;
+        Ok(state)
+    }
+}
