@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //! - `event.rs`: the stored events.
-//! - `machine.rs`: `handle`, the decisions.
+//! - `machine/`: `handle`, the decisions.
 //! - `tests.rs`: unit tests and the replay property test.
 
 mod event;
