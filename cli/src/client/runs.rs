@@ -41,7 +41,7 @@ pub enum RunCommand {
     List {
         #[arg(long, default_value = "")]
         flow: String,
-        /// running, succeeded, failed or cancelled.
+        /// queued, running, succeeded, failed or cancelled.
         #[arg(long, default_value = "")]
         status: String,
         #[arg(long, default_value_t = 20)]
