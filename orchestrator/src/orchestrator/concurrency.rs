@@ -18,46 +18,43 @@ use crate::state::Input;
 #[derive(Default)]
 pub(super) struct FlowRuns {
     by_flow: HashMap<String, FlowSlots>,
-    /// run id -> (flow, created at, queued).
-    flow_of: HashMap<String, (String, i64, bool)>,
+    /// run id -> (flow, created at): where to find it in `by_flow`.
+    flow_of: HashMap<String, (String, i64)>,
 }
 
+/// One flow's runs, each in exactly one of the two sets.
 #[derive(Default)]
 struct FlowSlots {
     running: BTreeSet<(i64, String)>,
     queued: BTreeSet<(i64, String)>,
 }
 
-impl FlowSlots {
-    fn set(&mut self, queued: bool) -> &mut BTreeSet<(i64, String)> {
-        if queued {
-            &mut self.queued
-        } else {
-            &mut self.running
-        }
-    }
-}
-
 impl FlowRuns {
     pub(super) fn add(&mut self, run_id: &str, flow: &str, created_at_ms: i64, queued: bool) {
-        self.by_flow
-            .entry(flow.to_owned())
-            .or_default()
-            .set(queued)
-            .insert((created_at_ms, run_id.to_owned()));
+        let slots = self.by_flow.entry(flow.to_owned()).or_default();
+        let set = if queued {
+            &mut slots.queued
+        } else {
+            &mut slots.running
+        };
+        set.insert((created_at_ms, run_id.to_owned()));
         self.flow_of
-            .insert(run_id.to_owned(), (flow.to_owned(), created_at_ms, queued));
+            .insert(run_id.to_owned(), (flow.to_owned(), created_at_ms));
     }
 
     /// Forgets a run; returns its flow when it held a running place (one may be free now).
     pub(super) fn remove(&mut self, run_id: &str) -> Option<String> {
-        let (flow, created, queued) = self.flow_of.remove(run_id)?;
+        let (flow, created) = self.flow_of.remove(run_id)?;
         let slots = self.by_flow.get_mut(&flow)?;
-        slots.set(queued).remove(&(created, run_id.to_owned()));
+        let key = (created, run_id.to_owned());
+        let was_running = slots.running.remove(&key);
+        if !was_running {
+            slots.queued.remove(&key);
+        }
         if slots.running.is_empty() && slots.queued.is_empty() {
             self.by_flow.remove(&flow);
         }
-        (!queued).then_some(flow)
+        was_running.then_some(flow)
     }
 
     /// The flow's running runs, oldest first.
@@ -92,9 +89,6 @@ impl FlowRuns {
             let Some(next) = slots.queued.pop_first() else {
                 break;
             };
-            if let Some(entry) = self.flow_of.get_mut(&next.1) {
-                entry.2 = false;
-            }
             promoted.push(next.1.clone());
             slots.running.insert(next);
         }
@@ -103,9 +97,21 @@ impl FlowRuns {
 }
 
 impl Shared {
+    /// Has the flow's queued runs started, on a task of their own (it waits for the flow's
+    /// admission lock), when it has some and fewer than `max_running` runs hold a place.
+    pub(super) fn wake_queue(self: &Arc<Self>, flow: &str, max_running: usize) {
+        let waiting = self
+            .flow_runs
+            .lock()
+            .is_ok_and(|r| r.queued(flow) > 0 && r.running(flow).len() < max_running);
+        if waiting {
+            tokio::spawn(self.clone().dequeue(flow.to_owned()));
+        }
+    }
+
     /// Starts the oldest queued runs of `flow` while it has fewer than `max_runs` running (the
     /// latest version's `concurrency`; all of them when it has no `queue` policy any more).
-    pub(super) async fn dequeue(self: Arc<Self>, flow: String) {
+    async fn dequeue(self: Arc<Self>, flow: String) {
         let lock = self.admission_lock(&flow);
         let promoted = {
             let _admission = lock.lock().await;

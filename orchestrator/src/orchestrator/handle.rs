@@ -62,7 +62,7 @@ impl OrchestratorHandle {
         if registered.created {
             self.shared.registrations.send_modify(|n| *n += 1);
             // A new version may allow more runs at once.
-            tokio::spawn(self.shared.clone().dequeue(registered.record.name.clone()));
+            self.shared.wake_queue(&registered.record.name, usize::MAX);
             let schedules = registered
                 .flow
                 .triggers
@@ -193,9 +193,11 @@ impl OrchestratorHandle {
         if !state.status.is_finished() {
             shared.ensure_actor(state.clone(), actions)?;
         }
-        if state.status == RunStatus::Queued {
-            // Runs ahead of it may have ended meanwhile; this runs once the admission is done.
-            tokio::spawn(shared.clone().dequeue(req.flow.clone()));
+        if state.status == RunStatus::Queued
+            && let Some(concurrency) = &state.flow.concurrency
+        {
+            // A run may have ended between the decision and now.
+            shared.wake_queue(&req.flow, concurrency.max_runs as usize);
         }
         Ok((state, true))
     }

@@ -141,7 +141,7 @@ impl Orchestrator {
             .map(|r| r.with_queue())
             .unwrap_or_default();
         for flow in waiting {
-            tokio::spawn(shared.clone().dequeue(flow));
+            shared.wake_queue(&flow, usize::MAX);
         }
         loop {
             let delivery = tokio::select! {

@@ -99,12 +99,13 @@ impl Shared {
         if let Ok(mut actors) = self.actors.lock() {
             actors.remove(run_id);
         }
-        let freed = self.flow_runs.lock().ok().and_then(|mut runs| {
-            let flow = runs.remove(run_id)?;
-            (runs.queued(&flow) > 0).then_some(flow)
-        });
+        let freed = self
+            .flow_runs
+            .lock()
+            .ok()
+            .and_then(|mut r| r.remove(run_id));
         if let Some(flow) = freed {
-            tokio::spawn(self.clone().dequeue(flow));
+            self.wake_queue(&flow, usize::MAX);
         }
         self.backlog.run_ended(run_id);
     }
