@@ -275,8 +275,13 @@ pub enum ConcurrencyPolicy {
 impl ConcurrencyPolicy {
     pub const NAMES: &'static [&'static str] = &["queue", "skip", "cancel_oldest"];
 
-    pub fn name(self) -> &'static str {
-        Self::NAMES[self as usize]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "queue" => Self::Queue,
+            "skip" => Self::Skip,
+            "cancel_oldest" => Self::CancelOldest,
+            _ => return None,
+        })
     }
 }
 

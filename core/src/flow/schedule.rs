@@ -14,13 +14,13 @@
 //! Cron expressions have five fields (minute precision) or six (seconds first); the cron
 //! library ([`croner`]) finds the next matching wall-clock time, this module the instant.
 
-use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, LocalResult, NaiveDateTime, SubsecRound, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
+use sha2::{Digest, Sha256};
 
 use super::model::{MissedPolicy, Schedule};
 
@@ -104,10 +104,7 @@ impl CompiledSchedule {
         };
         let after = Utc.timestamp_millis_opt(after_ms).single()?;
         // Wall-clock times are searched as if they were UTC, where no time is skipped or repeated.
-        let mut wall = after
-            .with_timezone(&self.tz)
-            .naive_local()
-            .with_nanosecond_zero();
+        let mut wall = after.with_timezone(&self.tz).naive_local().trunc_subsecs(0);
         for _ in 0..10_000 {
             let next_wall = self
                 .cron
@@ -136,12 +133,11 @@ impl CompiledSchedule {
 
     /// The first instant after the daylight-saving gap that swallowed `wall`.
     fn after_gap(&self, wall: NaiveDateTime) -> Option<i64> {
-        let mut probe = wall;
+        let mut probe = wall.trunc_subsecs(0).with_second(0).unwrap_or(wall);
         // Gaps last an hour, rarely two; minutes are the finest step zones use.
         for _ in 0..(24 * 60) {
             probe += chrono::Duration::minutes(1);
-            let probe_minute = probe.with_second_zero();
-            match self.tz.from_local_datetime(&probe_minute) {
+            match self.tz.from_local_datetime(&probe) {
                 LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => {
                     return Some(t.timestamp_millis());
                 }
@@ -153,30 +149,23 @@ impl CompiledSchedule {
 
     /// The next `n` nominal fire times after `after_ms`.
     pub fn upcoming(&self, after_ms: i64, n: usize) -> Vec<i64> {
-        let mut out = Vec::with_capacity(n);
-        let mut at = after_ms;
-        while out.len() < n {
-            match self.next_after(at) {
-                Some(next) => {
-                    out.push(next);
-                    at = next;
-                }
-                None => break,
-            }
-        }
-        out
+        std::iter::successors(self.next_after(after_ms), |&at| self.next_after(at))
+            .take(n)
+            .collect()
     }
 
     /// The delay of the fire at nominal time `fire_ms`: pseudo-random up to the schedule's
-    /// jitter, derived from `key` and the fire time so that a restart keeps it.
+    /// jitter, derived from `key` and the fire time (SHA-256, stable across builds) so that a
+    /// restart, or an upgrade, keeps it.
     pub fn jitter_ms(&self, key: &str, fire_ms: i64) -> i64 {
         let max = i64::try_from(self.jitter.as_millis()).unwrap_or(i64::MAX);
         if max == 0 {
             return 0;
         }
-        let mut hasher = std::hash::DefaultHasher::new();
-        (key, fire_ms).hash(&mut hasher);
-        (hasher.finish() % (max as u64 + 1)) as i64
+        let digest = Sha256::digest(format!("{key}\n{fire_ms}"));
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&digest[..8]);
+        (u64::from_be_bytes(head) % (max as u64 + 1)) as i64
     }
 }
 
@@ -221,21 +210,6 @@ pub fn plan_fires(
     let mut fire: Vec<i64> = missed.into_iter().collect();
     fire.extend(on_time);
     FirePlan { fire, skipped }
-}
-
-trait Truncate {
-    fn with_nanosecond_zero(self) -> Self;
-    fn with_second_zero(self) -> Self;
-}
-
-impl Truncate for NaiveDateTime {
-    fn with_nanosecond_zero(self) -> Self {
-        chrono::Timelike::with_nanosecond(&self, 0).unwrap_or(self)
-    }
-
-    fn with_second_zero(self) -> Self {
-        chrono::Timelike::with_second(&self.with_nanosecond_zero(), 0).unwrap_or(self)
-    }
 }
 
 #[cfg(test)]

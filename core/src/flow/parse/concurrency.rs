@@ -20,11 +20,13 @@ impl Parser<'_> {
             }
         };
         let policy = match map.get_node("policy") {
-            Some(node) => match self.string(node, "`concurrency.policy`").as_deref() {
-                Some("queue") => Some(ConcurrencyPolicy::Queue),
-                Some("skip") => Some(ConcurrencyPolicy::Skip),
-                Some("cancel_oldest") => Some(ConcurrencyPolicy::CancelOldest),
-                Some(other) => {
+            Some(node) => match self
+                .string(node, "`concurrency.policy`")
+                .as_deref()
+                .map(|name| (name, ConcurrencyPolicy::from_name(name)))
+            {
+                Some((_, Some(policy))) => Some(policy),
+                Some((other, None)) => {
                     let hint = closest(other, ConcurrencyPolicy::NAMES)
                         .map(|c| format!("did you mean `{c}`? "))
                         .unwrap_or_default();

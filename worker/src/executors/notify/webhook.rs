@@ -5,6 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{StatusCode, Url};
+use rpaflow_core::signature::sign as signature;
 use serde_json::{Value as Json, json};
 
 use super::codes;
@@ -17,8 +18,6 @@ pub(super) const TIMESTAMP: &str = "x-rpaflow-timestamp";
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// How much of a refusing response's body goes into the error message.
 const SNIPPET_CHARS: usize = 300;
-
-use rpaflow_core::signature::sign as signature;
 
 pub(super) async fn send(
     client: &reqwest::Client,
