@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bytes::Bytes;
+use prost::bytes::Bytes;
 use prost::Message;
 use rpaflow_proto::onnx::{
     AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
@@ -47,7 +47,7 @@ pub(super) fn edit(model: Bytes) -> Result<(Vec<u8>, Edits), String> {
     let opset = model
         .opset_import
         .iter()
-        .filter(|o| matches!(o.domain(), "" | "ai.onnx"))
+        .filter(|o| default_domain(o.domain()))
         .filter_map(|o| o.version)
         .max()
         .ok_or("no opset for the default domain")?;
@@ -91,7 +91,6 @@ fn rewrite_graph(graph: &mut GraphProto) -> Result<Edits, String> {
         .iter()
         .rfind(|o| o.name() == LOGITS)
         .and_then(rank);
-    let default_domain = |n: &NodeProto| matches!(n.domain(), "" | "ai.onnx");
 
     // Identity nodes that copy a computed tensor to a graph output (the present key/values, the
     // logits): the producer writes the output itself, and every reader reads it there.
@@ -104,7 +103,7 @@ fn rewrite_graph(graph: &mut GraphProto) -> Result<Edits, String> {
     let mut dropped = HashSet::new();
     for (i, n) in nodes.iter().enumerate() {
         if let ("Identity", [x], [y]) = (n.op_type(), &n.input[..], &n.output[..])
-            && default_domain(n)
+            && default_domain(n.domain())
             && outputs.contains(y.as_str())
             && !outputs.contains(x.as_str())
             && produced.contains(x.as_str())
@@ -144,7 +143,7 @@ fn rewrite_graph(graph: &mut GraphProto) -> Result<Edits, String> {
                 .get(&name)
                 .ok_or_else(|| format!("nothing produces `{name}`"))?;
             let node = &nodes[i];
-            if !default_domain(node) || node.output.len() != 1 {
+            if !default_domain(node.domain()) || node.output.len() != 1 {
                 return Err(format!("`{name}` comes from a {} node", node.op_type()));
             }
             match node.op_type() {
@@ -193,13 +192,11 @@ fn rewrite_graph(graph: &mut GraphProto) -> Result<Edits, String> {
             .collect();
         Ok((lm, stale))
     };
-    let (lm, mut stale, why_not) = match lm_head() {
-        Ok((lm, stale)) => (Some(lm), stale, None),
-        Err(reason) => (None, Vec::new(), Some(reason)),
+    let (lm, mut stale, last_position) = match lm_head() {
+        Ok((lm, stale)) => (Some(lm), stale, Ok(())),
+        Err(reason) if dropped.is_empty() => return Err(reason),
+        Err(reason) => (None, Vec::new(), Err(reason)),
     };
-    if lm.is_none() && dropped.is_empty() {
-        return Err(why_not.unwrap_or_default());
-    }
     stale.extend(rename.keys().map(|x| x.to_string()));
 
     let mut edited = Vec::with_capacity(nodes.len() + 1);
@@ -222,7 +219,7 @@ fn rewrite_graph(graph: &mut GraphProto) -> Result<Edits, String> {
         graph.initializer.push(indices_tensor());
     }
     Ok(Edits {
-        last_position: why_not.map_or(Ok(()), Err),
+        last_position,
         copies_dropped: dropped.len(),
     })
 }
@@ -253,6 +250,11 @@ fn indices_tensor() -> TensorProto {
         raw_data: Some(Bytes::copy_from_slice(&(-1i64).to_le_bytes())),
         ..Default::default()
     }
+}
+
+/// Whether an operator or opset domain is the default, `ai.onnx`.
+fn default_domain(domain: &str) -> bool {
+    matches!(domain, "" | "ai.onnx")
 }
 
 /// The rank of a tensor value with a shape.
