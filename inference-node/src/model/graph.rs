@@ -20,8 +20,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use prost::bytes::Bytes;
 use prost::Message;
+use prost::bytes::Bytes;
 use rpaflow_proto::onnx::{
     AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, ValueInfoProto,
     attribute_proto::AttributeType,
