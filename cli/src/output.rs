@@ -79,16 +79,18 @@ pub fn run_json(run: &pb::Run) -> Json {
 }
 
 pub fn run_text(run: &pb::Run) -> String {
+    let trigger = if run.trigger.is_empty() {
+        String::new()
+    } else {
+        format!("  ({})", run.trigger)
+    };
     let mut out = format!(
-        "run {}  {} v{}  {}\n",
+        "run {}  {} v{}  {}{trigger}\n",
         run.run_id,
         run.flow,
         run.flow_version,
         run_status_name(run.status).to_uppercase()
     );
-    if !run.trigger.is_empty() {
-        out.insert_str(out.len() - 1, &format!("  ({})", run.trigger));
-    }
     for s in &run.steps {
         let mut line = format!("  {:<20} {:<16}", s.step_id, step_status_name(s.status));
         if s.attempt > 1 {

@@ -127,13 +127,6 @@ impl Dev {
         }
     }
 
-    /// Starts a process on `data_dir` (created by the process when missing).
-    pub async fn launch_in(data_dir: &Path) -> Self {
-        let mut dev = Self::new_in(data_dir);
-        dev.spawn().await;
-        dev
-    }
-
     async fn spawn(&mut self) {
         self.generation += 1;
         let tag = format!("{}#{}", self.mode[0], self.generation);
@@ -465,17 +458,27 @@ impl Dev {
         EventLog::spawn(client, run_id)
     }
 
-    /// Runs of `flow` in `status` ("" for all), up to 1000.
+    /// Every run of `flow` in `status` ("" for all), newest first, page by page.
     pub async fn list_runs(&self, flow: &str, status: &str) -> Vec<pb::Run> {
-        let req = pb::ListRunsRequest {
-            flow: flow.to_owned(),
-            status: status.to_owned(),
-            page_size: 1000,
-            page_token: String::new(),
-        };
-        match self.client().await.list_runs(req).await {
-            Ok(resp) => resp.into_inner().runs,
-            Err(e) => self.fail(&format!("ListRuns failed: {:?}: {}", e.code(), e.message())),
+        let mut client = self.client().await;
+        let mut runs = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let req = pb::ListRunsRequest {
+                flow: flow.to_owned(),
+                status: status.to_owned(),
+                page_size: 1000,
+                page_token,
+            };
+            let page = match client.list_runs(req).await {
+                Ok(resp) => resp.into_inner(),
+                Err(e) => self.fail(&format!("ListRuns failed: {:?}: {}", e.code(), e.message())),
+            };
+            runs.extend(page.runs);
+            if page.next_page_token.is_empty() {
+                return runs;
+            }
+            page_token = page.next_page_token;
         }
     }
 }

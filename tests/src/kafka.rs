@@ -57,6 +57,41 @@ pub struct RawMessage {
     pub headers: Vec<(String, String)>,
 }
 
+impl RawMessage {
+    /// What a consumer received, headers included.
+    pub fn from_message(message: &impl rdkafka::message::Message) -> Self {
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                        (h.key.to_owned(), value.into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message
+                .key()
+                .map(|key| String::from_utf8_lossy(key).into_owned()),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers,
+        }
+    }
+
+    /// The value of header `name`, when the message has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
 /// A tansu broker on `127.0.0.1:<free port>`, killed when dropped; its temporary directory (the
 /// SQLite file and `tansu.log`) is removed on drop.
 pub struct Broker {
@@ -247,7 +282,7 @@ impl Broker {
                 Ok(Ok(message)) => {
                     at_end.remove(&message.partition());
                     last_news = Instant::now();
-                    messages.push(raw_message(&message));
+                    messages.push(RawMessage::from_message(&message));
                 }
                 Ok(Err(KafkaError::PartitionEOF(partition))) => {
                     at_end.insert(partition);
@@ -469,28 +504,4 @@ fn fresh_group_id() -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-fn raw_message(message: &impl rdkafka::message::Message) -> RawMessage {
-    let headers = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|h| {
-                    let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
-                    (h.key.to_owned(), value.into_owned())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    RawMessage {
-        partition: message.partition(),
-        offset: message.offset(),
-        key: message
-            .key()
-            .map(|key| String::from_utf8_lossy(key).into_owned()),
-        payload: message.payload().unwrap_or_default().to_vec(),
-        headers,
-    }
 }

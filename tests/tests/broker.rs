@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
-use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 use rpaflow_tests::kafka::{Broker, RawMessage};
 
@@ -26,13 +25,7 @@ fn group_member(broker: &Broker) -> StreamConsumer {
 /// The next message of a group member, within 30 s (joining the group included).
 async fn next(broker: &Broker, consumer: &StreamConsumer) -> RawMessage {
     match tokio::time::timeout(READ_TIMEOUT, consumer.recv()).await {
-        Ok(Ok(m)) => RawMessage {
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            payload: m.payload().unwrap_or_default().to_vec(),
-            headers: Vec::new(),
-        },
+        Ok(Ok(m)) => RawMessage::from_message(&m),
         Ok(Err(e)) => broker.fail(&format!("the group member failed: {e}")),
         Err(_) => broker.fail(&format!(
             "the group member got nothing within {READ_TIMEOUT:?}"

@@ -389,10 +389,7 @@ async fn garbage_on_a_task_topic_goes_to_the_dead_letter_topic() {
         .unwrap_or_else(|| cluster.fail(&format!("no dead letter; rpaflow.dlq has {dead:?}")));
     let header = |name: &str| {
         letter
-            .headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
+            .header(name)
             .unwrap_or_else(|| panic!("dead letter without {name}: {letter:?}"))
     };
     assert!(

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rpaflow_tests::kafka::Broker;
-use rpaflow_tests::{Dev, WorkerProcess, pb};
+use rpaflow_tests::{Dev, WorkerProcess};
 use serde_json::{Value as Json, json};
 
 const TOPIC: &str = "shop.orders";
@@ -31,34 +31,11 @@ outputs:
   order: "{{ steps.note.output.order }}"
 "#;
 
-/// Every run of `flow`, page by page.
-async fn all_runs(dev: &Dev, flow: &str) -> Vec<pb::Run> {
-    let mut runs = Vec::new();
-    let mut token = String::new();
-    loop {
-        let req = pb::ListRunsRequest {
-            flow: flow.to_owned(),
-            status: String::new(),
-            page_size: 1000,
-            page_token: token.clone(),
-        };
-        let page = match dev.client().await.list_runs(req).await {
-            Ok(page) => page.into_inner(),
-            Err(e) => dev.fail(&format!("ListRuns failed: {:?}: {}", e.code(), e.message())),
-        };
-        runs.extend(page.runs);
-        if page.next_page_token.is_empty() {
-            return runs;
-        }
-        token = page.next_page_token;
-    }
-}
-
 /// Waits until `flow` has at least `n` runs; returns how many it has then.
 async fn wait_runs(dev: &Dev, flow: &str, n: usize, timeout: Duration) -> usize {
     let started = Instant::now();
     loop {
-        let count = all_runs(dev, flow).await.len();
+        let count = dev.list_runs(flow, "").await.len();
         if count >= n {
             return count;
         }
@@ -126,7 +103,7 @@ async fn a_thousand_messages_start_a_thousand_runs_across_a_kill() {
     eprintln!("{again} messages were delivered again after the restart and started nothing");
     // Anything delivered again after the restart has had time to (not) start a run.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let runs = all_runs(&orchestrator, "order-events").await;
+    let runs = orchestrator.list_runs("order-events", "").await;
     let mut per_key: BTreeMap<&str, usize> = BTreeMap::new();
     for run in &runs {
         *per_key.entry(run.idempotency_key.as_str()).or_default() += 1;
@@ -166,11 +143,7 @@ async fn a_thousand_messages_start_a_thousand_runs_across_a_kill() {
         .read_all("rpaflow.dlq", Duration::from_secs(30))
         .await;
     let header = |m: &rpaflow_tests::kafka::RawMessage, name: &str| {
-        m.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
+        m.header(name).unwrap_or_default().to_owned()
     };
     let from_topic: Vec<_> = dlq
         .iter()

@@ -67,7 +67,6 @@ async fn launch() -> Dev {
     dev
 }
 
-/// POSTs `body` to `path` of the webhook endpoint (HTTP/1.1, one connection per request).
 /// `body` to the order hook, signed with the trigger's key (by Python, not by rpaflow's code).
 async fn post_signed(dev: &Dev, body: &[u8]) -> Answer {
     let signature = sign(KEY, body);
@@ -80,6 +79,7 @@ async fn post_signed(dev: &Dev, body: &[u8]) -> Answer {
     .await
 }
 
+/// POSTs `body` to `path` of the webhook endpoint (HTTP/1.1, one connection per request).
 async fn post(dev: &Dev, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
     let url = dev.hooks_url();
     let host = url.strip_prefix("http://").unwrap_or(&url).to_owned();
@@ -196,6 +196,7 @@ async fn a_delivery_twice_starts_one_run_with_the_mapped_inputs() {
     ];
     let second = post(&dev, "/hooks/default/order-hook", &other, body).await;
     assert_status(&dev, &second, 201, "second delivery id");
+    assert!(second.body["run_id"].is_string(), "{}", second.raw);
     assert_ne!(second.body["run_id"], json!(run_id));
     let unsigned_id = [("X-Rpaflow-Signature", signature.as_str())];
     for _ in 0..2 {
@@ -389,6 +390,7 @@ steps:
     // The repeat of a queued delivery names the same waiting run.
     let again = deliver("d2").await;
     assert_status(&dev, &again, 200, "repeated queued delivery");
+    assert!(second.body["run_id"].is_string(), "{}", second.raw);
     assert_eq!(again.body["run_id"], second.body["run_id"], "{}", again.raw);
     assert_eq!(again.body["status"], json!("queued"), "{}", again.raw);
     // Past max_queued: 409 with the reason; nothing started.
