@@ -12,4 +12,7 @@ pub mod schedule;
 
 pub use graph::to_mermaid;
 pub use model::*;
-pub use parse::{Diagnostic, Diagnostics, parse};
+pub use parse::{
+    DEFAULT_MAX_FLOW_NESTING, DEFAULT_MAX_FLOW_STEPS, Diagnostic, Diagnostics, FlowLimits, parse,
+    parse_with,
+};

@@ -64,13 +64,57 @@ impl fmt::Display for Diagnostics {
     }
 }
 
-/// Parses and validates a flow. `file` names the source in the diagnostics.
+/// The steps a flow may have unless configured otherwise.
+pub const DEFAULT_MAX_FLOW_STEPS: usize = 1_000;
+/// How deeply YAML collections may nest in a flow unless configured otherwise.
+pub const DEFAULT_MAX_FLOW_NESTING: usize = 64;
+
+/// What one flow may hold. Both are checked before the flow is built, so a larger flow costs
+/// no more than reading its text once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowLimits {
+    /// Steps in `steps`: bounds the graph checks and every run's state.
+    pub max_steps: usize,
+    /// Nested mappings and sequences, anywhere in the file: bounds every walk over its values.
+    pub max_nesting: usize,
+}
+
+impl Default for FlowLimits {
+    fn default() -> Self {
+        Self {
+            max_steps: DEFAULT_MAX_FLOW_STEPS,
+            max_nesting: DEFAULT_MAX_FLOW_NESTING,
+        }
+    }
+}
+
+/// Parses and validates a flow within the default [`FlowLimits`]. `file` names the source in
+/// the diagnostics.
 pub fn parse(file: &str, source: &str) -> Result<Flow, Diagnostics> {
+    parse_with(file, source, &FlowLimits::default())
+}
+
+/// Parses and validates a flow within `limits`.
+pub fn parse_with(file: &str, source: &str, limits: &FlowLimits) -> Result<Flow, Diagnostics> {
     let mut p = Parser {
         file,
         diags: Vec::new(),
         secrets: BTreeSet::new(),
+        limits: *limits,
     };
+    // The YAML loader recurses once per nesting level; refuse deep files before it runs.
+    if let Some((line, column)) = nesting_over(source, limits.max_nesting) {
+        p.diags.push(Diagnostic {
+            file: file.to_owned(),
+            line,
+            column,
+            message: format!(
+                "mappings and sequences nest deeper than the limit of {} levels (`max_flow_nesting`)",
+                limits.max_nesting
+            ),
+        });
+        return Err(Diagnostics(p.diags));
+    }
     let options = LoaderOptions::default()
         .error_on_duplicate_keys(true)
         .prevent_coercion(true);
@@ -98,6 +142,28 @@ pub fn parse(file: &str, source: &str) -> Result<Flow, Diagnostics> {
     }
 }
 
+/// Where the YAML in `source` first nests deeper than `max` (line, column), read as a stream
+/// of events in one pass. Text that does not parse is left to the loader to report.
+fn nesting_over(source: &str, max: usize) -> Option<(usize, usize)> {
+    use yaml_rust2::Event;
+    let mut events = yaml_rust2::parser::Parser::new_from_str(source);
+    let mut depth = 0usize;
+    loop {
+        let (event, mark) = events.next_token().ok()?;
+        match event {
+            Event::StreamEnd => return None,
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > max {
+                    return Some((mark.line(), mark.col() + 1));
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+}
+
 const FLOW_FIELDS: &[&str] = &[
     "name",
     "version",
@@ -115,6 +181,7 @@ struct Parser<'a> {
     diags: Vec<Diagnostic>,
     /// The secrets read by the flow's steps.
     secrets: BTreeSet<String>,
+    limits: FlowLimits,
 }
 
 impl<'a> Parser<'a> {
@@ -197,6 +264,17 @@ impl<'a> Parser<'a> {
             None => BTreeMap::new(),
         };
         let steps = match map.get_node("steps") {
+            Some(node) if node.as_sequence().map_or(0, |s| s.len()) > self.limits.max_steps => {
+                let count = node.as_sequence().map_or(0, |s| s.len());
+                self.err(
+                    node.span(),
+                    format!(
+                        "the flow has {count} steps, over the limit of {} (`max_flow_steps`)",
+                        self.limits.max_steps
+                    ),
+                );
+                return None;
+            }
             Some(node) => self.steps(node, &defaults),
             None => {
                 self.err(map.span(), "missing required field `steps`");

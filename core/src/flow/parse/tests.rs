@@ -353,3 +353,74 @@ fn concurrency_defaults_to_queue() {
         "{err}"
     );
 }
+
+/// A flow of `n` `echo` steps, each needing the one before; the first needs the last when
+/// `cycle` is set. Each step reads the previous one's output.
+fn chain(n: usize, cycle: bool) -> String {
+    let mut y = String::from("name: chain\nsteps:\n");
+    for i in 0..n {
+        let need = match i {
+            0 if cycle => format!(", needs: s{}", n - 1),
+            0 => String::new(),
+            _ => format!(", needs: s{}", i - 1),
+        };
+        let with = if i > 0 {
+            format!(", with: {{ x: '{{{{ steps.s{}.output }}}}' }}", i - 1)
+        } else {
+            String::new()
+        };
+        y.push_str(&format!("  - {{ id: s{i}, uses: echo{need}{with} }}\n"));
+    }
+    y
+}
+
+#[test]
+fn a_flow_over_the_step_limit_is_refused_where_its_steps_are() {
+    let err = parse("big.yaml", &chain(1_001, false)).unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    let d = &err.0[0];
+    assert_eq!((d.line, d.column), (3, 3), "{d}");
+    assert!(
+        d.message
+            .contains("1001 steps, over the limit of 1000 (`max_flow_steps`)"),
+        "{d}"
+    );
+}
+
+#[test]
+fn long_chains_and_cycles_are_checked_without_deep_recursion() {
+    let limits = FlowLimits {
+        max_steps: 40_000,
+        ..FlowLimits::default()
+    };
+    // On a test thread (2 MiB of stack), where recursion over 20,000 steps would overflow.
+    let flow = parse_with("long.yaml", &chain(20_000, false), &limits).unwrap();
+    assert_eq!(flow.steps.len(), 20_000);
+    let err = parse_with("cycle.yaml", &chain(20_000, true), &limits).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("`needs` form a cycle: s0 -> s19999 -> s19998")
+    );
+}
+
+#[test]
+fn deep_nesting_is_refused_before_the_yaml_is_loaded() {
+    // Block sequences nest two characters a level; the loader would recurse 200,000 deep.
+    let deep = format!(
+        "name: deep\nsteps:\n  - id: a\n    uses: echo\n    with:\n      x:\n        {}1\n",
+        "- ".repeat(200_000)
+    );
+    let err = parse("deep.yaml", &deep).unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert!(
+        err.0[0]
+            .message
+            .contains("nest deeper than the limit of 64 levels"),
+        "{err}"
+    );
+    assert_eq!(err.0[0].line, 7);
+    // Flow style too (the scanner alone stops at 255 levels).
+    let deep = format!("name: deep\nsteps: []\nx: {}\n", "[".repeat(100));
+    let err = parse("deep.yaml", &deep).unwrap_err();
+    assert!(err.0[0].message.contains("nest deeper"), "{err}");
+}
