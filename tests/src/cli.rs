@@ -46,8 +46,18 @@ impl fmt::Display for CliOutput {
 
 /// Runs `rpaflow ARGS` from the workspace root; panics when it runs longer than `timeout`.
 pub async fn rpaflow(args: &[&str], timeout: Duration) -> CliOutput {
+    rpaflow_with_env(args, &[], timeout).await
+}
+
+/// [`rpaflow`] with `RPAFLOW_*` (or other) variables set for this run.
+pub async fn rpaflow_with_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> CliOutput {
     let mut cmd = tokio::process::Command::from(crate::binary::command());
     cmd.args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);

@@ -1,16 +1,14 @@
-//! [`Broker`]: a real Kafka-protocol broker for the scenarios, the Rust broker tansu as a child
-//! process on a free port of 127.0.0.1, keeping its topics and group offsets in a SQLite file of
-//! its own temporary directory, and the raw Kafka calls scenarios make against it.
+//! [`Broker`]: real Apache Kafka for the scenarios: one node or a three-node KRaft cluster on free
+//! ports of 127.0.0.1, started, killed and restarted through `scripts/kafka.sh` (the same script a
+//! developer runs), on a temporary directory of its own; and the raw Kafka calls scenarios make
+//! against it.
 //!
-//! The binary is `$RPAFLOW_TANSU` when set, else what `scripts/kafka.sh install` prints (it builds
-//! tansu into the cache on first use, which takes minutes; it runs once per test binary).
-//!
-//! tansu does not create topics on first use: create them ([`Broker::create_topic`]) or let the
-//! code under test do it, as against a production cluster.
+//! The first start of a test binary may download Kafka's jars from Maven Central into the cache
+//! (`scripts/kafka.sh install`, seconds). Topics are not created on first use, as on a production
+//! cluster: create them ([`Broker::create_topic`]) or let the code under test do it.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,24 +24,15 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tempfile::TempDir;
 
-/// How long a broker may take to answer a metadata request after it was spawned.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the nodes may take to serve metadata with every node in it after the script said
+/// they listen.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// [`Broker::read_all`] stops after this long without a new message (once caught up).
 const READ_IDLE: Duration = Duration::from_secs(2);
 /// How long one Kafka request of a helper may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// How many lines of the broker log a failure message shows.
-const TAIL_LINES: usize = 60;
-/// The variables tansu reads instead of its defaults; cleared so that the caller's environment
-/// cannot redirect the broker (every setting that matters is passed as a flag).
-const TANSU_ENV: [&str; 6] = [
-    "CLUSTER_ID",
-    "LISTENER_URL",
-    "ADVERTISED_LISTENER_URL",
-    "STORAGE_ENGINE",
-    "SCHEMA_REGISTRY",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-];
+/// How many lines of each node's log a failure message shows.
+const TAIL_LINES: usize = 40;
 
 /// One message as a consumer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,14 +81,23 @@ impl RawMessage {
     }
 }
 
-/// A tansu broker on `127.0.0.1:<free port>`, killed when dropped; its temporary directory (the
-/// SQLite file and `tansu.log`) is removed on drop.
+/// What to start: how many nodes, and the users of a SASL_PLAINTEXT (PLAIN) listener if any.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// 1 (the default when 0) or 3.
+    pub nodes: usize,
+    /// `(user, password)` pairs; a SASL listener is added to node 1 when there are any.
+    pub sasl_users: Vec<(String, String)>,
+}
+
+/// Apache Kafka on `127.0.0.1`, one node or a cluster, killed (SIGKILL) when dropped; its
+/// temporary directory (storage and `node-K/kafka.log`) is removed on drop.
 pub struct Broker {
-    child: Option<Child>,
-    port: u16,
     dir: TempDir,
-    /// How many processes this handle has started (1 for the first).
-    generation: u32,
+    /// Node K listens for clients on `base + 2(K-1)`.
+    base: u16,
+    nodes: usize,
+    sasl: bool,
     /// The producer of [`Broker::produce_raw`], made on first use and dropped by [`Broker::stop`].
     producer: OnceLock<FutureProducer>,
 }
@@ -109,37 +107,64 @@ impl std::fmt::Debug for Broker {
         f.debug_struct("Broker")
             .field("brokers", &self.brokers())
             .field("dir", &self.dir.path())
-            .field("generation", &self.generation)
-            .field("running", &self.child.is_some())
             .finish()
     }
 }
 
 impl Broker {
-    /// Starts a broker on a free port and a new temporary directory, and waits until a Kafka
+    /// Starts one node on free ports and a new temporary directory, and waits until a Kafka
     /// client gets its metadata.
     pub async fn start() -> anyhow::Result<Self> {
-        let bin = tokio::task::spawn_blocking(tansu_bin).await??;
+        Self::start_with(BrokerOptions::default()).await
+    }
+
+    /// Starts a three-node cluster (replication factor 3, `min.insync.replicas=2`).
+    pub async fn cluster() -> anyhow::Result<Self> {
+        Self::start_with(BrokerOptions {
+            nodes: 3,
+            ..BrokerOptions::default()
+        })
+        .await
+    }
+
+    /// Starts what `options` says and waits until every node is in the metadata.
+    pub async fn start_with(options: BrokerOptions) -> anyhow::Result<Self> {
+        let nodes = options.nodes.max(1);
         let dir = tempfile::Builder::new()
             .prefix("rpaflow-kafka-")
             .tempdir()
             .context("cannot create the broker's temporary directory")?;
         let mut broker = Self {
-            child: None,
-            port: 0,
             dir,
-            generation: 0,
+            base: 0,
+            nodes,
+            sasl: !options.sasl_users.is_empty(),
             producer: OnceLock::new(),
         };
-        // The port is free when picked but not held: another process may take it before tansu
-        // binds it, so a broker that dies at once gets another port.
+        let mut args = vec!["--nodes".to_owned(), nodes.to_string()];
+        for (user, password) in &options.sasl_users {
+            args.push("--sasl".into());
+            args.push(format!("{user}:{password}"));
+        }
+        // The ports are free when picked but not held: another process may take one first, so
+        // a start that fails gets other ports (and a fresh directory).
         let mut last_error = None;
         for _ in 0..3 {
-            broker.port = crate::closed_port();
-            match broker.spawn(&bin).await {
-                Ok(()) => return Ok(broker),
+            broker.base = free_ports(2 * nodes + usize::from(broker.sasl));
+            let port = broker.base.to_string();
+            let mut start = vec!["start", "--port", &port];
+            start.extend(args.iter().map(String::as_str));
+            match broker.script(&start).await {
+                Ok(_) => {
+                    broker.wait_ready().await?;
+                    return Ok(broker);
+                }
                 Err(e) => {
                     broker.stop();
+                    for k in 1..=nodes {
+                        let _ = std::fs::remove_dir_all(broker.dir.path().join(format!("node-{k}")));
+                    }
+                    let _ = std::fs::remove_file(broker.dir.path().join("cluster.env"));
                     last_error = Some(e);
                 }
             }
@@ -147,47 +172,104 @@ impl Broker {
         Err(last_error.expect("three attempts were made"))
     }
 
-    /// The bootstrap servers, `127.0.0.1:PORT`.
+    /// The bootstrap servers, `127.0.0.1:PORT[,...]`, one per node.
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        (1..=self.nodes)
+            .map(|k| format!("127.0.0.1:{}", self.client_port(k)))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
-    /// The directory holding `tansu.db` and `tansu.log`.
+    /// The SASL_PLAINTEXT listener (mechanism PLAIN) of node 1, when started with users.
+    pub fn sasl_brokers(&self) -> Option<String> {
+        self.sasl
+            .then(|| format!("127.0.0.1:{}", self.base + 2 * self.nodes as u16))
+    }
+
+    /// How many nodes the cluster has.
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+
+    /// The directory holding `cluster.env` and `node-K/`.
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
     }
 
-    /// Sends SIGKILL (no chance to flush) and waits for the process to be gone.
+    /// Kills every node (SIGKILL: no chance to flush) and waits for them to be gone.
     pub fn stop(&mut self) {
         self.producer = OnceLock::new();
-        if let Some(mut child) = self.child.take() {
-            // `Child::kill` is SIGKILL on Unix.
-            let _ = child.kill();
-            let status = child.wait();
-            self.note(&format!("[broker#{}] killed: {status:?}", self.generation));
-        }
+        self.script_blocking(&["kill", "all"]);
     }
 
-    /// Kills the broker if it still runs, then starts a new one on the same port and SQLite file
-    /// and waits until it answers.
+    /// Starts every node that is not running again on its data, and waits until all answer.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.stop();
-        let bin = tokio::task::spawn_blocking(tansu_bin).await??;
-        self.spawn(&bin).await
+        self.script(&["restart", "all"]).await?;
+        self.wait_ready().await
     }
 
-    /// Everything the broker processes of this handle printed, with a line per start and kill.
+    /// Kills node `node` (1-based) with SIGKILL.
+    pub fn kill(&mut self, node: usize) {
+        self.producer = OnceLock::new();
+        self.script_blocking(&["kill", &node.to_string()]);
+    }
+
+    /// Starts node `node` again on its data and waits until every node is in the metadata.
+    pub async fn restart_node(&mut self, node: usize) -> anyhow::Result<()> {
+        self.script(&["restart", &node.to_string()]).await?;
+        self.wait_ready().await
+    }
+
+    /// The node that leads `topic`/`partition`, from the metadata of a live node.
+    pub async fn leader(&self, topic: &str, partition: i32) -> usize {
+        self.placement(topic, partition).await.0
+    }
+
+    /// How many nodes hold a replica of `topic`/`partition`.
+    pub async fn replicas(&self, topic: &str, partition: i32) -> usize {
+        self.placement(topic, partition).await.1
+    }
+
+    /// The leader and the replica count of `topic`/`partition`.
+    async fn placement(&self, topic: &str, partition: i32) -> (usize, usize) {
+        let consumer: BaseConsumer = self
+            .client_config()
+            .create()
+            .unwrap_or_else(|e| self.fail(&format!("cannot create a client: {e}")));
+        let name = topic.to_owned();
+        let metadata = tokio::task::spawn_blocking(move || {
+            consumer.fetch_metadata(Some(&name), REQUEST_TIMEOUT)
+        })
+        .await
+        .unwrap_or_else(|e| self.fail(&format!("the metadata request panicked: {e}")))
+        .unwrap_or_else(|e| self.fail(&format!("metadata of `{topic}` failed: {e}")));
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .and_then(|t| t.partitions().iter().find(|p| p.id() == partition))
+            .and_then(|p| Some((usize::try_from(p.leader()).ok()?, p.replicas().len())))
+            .filter(|(leader, _)| (1..=self.nodes).contains(leader))
+            .unwrap_or_else(|| self.fail(&format!("{topic}/{partition} has no leader")))
+    }
+
+    /// What every node printed (the tail of each log), with the script's lines per start and kill.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        (1..=self.nodes)
+            .map(|k| {
+                let text = std::fs::read_to_string(self.log_path(k)).unwrap_or_default();
+                format!(
+                    "--- node {k} ({}) ---\n{}\n",
+                    self.log_path(k).display(),
+                    crate::tail(&text, TAIL_LINES)
+                )
+            })
+            .collect()
     }
 
-    /// Panics with `message` and the tail of the broker log.
+    /// Panics with `message` and the tail of every node's log.
     pub fn fail(&self, message: &str) -> ! {
-        panic!(
-            "{message}\n--- tansu log ({}) ---\n{}\n--- end of log ---",
-            self.log_path().display(),
-            crate::tail(&self.log(), TAIL_LINES)
-        )
+        panic!("{message}\n{}--- end of the Kafka logs ---", self.log())
     }
 
     /// A client configuration with `bootstrap.servers` set, for scenarios that make their own
@@ -205,7 +287,7 @@ impl Broker {
             .client_config()
             .create()
             .unwrap_or_else(|e| self.fail(&format!("cannot create an admin client: {e}")));
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.nodes.min(3) as i32));
         let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
         let results = admin
             .create_topics([&new], &options)
@@ -346,38 +428,64 @@ impl Broker {
         found.partitions().iter().map(|p| p.id()).collect()
     }
 
-    /// Spawns a process on `self.port` and the SQLite file, and waits until it serves metadata.
-    async fn spawn(&mut self, bin: &Path) -> anyhow::Result<()> {
-        self.generation += 1;
-        let tag = format!("broker#{}", self.generation);
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .context("cannot open tansu.log")?;
-        let listener = format!("tcp://{}", self.brokers());
-        let mut command = Command::new(bin);
-        // tansu resolves the SQLite path against its working directory, even an absolute one
-        // (`sqlite:///tmp/x/tansu.db` opens `$PWD/tmp/x/tansu.db`): it runs in its directory.
-        command
-            .args(["broker", "--cluster-id", "rpaflow-tests"])
-            .args(["--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
-            .args(["--storage-engine", "sqlite://./tansu.db"])
-            .current_dir(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().context("cannot share tansu.log")?)
-            .stderr(log);
-        for key in TANSU_ENV {
-            command.env_remove(key);
-        }
-        self.note(&format!("[{tag}] starting {command:?}"));
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
-        self.note(&format!("[{tag}] pid {} on {}", child.id(), self.brokers()));
-        self.child = Some(child);
+    fn client_port(&self, node: usize) -> u16 {
+        self.base + 2 * (node as u16 - 1)
+    }
 
+    fn log_path(&self, node: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{node}")).join("kafka.log")
+    }
+
+    /// Runs `scripts/kafka.sh ARGS... --data DIR` off the async threads.
+    async fn script(&self, args: &[&str]) -> anyhow::Result<String> {
+        let command = self.script_command(args);
+        let shown = format!("scripts/kafka.sh {}", args.join(" "));
+        let out = tokio::task::spawn_blocking(move || {
+            let mut command = command;
+            command.output()
+        })
+        .await?
+        .with_context(|| format!("cannot run {shown}"))?;
+        if !out.status.success() {
+            bail!(
+                "{shown} failed ({}):\n{}\n{}",
+                out.status,
+                crate::tail(&String::from_utf8_lossy(&out.stderr), 40),
+                self.log()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// [`Broker::script`] for `Drop` and other places that cannot wait asynchronously; a failure
+    /// is only printed.
+    fn script_blocking(&self, args: &[&str]) {
+        match self.script_command(args).output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => eprintln!(
+                "scripts/kafka.sh {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => eprintln!("cannot run scripts/kafka.sh: {e}"),
+        }
+    }
+
+    fn script_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("bash");
+        command
+            .arg(crate::workspace_root().join("scripts").join("kafka.sh"))
+            .args(args)
+            .arg("--data")
+            .arg(self.dir.path())
+            .env_remove("KAFKA_HEAP_OPTS")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Waits until a client gets metadata that lists every node.
+    async fn wait_ready(&self) -> anyhow::Result<()> {
         let started = Instant::now();
         let probe: BaseConsumer = self
             .client_config()
@@ -385,56 +493,23 @@ impl Broker {
             .context("cannot create a metadata client")?;
         let probe = std::sync::Arc::new(probe);
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
+            let client = std::sync::Arc::clone(&probe);
+            let metadata = tokio::task::spawn_blocking(move || {
+                client.fetch_metadata(None, Duration::from_secs(2))
+            })
+            .await?;
+            let seen = metadata.as_ref().map_or(0, |m| m.brokers().len());
+            if seen == self.nodes {
+                return Ok(());
+            }
+            if started.elapsed() > READY_TIMEOUT {
                 bail!(
-                    "{tag} exited ({status}) before it served metadata on {}; tansu.log:\n{}",
-                    self.brokers(),
-                    crate::tail(&self.log(), TAIL_LINES)
+                    "the metadata lists {seen} of {} nodes after {READY_TIMEOUT:?}:\n{}",
+                    self.nodes,
+                    self.log()
                 );
             }
-            if started.elapsed() > START_TIMEOUT {
-                bail!(
-                    "{tag} served no metadata on {} within {START_TIMEOUT:?}; tansu.log:\n{}",
-                    self.brokers(),
-                    crate::tail(&self.log(), TAIL_LINES)
-                );
-            }
-            if port_open(self.port) {
-                let client = probe.clone();
-                let metadata = tokio::task::spawn_blocking(move || {
-                    client.fetch_metadata(None, Duration::from_secs(1))
-                })
-                .await?;
-                if metadata.is_ok_and(|m| !m.brokers().is_empty()) {
-                    self.note(&format!(
-                        "[{tag}] ready after {} ms",
-                        started.elapsed().as_millis()
-                    ));
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("tansu.log")
-    }
-
-    /// Appends a line of the harness's own to the broker log.
-    fn note(&self, line: &str) {
-        use std::io::Write as _;
-        if let Ok(mut log) = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-        {
-            let _ = writeln!(log, "{line}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -445,51 +520,22 @@ impl Drop for Broker {
     }
 }
 
-/// The tansu binary: `$RPAFLOW_TANSU`, else installed (when missing) and located by
-/// `scripts/kafka.sh install`, once per test binary.
-fn tansu_bin() -> anyhow::Result<PathBuf> {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("RPAFLOW_TANSU") {
-            let bin = PathBuf::from(bin);
-            return if bin.is_file() {
-                Ok(bin)
-            } else {
-                Err(format!("RPAFLOW_TANSU={} is not a file", bin.display()))
-            };
+/// A base port above which `count` consecutive ports of 127.0.0.1 are free, below the range the
+/// kernel hands out for port 0 (so that [`crate::closed_port`] picks cannot collide with it).
+fn free_ports(count: usize) -> u16 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let seed = u64::from(std::process::id()) * 7919 + NEXT.fetch_add(1, Ordering::Relaxed) * 104_729;
+    for attempt in 0..200u64 {
+        let base = 20_000 + ((seed + attempt * 613) % 12_000) as u16;
+        let free = (0..count as u16).all(|i| {
+            std::net::TcpListener::bind(std::net::SocketAddr::from(([127, 0, 0, 1], base + i)))
+                .is_ok()
+        });
+        if free {
+            return base;
         }
-        let script = crate::workspace_root().join("scripts").join("kafka.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("install")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-        if !out.status.success() {
-            return Err(format!(
-                "`scripts/kafka.sh install` failed ({}):\n{}",
-                out.status,
-                crate::tail(&String::from_utf8_lossy(&out.stderr), 40)
-            ));
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let bin = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
-        if bin.is_file() {
-            Ok(bin)
-        } else {
-            Err(format!(
-                "`scripts/kafka.sh install` printed no binary path:\n{stdout}"
-            ))
-        }
-    })
-    .clone()
-    .map_err(anyhow::Error::msg)
-}
-
-/// Whether something accepts TCP connections on 127.0.0.1:`port`.
-fn port_open(port: u16) -> bool {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    }
+    panic!("no {count} consecutive free ports between 20000 and 32000")
 }
 
 /// A consumer group id no other consumer of this machine uses.

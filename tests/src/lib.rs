@@ -24,7 +24,7 @@
 //! - `http`: [`HttpServer`], a recording HTTP server that can be scripted to fail.
 //! - `cli`: [`rpaflow`], the CLI run as a process.
 //! - `worker`: [`WorkerProcess`], one `rpaflow worker` service on Kafka.
-//! - [`kafka`]: [`kafka::Broker`], a real Kafka-protocol broker (tansu) for the distributed tests.
+//! - [`kafka`]: [`kafka::Broker`], Apache Kafka (one node or a three-node cluster) for the distributed tests.
 
 mod binary;
 mod cli;
@@ -36,7 +36,7 @@ mod setup;
 mod worker;
 
 pub use binary::{rpaflow_bin, workspace_root};
-pub use cli::{CliOutput, rpaflow};
+pub use cli::{CliOutput, rpaflow, rpaflow_with_env};
 pub use dev::{Dev, describe_run};
 pub use events::{EventLog, Events};
 pub use http::{HttpServer, Recorded};

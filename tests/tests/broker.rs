@@ -1,4 +1,4 @@
-//! The Kafka harness itself: a tansu [`Broker`] keeps messages and committed consumer-group
+//! The Kafka harness itself: an Apache Kafka [`Broker`] keeps messages and committed consumer-group
 //! offsets across a restart, as the orchestrator and worker scenarios rely on.
 
 use std::time::{Duration, Instant};

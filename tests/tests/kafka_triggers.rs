@@ -1,4 +1,4 @@
-//! Kafka triggers over a real broker (tansu): every message on a flow's trigger topic starts
+//! Kafka triggers over real Apache Kafka: every message on a flow's trigger topic starts
 //! exactly one run, also when the orchestrator is killed (SIGKILL) half-way and restarted, and a
 //! message that cannot start a run goes to `rpaflow.dlq` instead.
 
