@@ -194,6 +194,15 @@ impl EventKind {
         }
     }
 
+    /// True for the events that give a run its outcome; a run records exactly one of them
+    /// (until a `RunRetried` reopens a failed run).
+    pub fn is_outcome(&self) -> bool {
+        matches!(
+            self,
+            Self::RunSucceeded { .. } | Self::RunFailed { .. } | Self::RunCancelled { .. }
+        )
+    }
+
     /// True for the events after which the run's status is different.
     pub fn changes_run_status(&self) -> bool {
         matches!(

@@ -409,6 +409,97 @@ fn a_false_if_skips_the_step_and_dependents_still_run() {
     assert_eq!(after.input, json!({"s": "skipped"}));
 }
 
+/// The outcome events a run recorded.
+fn outcomes(sim: &Sim) -> Vec<&'static str> {
+    sim.events
+        .iter()
+        .filter(|e| e.kind.is_outcome())
+        .map(|e| e.kind.name())
+        .collect()
+}
+
+#[test]
+fn a_failing_for_each_on_a_last_step_fails_the_run_once() {
+    let f = flow(
+        "name: t\ninputs: { n: { type: integer, default: 0 } }\nsteps:\n  - { id: first, uses: echo }\n  - { id: fan, uses: echo, needs: first, for_each: { items: 'range(10 // inputs.n)' } }\n",
+    );
+    let mut sim = Sim::start(f, json!({"n": 0}));
+    let first = sim.take_dispatches().remove(0);
+    sim.succeed(&first, json!({}));
+    assert_eq!(outcomes(&sim), ["run_failed"]);
+    assert_eq!(sim.state.status, RunStatus::Failed);
+    assert_eq!(sim.state.failed_step.as_deref(), Some("fan"));
+    let finished: Vec<_> = sim
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::Finished(_)))
+        .collect();
+    assert_eq!(finished, [&Action::Finished(RunStatus::Failed)]);
+}
+
+#[test]
+fn a_failing_if_on_the_only_step_fails_the_run_once() {
+    let f = flow("name: t\nsteps:\n  - { id: only, uses: echo, if: '[1, 2][7] > 0' }\n");
+    let sim = Sim::start(f, json!({}));
+    assert_eq!(outcomes(&sim), ["run_failed"]);
+    assert_eq!(sim.finished(), Some(RunStatus::Failed));
+}
+
+#[test]
+fn a_failing_with_template_on_a_leaf_step_fails_the_run_once() {
+    let f = flow(
+        "name: t\nsteps:\n  - { id: a, uses: echo }\n  - { id: leaf, uses: echo, needs: a, with: { x: '{{ 7 // steps.a.output.zero }}' } }\n  - { id: other, uses: echo, needs: a }\n",
+    );
+    let mut sim = Sim::start(f, json!({}));
+    let a = sim.take_dispatches().remove(0);
+    sim.succeed(&a, json!({"zero": 0}));
+    let other = sim.take_dispatches();
+    for spec in &other {
+        sim.succeed(spec, json!({}));
+    }
+    assert_eq!(outcomes(&sim), ["run_failed"]);
+    assert_eq!(sim.state.failed_step.as_deref(), Some("leaf"));
+}
+
+#[test]
+fn a_failing_if_under_continue_lets_the_run_succeed_once() {
+    let f = flow(
+        "name: t\nsteps:\n  - { id: a, uses: echo }\n  - { id: b, uses: echo, needs: a, if: '(3 // 0) > 1', on_failure: continue }\n",
+    );
+    let mut sim = Sim::start(f, json!({}));
+    let a = sim.take_dispatches().remove(0);
+    sim.succeed(&a, json!({}));
+    assert_eq!(outcomes(&sim), ["run_succeeded"]);
+    assert_eq!(
+        sim.state.step_state("b").unwrap().status,
+        StepStatus::Failed
+    );
+}
+
+#[test]
+fn a_finished_run_takes_no_second_outcome() {
+    let f = flow("name: t\nsteps:\n  - { id: a, uses: echo }\n");
+    let mut sim = Sim::start(f, json!({}));
+    let a = sim.take_dispatches().remove(0);
+    sim.fail(&a, "boom", false);
+    assert_eq!(outcomes(&sim), ["run_failed"]);
+    // A late duplicate, a stale timer and a cancel change nothing.
+    sim.succeed(&a, json!({}));
+    while sim.fire_next_timer() {}
+    assert!(
+        sim.handle(Input::Cancel {
+            reason: "late".into()
+        })
+        .is_err()
+    );
+    assert_eq!(outcomes(&sim), ["run_failed"]);
+    // A retry reopens it; the retried run ends once more.
+    sim.handle(Input::Retry).unwrap();
+    let a = sim.take_dispatches().remove(0);
+    sim.succeed(&a, json!({}));
+    assert_eq!(outcomes(&sim), ["run_failed", "run_succeeded"]);
+}
+
 #[test]
 fn on_failure_continue_and_compensate() {
     let f = flow(
@@ -579,6 +670,9 @@ struct StepGen {
     items: Option<u8>,
     attempts: u32,
     continue_on_failure: bool,
+    /// 0: none; 1: an `if` that fails; 2: a `for_each` that fails; 3: a `with` that fails;
+    /// 4: a false `if`.
+    broken: u8,
 }
 
 fn flow_strategy() -> impl Strategy<Value = Vec<StepGen>> {
@@ -588,13 +682,14 @@ fn flow_strategy() -> impl Strategy<Value = Vec<StepGen>> {
             prop::option::of(0u8..4),
             1u32..4,
             any::<bool>(),
+            prop_oneof![4 => Just(0u8), 1 => 1u8..5],
         ),
         1..6,
     )
     .prop_map(|raw| {
         raw.into_iter()
             .enumerate()
-            .map(|(i, (needs, items, attempts, cont))| StepGen {
+            .map(|(i, (needs, items, attempts, cont, broken))| StepGen {
                 needs: if i == 0 {
                     vec![]
                 } else {
@@ -603,6 +698,7 @@ fn flow_strategy() -> impl Strategy<Value = Vec<StepGen>> {
                 items,
                 attempts,
                 continue_on_failure: cont,
+                broken,
             })
             .collect()
     })
@@ -618,8 +714,16 @@ fn yaml_for(steps: &[StepGen]) -> String {
         if !needs.is_empty() {
             y.push_str(&format!("    needs: [{}]\n", needs.join(", ")));
         }
-        if let Some(n) = s.items {
-            y.push_str(&format!("    for_each: {{ items: 'range({n})', concurrency: 2 }}\n    with: {{ x: '{{{{ item }}}}' }}\n"));
+        match (s.broken, s.items) {
+            (2, _) => y.push_str("    for_each: { items: 'range(5 // 0)' }\n"),
+            (3, _) => y.push_str("    with: { x: '{{ 1 // 0 }}' }\n"),
+            (_, Some(n)) => y.push_str(&format!("    for_each: {{ items: 'range({n})', concurrency: 2 }}\n    with: {{ x: '{{{{ item }}}}' }}\n")),
+            _ => {}
+        }
+        match s.broken {
+            1 => y.push_str("    if: '(1 // 0) > 0'\n"),
+            4 => y.push_str("    if: '1 > 2'\n"),
+            _ => {}
         }
         y.push_str(&format!(
             "    retry: {{ max_attempts: {}, delay: 1s, backoff: fixed }}\n",
@@ -681,7 +785,7 @@ proptest! {
             }
         }
         prop_assert!(sim.state.status.is_finished(), "run left hanging: {:?}", sim.state.status);
-        let terminal = sim.events.iter().filter(|e| matches!(e.kind, EventKind::RunSucceeded { .. } | EventKind::RunFailed { .. } | EventKind::RunCancelled { .. })).count();
+        let terminal = sim.events.iter().filter(|e| e.kind.is_outcome()).count();
         prop_assert_eq!(terminal, 1, "a run finishes exactly once");
         // Every unit has at most one accepted result per attempt.
         let mut seen = std::collections::HashSet::new();

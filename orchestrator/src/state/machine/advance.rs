@@ -23,6 +23,11 @@ pub(super) fn advance(tx: &mut Tx<'_>) {
             start_ready_steps(tx);
             fill_for_each(tx);
         }
+        // Starting a step can end the run (a failing `if`, `for_each` or `with` under
+        // `on_failure: fail`); a finished run is not finished again.
+        if tx.state.status != RunStatus::Running {
+            return;
+        }
         finish_run(tx);
         if tx.events.len() == before {
             return;

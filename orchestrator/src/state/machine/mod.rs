@@ -118,7 +118,13 @@ struct Tx<'a> {
 }
 
 impl Tx<'_> {
+    /// Records one event and applies it. A finished run takes no event but `RunRetried`:
+    /// its outcome is decided once, by the first outcome event, whatever the decisions that
+    /// follow in the same call would add (a later `RunSucceeded`, a dispatch, a skip).
     fn emit(&mut self, kind: EventKind) {
+        if self.state.status.is_finished() && !matches!(kind, EventKind::RunRetried { .. }) {
+            return;
+        }
         if matches!(
             kind,
             EventKind::StepFinished { .. } | EventKind::StepSkipped { .. }
@@ -395,16 +401,7 @@ impl RunState {
                 _ => {}
             }
         }
-        if self.status.is_finished()
-            && events.iter().any(|e| {
-                matches!(
-                    e.kind,
-                    EventKind::RunSucceeded { .. }
-                        | EventKind::RunFailed { .. }
-                        | EventKind::RunCancelled { .. }
-                )
-            })
-        {
+        if self.status.is_finished() && events.iter().any(|e| e.kind.is_outcome()) {
             actions.push(Action::Finished(self.status));
         }
         actions
