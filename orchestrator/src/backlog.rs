@@ -1,4 +1,5 @@
-//! Admission control: tasks dispatched and not yet answered, counted per queue.
+//! Tasks dispatched and not yet answered, counted per queue, for admission (which decides in
+//! one place, `Shared::admit`).
 //!
 //! When a queue's workers fall behind (or are gone), its backlog grows; past
 //! `max_in_flight_per_queue` the orchestrator refuses new runs that use the queue, and past

@@ -86,6 +86,12 @@ impl Dev {
         Self::start_temp(&["dev", "--keep-running"], args, &[]).await
     }
 
+    /// Starts `rpaflow dev --keep-running ARGS...` on a new temporary data directory with `env`
+    /// set (e.g. `RPAFLOW_ORCHESTRATOR__MAX_ACTIVE_RUNS`), kept for restarts.
+    pub async fn launch_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_temp(&["dev", "--keep-running"], args, env).await
+    }
+
     /// Starts the orchestrator service, `rpaflow orchestrator --kafka BROKERS ARGS...`, on a new
     /// temporary data directory, with `env` set; every call of a [`Dev`] works against it.
     pub async fn orchestrator(brokers: &str, args: &[&str], env: &[(&str, &str)]) -> Self {

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use rpaflow_core::flow::{Concurrency, ConcurrencyPolicy, Flow};
 use tracing::{info, warn};
@@ -163,9 +164,17 @@ impl Shared {
         locks.entry(flow.to_owned()).or_default().clone()
     }
 
-    /// Refuses a new run of `flow` when the orchestrator or one of the flow's queues is full.
-    pub(super) fn admit(&self, flow: &Flow) -> Result<()> {
-        let active = self.actors.lock().map_or(0, |a| a.len());
+    /// The one admission decision for a new run: refuses it when the orchestrator or one of
+    /// the flow's queues is full, and otherwise holds its place until its actor exists. Count
+    /// and reservation happen under the actor table's lock, so concurrent starts cannot all
+    /// see the same free place; a run is counted twice (reserved and active) for a moment,
+    /// never zero times.
+    pub(super) fn admit(self: &Arc<Self>, flow: &Flow) -> Result<Admitted> {
+        let actors = self
+            .actors
+            .lock()
+            .map_err(|_| Error::Internal("actor table poisoned".into()))?;
+        let active = actors.len() + self.starting.load(Ordering::SeqCst);
         if active >= self.config.max_active_runs {
             return Err(Error::ResourceExhausted(format!(
                 "{active} runs are active, the limit is {} (orchestrator.max_active_runs); retry later",
@@ -182,7 +191,23 @@ impl Shared {
                 )));
             }
         }
-        Ok(())
+        self.starting.fetch_add(1, Ordering::SeqCst);
+        drop(actors);
+        Ok(Admitted {
+            shared: self.clone(),
+        })
+    }
+}
+
+/// A place held for a run being started; dropped once its actor is in the table (or the
+/// start failed).
+pub(super) struct Admitted {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.shared.starting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -164,10 +164,12 @@ impl OrchestratorHandle {
             }
             None => (None, None),
         };
-        // A child run belongs to a parent that was already admitted.
-        if req.parent.is_none() {
-            shared.admit(&flow)?;
-        }
+        // A child run belongs to a parent that was already admitted. The place is held until
+        // the run's actor is in the table, at the end of this call.
+        let _admitted = match &req.parent {
+            None => Some(shared.admit(&flow)?),
+            Some(_) => None,
+        };
         let run_id = uuid::Uuid::now_v7().to_string();
         let mut state = RunState::new(&run_id, flow, version);
         state.max_payload_bytes = shared.config.max_payload_bytes;

@@ -73,6 +73,7 @@ impl Orchestrator {
             scheduler: scheduler.handle(),
             config,
             actors: Mutex::new(HashMap::new()),
+            starting: Default::default(),
             flow_runs: Mutex::default(),
             admission: Mutex::default(),
             system: Mutex::new(Some(system)),

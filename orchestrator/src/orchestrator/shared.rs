@@ -2,6 +2,7 @@
 //! actor table), and what the actors call on it.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use actix::Addr;
@@ -29,6 +30,8 @@ pub struct Shared {
     pub(super) scheduler: SchedulerHandle,
     pub(super) config: OrchestratorConfig,
     pub(super) actors: Mutex<HashMap<String, Addr<RunActor>>>,
+    /// Runs admitted and not yet in `actors`: counted with them by `admit`.
+    pub(super) starting: AtomicUsize,
     /// The same runs by flow, for `concurrency`.
     pub(super) flow_runs: Mutex<FlowRuns>,
     /// Starts of a flow with a `concurrency` policy, one at a time (count, decide, create).
