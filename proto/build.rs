@@ -20,7 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("rpaflow_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        .codec_path("crate::codec::ProtoCodec")
+        .compile_fds(descriptors)?;
 
     // The weights of a model are `bytes` fields: `Bytes` lets a model decoded from a `Bytes`
     // buffer share them instead of copying them.

@@ -4,10 +4,13 @@
 //!
 //! # Layout
 //! - [`v1`]: the generated messages, clients and servers.
+//! - [`codec`]: their codec, prost's with undecodable messages answered `INVALID_ARGUMENT`.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC reflection (`rpaflow.v1` only).
 //! - [`onnx`]: the ONNX messages (`ModelProto` and the rest), `bytes` fields as `bytes::Bytes`.
 
 #![allow(clippy::all, missing_docs)]
+
+pub mod codec;
 
 pub mod v1 {
     tonic::include_proto!("rpaflow.v1");

@@ -121,6 +121,41 @@ def run_checks(stub):
         check(err.code() == grpc.StatusCode.NOT_FOUND, f"an unknown run is NOT_FOUND (got {err.code()})")
 
 
+def many_problems_flow(steps):
+    """A flow whose every step has an unknown kind and needs an unknown step: two problems each."""
+    lines = ["name: many-problems", "steps:"]
+    lines += [f"  - {{ id: s{i}, uses: teleport{i}, needs: ghost{i} }}" for i in range(steps)]
+    return "\n".join(lines) + "\n"
+
+
+def run_limit_checks(channel, stub):
+    # Thousands of diagnostics: a clear INVALID_ARGUMENT, not RESOURCE_EXHAUSTED from too much
+    # metadata; ValidateFlow still lists them all.
+    source = many_problems_flow(900)
+    try:
+        stub.RegisterFlow(pb.RegisterFlowRequest(source=source, file_name="many.yaml"), timeout=TIMEOUT)
+        check(False, "a flow with 1,800 problems must be refused")
+    except grpc.RpcError as err:
+        check(err.code() == grpc.StatusCode.INVALID_ARGUMENT, f"1,800 problems get INVALID_ARGUMENT (got {err.code()})")
+        details = err.details() or ""
+        check("many.yaml:3:" in details and "more problems (ValidateFlow lists them all)" in details,
+              f"the message lists the first problems and counts the rest ({details[:200]!r}...)")
+    validated = stub.ValidateFlow(pb.ValidateFlowRequest(source=source, file_name="many.yaml"), timeout=TIMEOUT)
+    check(len(validated.diagnostics) == 1800, f"ValidateFlow answers all 1,800 diagnostics ({len(validated.diagnostics)})")
+
+    # Bytes that are no protobuf message: the caller's mistake, INVALID_ARGUMENT.
+    raw = channel.unary_unary("/rpaflow.v1.FlowService/GetRun")
+    try:
+        raw(b"\x0a\xff\xff\xff\xff\x0f", timeout=TIMEOUT)
+        check(False, "an undecodable request must be refused")
+    except grpc.RpcError as err:
+        check(err.code() == grpc.StatusCode.INVALID_ARGUMENT, f"an undecodable request gets INVALID_ARGUMENT (got {err.code()}: {err.details()})")
+
+    # The server still answers.
+    stub.ListFlows(pb.ListFlowsRequest(), timeout=TIMEOUT)
+    check(True, "the server answers after both")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", required=True, help="HOST:PORT of rpaflow's gRPC API")
@@ -133,6 +168,7 @@ def main():
         return 1
     try:
         run_checks(rpc.FlowServiceStub(channel))
+        run_limit_checks(channel, rpc.FlowServiceStub(channel))
     except CheckFailed as failed:
         print(f"FAIL: {failed}", file=sys.stderr)
         return 1
