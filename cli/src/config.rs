@@ -244,6 +244,18 @@ fn validate_orchestrator(orchestrator: &OrchestratorConfig) -> anyhow::Result<()
         orchestrator.max_payload_bytes >= 1024,
         "orchestrator.max_payload_bytes must be at least 1024"
     );
+    for (name, value) in [
+        ("max_flow_steps", orchestrator.max_flow_steps),
+        ("max_flow_nesting", orchestrator.max_flow_nesting),
+        (
+            "max_input_memory_bytes",
+            orchestrator.max_input_memory_bytes,
+        ),
+        ("max_for_each_items", orchestrator.max_for_each_items),
+        ("max_active_runs", orchestrator.max_active_runs),
+    ] {
+        anyhow::ensure!(value >= 1, "orchestrator.{name} must be at least 1");
+    }
     Ok(())
 }
 

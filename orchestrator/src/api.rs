@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use rpaflow_core::flow;
 use rpaflow_proto::v1 as pb;
 use rpaflow_proto::v1::flow_service_server::{FlowService, FlowServiceServer};
 use tokio::net::TcpListener;
@@ -85,7 +84,10 @@ impl FlowService for Api {
         req: Request<pb::ValidateFlowRequest>,
     ) -> Result<Response<pb::ValidateFlowResponse>, Status> {
         let req = req.into_inner();
-        let response = match flow::parse(file_name(&req.file_name), &req.source) {
+        let response = match self
+            .handle
+            .validate_flow(file_name(&req.file_name), &req.source)
+        {
             Ok(parsed) => pb::ValidateFlowResponse {
                 diagnostics: vec![],
                 definition: Some((&parsed).into()),

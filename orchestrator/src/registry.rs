@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use rpaflow_core::flow::{self, Flow};
+use rpaflow_core::flow::{self, Flow, FlowLimits};
 
 use crate::error::{Error, Result};
 use crate::store::{FlowRecord, Store};
@@ -18,6 +18,8 @@ pub struct Registry {
     cache: FlowCache,
     /// Registrations of one name are serialised so versions are assigned once each.
     register_lock: Arc<tokio::sync::Mutex<()>>,
+    /// What a flow may hold (`orchestrator.max_flow_*`).
+    limits: FlowLimits,
 }
 
 /// A registered flow version.
@@ -30,17 +32,23 @@ pub struct Registered {
 }
 
 impl Registry {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, limits: FlowLimits) -> Self {
         Self {
             store,
             cache: Arc::default(),
             register_lock: Arc::default(),
+            limits,
         }
+    }
+
+    /// Parses and validates a flow within this orchestrator's limits.
+    pub fn parse(&self, file_name: &str, source: &str) -> Result<Flow, flow::Diagnostics> {
+        flow::parse_with(file_name, source, &self.limits)
     }
 
     /// Validates and stores `source` as the flow's next version (or the version it declares).
     pub async fn register(&self, file_name: &str, source: &str) -> Result<Registered> {
-        let parsed = flow::parse(file_name, source)?;
+        let parsed = self.parse(file_name, source)?;
         let _guard = self.register_lock.lock().await;
         let versions = self.store.flow_versions(&parsed.name)?;
         let latest = versions.last().copied();
@@ -123,7 +131,7 @@ impl Registry {
             return Ok(flow);
         }
         let record = self.record(name, version)?;
-        let flow = Arc::new(flow::parse(&record.file_name, &record.source).map_err(|e| {
+        let flow = Arc::new(self.parse(&record.file_name, &record.source).map_err(|e| {
             Error::Internal(format!(
                 "stored flow {name} v{version} no longer parses: {e}"
             ))
@@ -158,7 +166,7 @@ mod tests {
     #[tokio::test]
     async fn versions_grow_and_identical_definitions_are_not_stored_twice() {
         let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::new(Store::open(dir.path()).unwrap());
+        let reg = Registry::new(Store::open(dir.path()).unwrap(), FlowLimits::default());
         let v1 = reg
             .register("f.yaml", "name: f\nsteps: [{ id: a, uses: log }]\n")
             .await

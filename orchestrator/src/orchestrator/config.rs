@@ -22,11 +22,36 @@ pub struct OrchestratorConfig {
     /// Tasks of one queue dispatched and not yet answered; past it, StartRun of a flow using
     /// the queue answers RESOURCE_EXHAUSTED.
     pub max_in_flight_per_queue: usize,
+    /// Steps one flow may have (`docs/limits.md`).
+    pub max_flow_steps: usize,
+    /// How deeply mappings and sequences may nest in a flow file.
+    pub max_flow_nesting: usize,
+    /// What one run's inputs may take in memory, as estimated by
+    /// [`crate::state::json_memory_bytes`]: `max_payload_bytes` bounds their text, this what
+    /// the run holds while it waits (small objects cost ~90 times their text).
+    pub max_input_memory_bytes: usize,
+    /// Items one `for_each` may fan out over.
+    pub max_for_each_items: usize,
     /// A testing aid: when set, "now" for the scheduler is read from this file (Unix
     /// milliseconds or an RFC 3339 time, re-read every 100 ms), so tests move time by
     /// rewriting it. Unset (the default): the system clock.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clock_file: Option<PathBuf>,
+}
+
+/// What one run's inputs may take in memory by default (8 MiB).
+pub const DEFAULT_MAX_INPUT_MEMORY_BYTES: usize = 8 << 20;
+/// Items one `for_each` may fan out over by default.
+pub const DEFAULT_MAX_FOR_EACH_ITEMS: usize = 1_000;
+
+impl OrchestratorConfig {
+    /// The flow limits of this configuration.
+    pub fn flow_limits(&self) -> rpaflow_core::flow::FlowLimits {
+        rpaflow_core::flow::FlowLimits {
+            max_steps: self.max_flow_steps,
+            max_nesting: self.max_flow_nesting,
+        }
+    }
 }
 
 impl Default for OrchestratorConfig {
@@ -38,6 +63,10 @@ impl Default for OrchestratorConfig {
             max_output_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_active_runs: 100_000,
             max_in_flight_per_queue: 10_000,
+            max_flow_steps: rpaflow_core::flow::DEFAULT_MAX_FLOW_STEPS,
+            max_flow_nesting: rpaflow_core::flow::DEFAULT_MAX_FLOW_NESTING,
+            max_input_memory_bytes: DEFAULT_MAX_INPUT_MEMORY_BYTES,
+            max_for_each_items: DEFAULT_MAX_FOR_EACH_ITEMS,
             clock_file: None,
         }
     }

@@ -102,6 +102,15 @@ impl OrchestratorHandle {
         self.shared.scheduler.fire_now(flow, trigger).await
     }
 
+    /// Parses and validates a flow within this orchestrator's limits, storing nothing.
+    pub fn validate_flow(
+        &self,
+        file_name: &str,
+        source: &str,
+    ) -> std::result::Result<rpaflow_core::flow::Flow, rpaflow_core::flow::Diagnostics> {
+        self.shared.registry.parse(file_name, source)
+    }
+
     pub fn get_flow(&self, name: &str, version: u32) -> Result<FlowView> {
         let registry = &self.shared.registry;
         let record = registry.get_record(name, version)?;
@@ -147,6 +156,16 @@ impl OrchestratorHandle {
         let inputs = flow
             .resolve_inputs(&req.inputs)
             .map_err(|e| Error::InvalidArgument(format!("flow `{}`: {e}", req.flow)))?;
+        // What a waiting run holds: small objects cost ~90 times their text.
+        let memory = crate::state::json_memory_bytes(&inputs);
+        if memory > shared.config.max_input_memory_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "inputs of flow `{}` would take about {memory} bytes of memory ({size} bytes of \
+                 JSON), over the limit of {} bytes (orchestrator.max_input_memory_bytes); pass \
+                 fewer, larger values, or a reference to the data",
+                req.flow, shared.config.max_input_memory_bytes
+            )));
+        }
         if !req.idempotency_key.is_empty()
             && let Some(existing) = self
                 .existing_for_key(&req.flow, &req.idempotency_key)

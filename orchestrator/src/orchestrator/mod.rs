@@ -61,7 +61,7 @@ impl Orchestrator {
             ))
         })?;
         let store = Store::open(&config.data_dir)?;
-        let registry = Registry::new(store.clone());
+        let registry = Registry::new(store.clone(), config.flow_limits());
         let system = ActorSystem::start(config.arbiters)?;
         let (events, _) = broadcast::channel(64 * 1024);
         let scheduler = Scheduler::new(Clock::new(config.clock_file.clone()));

@@ -7,10 +7,12 @@
 //! events before it performs any action.
 //!
 //! # Layout
+//! - `cost.rs`: what a JSON value costs in memory.
 //! - `event.rs`: the stored events.
 //! - `machine/`: `handle`, the decisions.
 //! - `tests.rs`: unit tests and the replay property test.
 
+mod cost;
 mod event;
 mod machine;
 #[cfg(test)]
@@ -22,6 +24,7 @@ use rpaflow_core::flow::Flow;
 use serde::Serialize;
 use serde_json::Value as Json;
 
+pub use cost::json_memory_bytes;
 pub use event::{ErrorInfo, EventKind, ParentRef, RunEvent, RunStart, StepOutcome};
 pub use machine::{Action, Input, Rejection, TaskSpec, Timer};
 
