@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::DEFAULT_MAX_PAYLOAD_BYTES;
+use crate::state::{DEFAULT_MAX_FOR_EACH_ITEMS, DEFAULT_MAX_PAYLOAD_BYTES};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -41,8 +41,6 @@ pub struct OrchestratorConfig {
 
 /// What one run's inputs may take in memory by default (8 MiB).
 pub const DEFAULT_MAX_INPUT_MEMORY_BYTES: usize = 8 << 20;
-/// Items one `for_each` may fan out over by default.
-pub const DEFAULT_MAX_FOR_EACH_ITEMS: usize = 1_000;
 
 impl OrchestratorConfig {
     /// The flow limits of this configuration.

@@ -192,6 +192,7 @@ impl OrchestratorHandle {
         let run_id = uuid::Uuid::now_v7().to_string();
         let mut state = RunState::new(&run_id, flow, version);
         state.max_payload_bytes = shared.config.max_payload_bytes;
+        state.max_for_each_items = shared.config.max_for_each_items;
         state.trigger = req.trigger.clone();
         let events = state.start(
             inputs,

@@ -166,6 +166,7 @@ impl Shared {
             return Ok(addr.clone());
         }
         state.max_payload_bytes = self.config.max_payload_bytes;
+        state.max_for_each_items = self.config.max_for_each_items;
         let run_id = state.run_id.clone();
         let system = self
             .system
@@ -192,6 +193,7 @@ impl Shared {
         let events = self.store.events(run_id, 1)?;
         let mut state = RunState::replay(run_id, flow, summary.version, &events);
         state.max_payload_bytes = self.config.max_payload_bytes;
+        state.max_for_each_items = self.config.max_for_each_items;
         Ok(state)
     }
 }

@@ -30,6 +30,8 @@ pub use machine::{Action, Input, Rejection, TaskSpec, Timer};
 
 /// The largest JSON payload (inputs, a rendered step input) accepted by default.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// The most items a `for_each` may fan out over by default.
+pub const DEFAULT_MAX_FOR_EACH_ITEMS: usize = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -255,6 +257,9 @@ pub struct RunState {
     /// Not part of the events: the limit this orchestrator enforces on step inputs.
     #[serde(skip)]
     pub max_payload_bytes: usize,
+    /// Not part of the events: the most items a `for_each` may fan out over.
+    #[serde(skip)]
+    pub max_for_each_items: usize,
 }
 
 impl RunState {
@@ -279,6 +284,7 @@ impl RunState {
             updated_at_ms: 0,
             last_seq: 0,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_for_each_items: DEFAULT_MAX_FOR_EACH_ITEMS,
         }
     }
 

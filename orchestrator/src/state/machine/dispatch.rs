@@ -50,6 +50,18 @@ pub(super) fn start_step(tx: &mut Tx<'_>, index: usize) {
     if let Some(fe) = &def.for_each {
         let ctx = tx.context();
         match expr::eval(&fe.items, &ctx) {
+            Ok(Json::Array(items)) if items.len() > tx.state.max_for_each_items => {
+                let error = ErrorInfo::new(
+                    "limit",
+                    format!(
+                        "`for_each` gave {} items, over the limit of {} (orchestrator.max_for_each_items)",
+                        items.len(),
+                        tx.state.max_for_each_items
+                    ),
+                    false,
+                );
+                finish_failed(tx, index, error);
+            }
             Ok(Json::Array(items)) => {
                 let empty = items.is_empty();
                 tx.emit(EventKind::StepExpanded {
