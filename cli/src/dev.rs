@@ -88,7 +88,7 @@ impl Embedded {
             if config.kafka.is_enabled() {
                 let bus = KafkaStepBus::connect(config.kafka.clone())
                     .await
-                    .with_context(|| format!("cannot reach Kafka at {}", config.kafka.brokers))?;
+                    .context("rpaflow dev cannot use Kafka")?;
                 for queue in &config.queues {
                     bus.ensure_queue(queue).await?;
                 }

@@ -51,7 +51,7 @@ pub struct WorkerArgs {
     /// How many steps run at once.
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// Names this worker in results and logs (default: worker-PID).
+    /// Names this worker in results and logs (default: HOSTNAME-RANDOM, unique per process).
     #[arg(long)]
     pub id: Option<String>,
     /// The inference node for `llm` steps, `http://host:port`.
@@ -75,7 +75,7 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
     let bus = Arc::new(
         KafkaStepBus::connect(config.kafka.clone())
             .await
-            .with_context(|| format!("cannot reach Kafka at {}", config.kafka.brokers))?,
+            .context("the orchestrator cannot use Kafka")?,
     );
     bus.ensure_queue(DEFAULT_QUEUE).await?;
     let orchestrator = Orchestrator::start(config.orchestrator.clone(), bus.clone())
@@ -193,7 +193,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let registry = Registry::for_config(&config.worker).context("cannot set up the executors")?;
     let source = KafkaTaskSource::connect(config.kafka.clone(), &config.queues, &config.worker.id)
         .await
-        .with_context(|| format!("cannot reach Kafka at {}", config.kafka.brokers))?;
+        .context("the worker cannot use Kafka")?;
     let worker = Worker::new(config.worker.clone(), registry, Arc::new(source));
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

@@ -19,7 +19,6 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -27,8 +26,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use super::connectivity::{ClientHealth, connectivity, is_transport, poll_error};
 use super::offsets::Offsets;
-use super::{Error, KafkaConfig, Origin, Result, dead_letter};
+use super::{Error, KafkaConfig, Origin, Producer, Result, dead_letter};
 use crate::bus::Ack;
 
 /// Turns a message into what the application wants, or says why it cannot.
@@ -53,18 +53,11 @@ pub(crate) struct Context {
 
 impl ClientContext for Context {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => error!(facility, "librdkafka: {message}"),
-            RDKafkaLogLevel::Warning => warn!(facility, "librdkafka: {message}"),
-            _ => debug!(facility, "librdkafka: {message}"),
-        }
+        ClientHealth.log(level, facility, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        warn!(group = %self.group, error = %error, "kafka client error: {reason}");
+        ClientHealth.error(error, reason);
     }
 }
 
@@ -103,7 +96,11 @@ impl ConsumerContext for Context {
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         if let Err(err) = result {
             // Commit those positions again on the next tick.
-            warn!(group = %self.group, error = %err, "offset commit failed; will retry");
+            if is_transport(&err) || connectivity().is_down() {
+                debug!(group = %self.group, error = %err, "offset commit failed; will retry");
+            } else {
+                warn!(group = %self.group, error = %err, "offset commit failed; will retry");
+            }
             let mut tracked = lock(&self.offsets);
             for element in offsets.elements() {
                 tracked.retry(element.topic(), element.partition());
@@ -168,7 +165,7 @@ impl PollLoop {
         partitions: Partitions,
         decode: Decode<T>,
         out: mpsc::Sender<(T, Ack)>,
-        dlq: FutureProducer,
+        dlq: Producer,
     ) -> Result<Self> {
         let offsets = SharedOffsets::default();
         let context = Context {
@@ -249,7 +246,7 @@ struct Loop<T> {
     offsets: SharedOffsets,
     decode: Decode<T>,
     out: mpsc::Sender<(T, Ack)>,
-    dlq: FutureProducer,
+    dlq: Producer,
     stop: CancellationToken,
     commit_every: Duration,
     group: String,
@@ -299,6 +296,7 @@ impl<T: Send + 'static> Loop<T> {
                 },
                 message = self.consumer.recv() => match message {
                     Ok(message) => {
+                        connectivity().ok();
                         let message = message.detach();
                         if let Some(item) = self.take(message).await {
                             overflow.push_back(item);
@@ -309,7 +307,7 @@ impl<T: Send + 'static> Loop<T> {
                         }
                     }
                     Err(err) => {
-                        warn!(group = %self.group, error = %err, "kafka poll failed");
+                        poll_error(&self.group, &err);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
@@ -389,7 +387,11 @@ impl<T: Send + 'static> Loop<T> {
             let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
         }
         if let Err(err) = self.consumer.commit(&list, mode) {
-            warn!(group = %self.group, error = %err, "offset commit failed; will retry");
+            if is_transport(&err) || connectivity().is_down() {
+                debug!(group = %self.group, error = %err, "offset commit failed; will retry");
+            } else {
+                warn!(group = %self.group, error = %err, "offset commit failed; will retry");
+            }
             let mut offsets = lock(&self.offsets);
             for (topic, partition, _) in &moved {
                 offsets.retry(topic, *partition);

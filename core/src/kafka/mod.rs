@@ -14,17 +14,20 @@
 //! go through a small buffer and the partitions are paused while it is full, so a ten-minute step
 //! does not stop polling or trigger a rebalance. W3C `traceparent` travels in message headers.
 //!
-//! Nothing here depends on a particular broker: it is tested against tansu and speaks the plain
-//! Kafka protocol. Any librdkafka setting passes through `client`, `producer` and `consumer`
+//! Nothing here depends on a particular broker: it is tested against Apache Kafka 4.4 (one node
+//! and a three-node cluster) and speaks the plain Kafka protocol. Any librdkafka setting passes through `client`, `producer` and `consumer`
 //! (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, ... for a managed Kafka).
 //!
 //! # Layout
+//! - [`connectivity`](Connectivity): the process's view of the brokers (an outage logged once) and
+//!   the client context every client shares.
 //! - [`offsets`]: which offsets may be committed (pure).
 //! - `consumer`: the poll loop shared by both sides: buffer, pause/resume, commits, dead letters.
 //! - [`KafkaStepBus`] (`step_bus`): the orchestrator's side.
 //! - [`KafkaTaskSource`] (`task_source`): the worker's side.
 //! - [`KafkaTriggerSource`] (`trigger`): the messages of a flow's Kafka trigger topic.
 
+mod connectivity;
 mod consumer;
 pub mod offsets;
 mod step_bus;
@@ -36,14 +39,14 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
 
+pub use connectivity::{ClientHealth, Connectivity, connectivity};
 pub use step_bus::KafkaStepBus;
 pub use task_source::KafkaTaskSource;
 pub use trigger::{KafkaTriggerSource, TriggerDelivery, TriggerMessage, trigger_group};
@@ -68,6 +71,9 @@ pub fn tasks_topic(queue: &str) -> String {
     format!("{TASKS_TOPIC_PREFIX}{queue}")
 }
 
+/// rpaflow's producers: idempotent, and reporting outages through [`Connectivity`].
+pub type Producer = FutureProducer<ClientHealth>;
+
 /// The consumer group of a queue's worker pool.
 pub fn worker_group(queue: &str) -> String {
     format!("rpaflow-workers-{queue}")
@@ -85,6 +91,19 @@ pub enum Error {
     },
     #[error("cannot create topic {topic}: {message}")]
     CreateTopic { topic: String, message: String },
+    #[error("kafka at {brokers} does not answer ({security}): {message}")]
+    Unreachable {
+        brokers: String,
+        /// `security.protocol` and the SASL mechanism and user, when set.
+        security: String,
+        message: String,
+    },
+    #[error("kafka at {brokers} refused the credentials ({security}): {message}")]
+    Refused {
+        brokers: String,
+        security: String,
+        message: String,
+    },
     #[error("cannot subscribe to {topic}")]
     Subscribe {
         topic: String,
@@ -103,8 +122,9 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Partitions of the topics rpaflow creates (existing topics are left as they are).
     pub partitions: i32,
-    /// Replication factor of the topics rpaflow creates.
-    pub replication: i32,
+    /// Replication factor of the topics rpaflow creates; by default the cluster's node count up
+    /// to 3 (`min(3, brokers)`), so one setting fits a single test broker and a real cluster.
+    pub replication: Option<i32>,
     /// How often consumers commit the offsets that moved, in milliseconds.
     pub commit_interval_ms: u64,
     /// librdkafka settings for every client (`security.protocol`, `sasl.*`, `ssl.*`, ...).
@@ -123,7 +143,7 @@ impl Default for KafkaConfig {
         Self {
             brokers: String::new(),
             partitions: 8,
-            replication: 1,
+            replication: None,
             commit_interval_ms: 200,
             client: BTreeMap::new(),
             producer: BTreeMap::new(),
@@ -169,10 +189,9 @@ impl KafkaConfig {
                 self.partitions
             ));
         }
-        if self.replication < 1 {
+        if let Some(replication) = self.replication.filter(|r| *r < 1) {
             return fail(format!(
-                "kafka.replication must be at least 1, not {}",
-                self.replication
+                "kafka.replication must be at least 1, not {replication}"
             ));
         }
         if self.commit_interval_ms == 0 {
@@ -212,7 +231,7 @@ impl KafkaConfig {
     }
 
     /// An idempotent producer (`acks=all`); `producer` settings apply last.
-    pub fn producer(&self) -> Result<FutureProducer> {
+    pub fn producer(&self) -> Result<Producer> {
         let mut config = self.base();
         config
             .set("enable.idempotence", "true")
@@ -221,10 +240,86 @@ impl KafkaConfig {
         for (key, value) in &self.producer {
             config.set(setting(key), value);
         }
-        config.create().map_err(|source| Error::Client {
-            role: "producer",
-            source,
+        config
+            .create_with_context(ClientHealth)
+            .map_err(|source| Error::Client {
+                role: "producer",
+                source,
+            })
+    }
+
+    /// How the clients authenticate, for messages: `security.protocol` and the SASL mechanism
+    /// and user when set (never the password).
+    fn security(&self) -> String {
+        let get = |names: &[&str]| {
+            self.client
+                .iter()
+                .find(|(k, _)| names.contains(&setting(k).as_str()))
+                .map(|(_, v)| v.clone())
+        };
+        let protocol = get(&["security.protocol"]).unwrap_or_else(|| "PLAINTEXT".into());
+        let mut text = format!("security.protocol={protocol}");
+        if let Some(mechanism) = get(&["sasl.mechanism", "sasl.mechanisms"]) {
+            text.push_str(&format!(", SASL mechanism {mechanism}"));
+        } else if protocol.to_ascii_uppercase().starts_with("SASL") {
+            text.push_str(", SASL mechanism GSSAPI (librdkafka's default)");
+        }
+        if let Some(user) = get(&["sasl.username"]) {
+            text.push_str(&format!(" as user `{user}`"));
+        }
+        text
+    }
+
+    /// Asks the cluster for its metadata until it answers (30 s at most), and returns how many
+    /// brokers it has. Authentication failures end the wait at once: retrying cannot help.
+    async fn cluster_size(&self) -> Result<usize> {
+        let unreachable = |message: String| {
+            let (brokers, security) = (self.brokers.clone(), self.security());
+            if is_refusal(&message) {
+                Error::Refused {
+                    brokers,
+                    security,
+                    message,
+                }
+            } else {
+                Error::Unreachable {
+                    brokers,
+                    security,
+                    message,
+                }
+            }
+        };
+        let config = self.base();
+        let answer = tokio::task::spawn_blocking(move || {
+            // A producer's callbacks carry librdkafka's reason text (a consumer's carry the code
+            // only): an authentication failure says what was refused.
+            let client: BaseProducer<ClientHealth> = config
+                .create_with_context(ClientHealth)
+                .map_err(|e| e.to_string())?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let answer = client.client().fetch_metadata(None, Duration::from_secs(2));
+                // Serves the client's callbacks: an authentication failure arrives as an error
+                // event, the metadata request only times out.
+                let _ = client.poll(Duration::from_millis(100));
+                let message = match answer {
+                    Ok(metadata) if !metadata.brokers().is_empty() => {
+                        return Ok(metadata.brokers().len());
+                    }
+                    Ok(_) => "the metadata lists no broker".to_owned(),
+                    Err(err) => connectivity().last_error().unwrap_or_else(|| err.to_string()),
+                };
+                if is_refusal(&message) || std::time::Instant::now() >= deadline {
+                    return Err(message);
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
         })
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+        let brokers = answer.map_err(unreachable)?;
+        connectivity().ok();
+        Ok(brokers)
     }
 
     /// A consumer's settings: manual commits only, from the earliest offset for a new group.
@@ -250,22 +345,25 @@ impl KafkaConfig {
         config
     }
 
-    /// Creates the topics that do not exist yet.
+    /// Creates the topics that do not exist yet, with `kafka.partitions` partitions and
+    /// `kafka.replication` replicas (by default `min(3, brokers)`). Fails with
+    /// [`Error::Unreachable`], naming the brokers and the authentication, when the cluster does
+    /// not answer or refuses the credentials.
     pub async fn ensure_topics(&self, topics: &[String]) -> Result<()> {
-        let admin: AdminClient<DefaultClientContext> =
-            self.base().create().map_err(|source| Error::Client {
+        let admin: AdminClient<ClientHealth> = self
+            .base()
+            .create_with_context(ClientHealth)
+            .map_err(|source| Error::Client {
                 role: "admin",
                 source,
             })?;
+        let brokers = self.cluster_size().await?;
+        let replication = self
+            .replication
+            .unwrap_or_else(|| i32::try_from(brokers.min(3)).unwrap_or(1));
         let new: Vec<NewTopic<'_>> = topics
             .iter()
-            .map(|t| {
-                NewTopic::new(
-                    t,
-                    self.partitions,
-                    TopicReplication::Fixed(self.replication),
-                )
-            })
+            .map(|t| NewTopic::new(t, self.partitions, TopicReplication::Fixed(replication)))
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
         let results = admin
@@ -293,7 +391,7 @@ impl KafkaConfig {
 /// Produces one message and waits until the broker holds it (`acks=all`), with the W3C trace
 /// context in a `traceparent` header when given.
 pub(crate) async fn produce(
-    producer: &FutureProducer,
+    producer: &Producer,
     topic: &str,
     key: &str,
     payload: &[u8],
@@ -309,7 +407,7 @@ pub(crate) async fn produce(
     producer
         .send(record, Timeout::After(Duration::from_secs(30)))
         .await
-        .map(|_| ())
+        .map(|_| connectivity().ok())
         .map_err(|(err, _)| crate::bus::BusError::Transport {
             topic: topic.to_owned(),
             message: err.to_string(),
@@ -328,7 +426,7 @@ pub(crate) struct Origin<'a> {
 /// Puts a message on the dead-letter topic with `reason` and its origin in headers; returns once
 /// the broker holds it (librdkafka retries until `message.timeout.ms`).
 pub(crate) async fn dead_letter(
-    producer: &FutureProducer,
+    producer: &Producer,
     origin: &Origin<'_>,
     reason: &str,
 ) -> crate::bus::Result<()> {
@@ -361,6 +459,12 @@ pub(crate) async fn dead_letter(
             topic: DLQ_TOPIC.to_owned(),
             message: err.to_string(),
         })
+}
+
+/// Whether a client error says the broker refused the credentials (retrying cannot help).
+fn is_refusal(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    lower.contains("authentication") || lower.contains("sasl") || lower.contains("ssl handshake")
 }
 
 /// librdkafka names use dots; environment variables cannot, so `linger_ms` means `linger.ms`.

@@ -8,14 +8,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use prost::Message as _;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureRecord, Producer as _};
 use rpaflow_proto::v1 as pb;
 use tokio::sync::mpsc;
 
 use super::consumer::{Partitions, PollLoop};
 use super::{
-    CONTROL_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, KafkaConfig, RESULTS_TOPIC, Result, TRACEPARENT_HEADER,
-    produce, tasks_topic, traceparent,
+    CONTROL_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, KafkaConfig, Producer, RESULTS_TOPIC, Result,
+    TRACEPARENT_HEADER, produce, tasks_topic, traceparent,
 };
 use crate::bus::{Ack, BusError, ResultDelivery, StepBus};
 
@@ -26,7 +26,7 @@ pub const ORCHESTRATOR_GROUP: &str = "rpaflow-orchestrator";
 
 pub struct KafkaStepBus {
     config: KafkaConfig,
-    producer: FutureProducer,
+    producer: Producer,
     results: tokio::sync::Mutex<mpsc::Receiver<(pb::TaskResult, Ack)>>,
     poll: PollLoop,
     /// Task topics known to exist.

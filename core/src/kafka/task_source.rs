@@ -9,22 +9,23 @@ use prost::Message as _;
 use rdkafka::Offset;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers as _, Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::producer::Producer as _;
 use rpaflow_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::connectivity::{ClientHealth, poll_error};
 use super::consumer::{Partitions, PollLoop, all_partitions};
 use super::{
-    CONTROL_TOPIC, DLQ_TOPIC, Error, KafkaConfig, RESULTS_TOPIC, Result, TRACEPARENT_HEADER,
-    produce, tasks_topic, traceparent, worker_group,
+    CONTROL_TOPIC, DLQ_TOPIC, Error, KafkaConfig, Producer, RESULTS_TOPIC, Result,
+    TRACEPARENT_HEADER, produce, tasks_topic, traceparent, worker_group,
 };
 use crate::bus::{Ack, TaskDelivery, TaskSource};
 
 pub struct KafkaTaskSource {
     queues: Vec<String>,
-    producer: FutureProducer,
+    producer: Producer,
     tasks: tokio::sync::Mutex<mpsc::Receiver<(pb::Task, Ack)>>,
     polls: Vec<PollLoop>,
     cancel_tx: broadcast::Sender<String>,
@@ -154,16 +155,18 @@ fn decode_task(message: &OwnedMessage) -> std::result::Result<pb::Task, String> 
 
 /// A consumer of every partition of the control topic from its end: each worker sees every
 /// cancellation sent while it runs, and none from before.
-async fn control_consumer(config: &KafkaConfig, worker_id: &str) -> Result<Arc<StreamConsumer>> {
+async fn control_consumer(
+    config: &KafkaConfig,
+    worker_id: &str,
+) -> Result<Arc<StreamConsumer<ClientHealth>>> {
     let group = format!("rpaflow-control-{worker_id}");
-    let consumer: StreamConsumer =
-        config
-            .consumer_config(&group)
-            .create()
-            .map_err(|source| Error::Client {
-                role: "control consumer",
-                source,
-            })?;
+    let consumer: StreamConsumer<ClientHealth> = config
+        .consumer_config(&group)
+        .create_with_context(ClientHealth)
+        .map_err(|source| Error::Client {
+            role: "control consumer",
+            source,
+        })?;
     let consumer = Arc::new(consumer);
     let assignment = all_partitions(Arc::clone(&consumer), CONTROL_TOPIC, Offset::End).await?;
     consumer
@@ -176,7 +179,7 @@ async fn control_consumer(config: &KafkaConfig, worker_id: &str) -> Result<Arc<S
 }
 
 async fn listen_control(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<ClientHealth>>,
     cancel_tx: broadcast::Sender<String>,
     stop: CancellationToken,
 ) {
@@ -197,7 +200,7 @@ async fn listen_control(
                 ),
             },
             Err(err) => {
-                warn!(error = %err, "control topic poll failed");
+                poll_error(CONTROL_TOPIC, &err);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }

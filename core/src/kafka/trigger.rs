@@ -16,12 +16,12 @@
 use std::time::Duration;
 
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::producer::Producer as _;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
 use super::consumer::{Partitions, PollLoop};
-use super::{DLQ_TOPIC, KafkaConfig, Origin, Result, dead_letter};
+use super::{DLQ_TOPIC, KafkaConfig, Origin, Producer, Result, dead_letter};
 use crate::bus::Ack;
 
 /// Deliveries polled ahead of the application.
@@ -56,7 +56,7 @@ pub struct TriggerDelivery {
 pub struct KafkaTriggerSource {
     topic: String,
     group: String,
-    producer: FutureProducer,
+    producer: Producer,
     messages: tokio::sync::Mutex<mpsc::Receiver<(TriggerMessage, Ack)>>,
     poll: PollLoop,
 }
