@@ -23,4 +23,4 @@ mod duration;
 
 pub use error::{Error, Result};
 pub use executor::{Executor, Registry, StepError, TaskContext, codes};
-pub use worker::{Worker, WorkerConfig, WorkerHandle, WorkerStats};
+pub use worker::{Worker, WorkerConfig, WorkerHandle, WorkerStats, default_worker_id};

@@ -51,7 +51,8 @@ pub const STEP_SPAN: &str = "step";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// Names this worker in results and logs.
+    /// Names this worker in results, logs and its control consumer group; unique per process by
+    /// default (see [`default_worker_id`]).
     pub id: String,
     /// How many tasks run at once.
     pub concurrency: usize,
@@ -71,7 +72,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            id: format!("worker-{}", std::process::id()),
+            id: default_worker_id(),
             concurrency: 16,
             max_output_bytes: 1024 * 1024,
             default_timeout: Duration::from_secs(300),
@@ -79,6 +80,24 @@ impl Default for WorkerConfig {
             drain_timeout: Duration::from_secs(60),
         }
     }
+}
+
+/// `HOSTNAME-XXXXXX`: the host (a pod's name under Kubernetes) and six random hex digits, so that
+/// two workers never share an id even where every container's process is PID 1, and a restarted
+/// worker is told from its previous life.
+pub fn default_worker_id() -> String {
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    let host = if host.trim().is_empty() {
+        "worker".to_owned()
+    } else {
+        host
+    };
+    // The last digits of a v7 UUID are random (its first ones are the time).
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    format!("{host}-{}", &random[random.len() - 6..])
 }
 
 impl WorkerConfig {

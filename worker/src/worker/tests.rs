@@ -418,3 +418,19 @@ fn output_size_is_counted_in_full() {
     let err = encode_output(&value, 5).unwrap_err();
     assert_eq!(err.message, "output is 13 bytes, over the limit of 5 bytes");
 }
+
+#[test]
+fn default_worker_ids_name_the_host_and_differ_per_process() {
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    let (a, b) = (default_worker_id(), default_worker_id());
+    assert_ne!(a, b, "two workers on one host (or two PID-1 containers) share an id");
+    for id in [&a, &b] {
+        let (prefix, suffix) = id.rsplit_once('-').expect("HOST-RANDOM");
+        assert_eq!(prefix, host, "{id}");
+        assert_eq!(suffix.len(), 6, "{id}");
+        assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    }
+}
