@@ -796,3 +796,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_for_each_over_the_item_limit_fails_the_step_and_the_run_once() {
+    let f = flow(
+        "name: t\ninputs: { n: { type: integer } }\nsteps:\n  - { id: fan, uses: echo, for_each: { items: 'range(inputs.n)' } }\n",
+    );
+    let mut state = RunState::new("r", f.clone(), 1);
+    state.max_for_each_items = 25;
+    let events = state.start(json!({"n": 26}), String::new(), None, None, 0);
+    assert_eq!(state.status, RunStatus::Failed);
+    assert_eq!(events.iter().filter(|e| e.kind.is_outcome()).count(), 1);
+    let err = state.error.unwrap();
+    assert_eq!(err.code, "limit");
+    assert!(
+        err.message.contains(
+            "`for_each` gave 26 items, over the limit of 25 (orchestrator.max_for_each_items)"
+        ),
+        "{}",
+        err.message
+    );
+    // At the limit it fans out.
+    let mut state = RunState::new("r", f, 1);
+    state.max_for_each_items = 25;
+    state.start(json!({"n": 25}), String::new(), None, None, 0);
+    assert_eq!(state.status, RunStatus::Running);
+    assert_eq!(state.step_state("fan").unwrap().units.len(), 25);
+}
