@@ -32,7 +32,15 @@ pub enum FlowCommand {
         opts: ClientOpts,
     },
     /// Check flow files without a server; prints FILE:LINE:COL: message per problem, exits 1 on any.
-    Validate { files: Vec<PathBuf> },
+    Validate {
+        files: Vec<PathBuf>,
+        /// Steps a flow may have (the orchestrator's `max_flow_steps`).
+        #[arg(long, default_value_t = rpaflow_core::flow::DEFAULT_MAX_FLOW_STEPS)]
+        max_steps: usize,
+        /// How deeply mappings and sequences may nest (the orchestrator's `max_flow_nesting`).
+        #[arg(long, default_value_t = rpaflow_core::flow::DEFAULT_MAX_FLOW_NESTING)]
+        max_nesting: usize,
+    },
     /// Print a flow as a Mermaid flowchart (from a file, or a registered flow with --server).
     Graph {
         /// A flow file, or the name of a registered flow.
@@ -46,13 +54,22 @@ pub enum FlowCommand {
 
 pub async fn flow(cmd: FlowCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        FlowCommand::Validate { files } => {
+        FlowCommand::Validate {
+            files,
+            max_steps,
+            max_nesting,
+        } => {
             anyhow::ensure!(!files.is_empty(), "name at least one flow file");
+            let limits = rpaflow_core::flow::FlowLimits {
+                max_steps,
+                max_nesting,
+            };
             let mut ok = true;
             for file in files {
                 let source = std::fs::read_to_string(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
-                match rpaflow_core::flow::parse(&file.display().to_string(), &source) {
+                match rpaflow_core::flow::parse_with(&file.display().to_string(), &source, &limits)
+                {
                     Ok(flow) => println!(
                         "{}: ok ({} v{}, {} steps)",
                         file.display(),
