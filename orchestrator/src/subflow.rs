@@ -59,6 +59,20 @@ pub(crate) async fn start_child(shared: Arc<Shared>, parent_run: String, spec: T
             return deliver(&shared, &parent, Err(error));
         }
     };
+    // A flow may start itself through its subflows: bound how deep runs nest, since children
+    // are not counted against max_active_runs (their parents were).
+    let max = shared.config.max_subflow_depth;
+    if nesting(&shared, &parent.run_id, max).await > max {
+        let error = ErrorInfo::new(
+            SUBFLOW_FAILED,
+            format!(
+                "cannot start flow `{flow}`: subflows nest deeper than the limit of {max} \
+                 (orchestrator.max_subflow_depth)"
+            ),
+            false,
+        );
+        return deliver(&shared, &parent, Err(error));
+    }
     let req = StartRun {
         flow: flow.clone(),
         version,
@@ -84,6 +98,26 @@ pub(crate) async fn start_child(shared: Arc<Shared>, parent_run: String, spec: T
             deliver(&shared, &parent, Err(error));
         }
     }
+}
+
+/// How many runs a child of `run_id` would have above it (`run_id`, its parent, ...), counted
+/// by walking up one parent at a time, and no further than `limit + 1`.
+async fn nesting(shared: &Arc<Shared>, run_id: &str, limit: usize) -> usize {
+    let handle = OrchestratorHandle::from_shared(shared.clone());
+    let mut depth = 1;
+    let mut next = handle.get_run(run_id).await.ok().and_then(|r| r.parent);
+    while let Some(parent) = next {
+        depth += 1;
+        if depth > limit {
+            break;
+        }
+        next = handle
+            .get_run(&parent.run_id)
+            .await
+            .ok()
+            .and_then(|r| r.parent);
+    }
+    depth
 }
 
 /// Delivers a finished child's outcome to its parent, if it has one.

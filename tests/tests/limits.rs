@@ -220,6 +220,33 @@ async fn long_cycles_deep_files_and_big_flows_are_refused_and_the_server_goes_on
         "nest deeper than the limit of 64 levels (`max_flow_nesting`)",
     )
     .await;
+    // A flow that starts itself: runs nest until the depth limit, then the innermost fails
+    // and so does every run above it.
+    dev.register("name: again\nsteps:\n  - { id: inner, uses: subflow, with: { flow: again } }\n")
+        .await;
+    let top = dev.run("again", json!({})).await;
+    let run = dev.wait_finished(&top, RUN_TIMEOUT).await;
+    assert_eq!(
+        run.status(),
+        pb::RunStatus::Failed,
+        "{}",
+        describe_run(&run)
+    );
+    let message = run
+        .error
+        .as_ref()
+        .map(|e| e.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message
+            .contains("subflows nest deeper than the limit of 8 (orchestrator.max_subflow_depth)"),
+        "{message}"
+    );
+    assert_eq!(
+        dev.list_runs("again", "").await.len(),
+        9,
+        "the top run and eight levels of subflows below it"
+    );
 
     approve(&dev, &unrelated).await;
 }

@@ -32,6 +32,8 @@ pub struct OrchestratorConfig {
     pub max_input_memory_bytes: usize,
     /// Items one `for_each` may fan out over.
     pub max_for_each_items: usize,
+    /// How deeply subflow runs may nest (a run, its child, the child's child, ...).
+    pub max_subflow_depth: usize,
     /// A testing aid: when set, "now" for the scheduler is read from this file (Unix
     /// milliseconds or an RFC 3339 time, re-read every 100 ms), so tests move time by
     /// rewriting it. Unset (the default): the system clock.
@@ -65,6 +67,7 @@ impl Default for OrchestratorConfig {
             max_flow_nesting: rpaflow_core::flow::DEFAULT_MAX_FLOW_NESTING,
             max_input_memory_bytes: DEFAULT_MAX_INPUT_MEMORY_BYTES,
             max_for_each_items: DEFAULT_MAX_FOR_EACH_ITEMS,
+            max_subflow_depth: 8,
             clock_file: None,
         }
     }

@@ -28,7 +28,7 @@ pub struct Shared {
     pub(crate) bus: Arc<dyn StepBus>,
     pub(crate) backlog: Backlog,
     pub(super) scheduler: SchedulerHandle,
-    pub(super) config: OrchestratorConfig,
+    pub(crate) config: OrchestratorConfig,
     pub(super) actors: Mutex<HashMap<String, Addr<RunActor>>>,
     /// Runs admitted and not yet in `actors`: counted with them by `admit`.
     pub(super) starting: AtomicUsize,
