@@ -217,8 +217,11 @@ impl RunActor {
                 }
                 Action::SetTimer { at_ms, timer } => {
                     let delay = u64::try_from(at_ms - rpaflow_core::time::now_ms()).unwrap_or(0);
+                    // Through the mailbox, behind the results that arrived before it: a
+                    // result that came in time is never judged late because many others
+                    // were still waiting to be handled (`notify` would jump the queue).
                     ctx.run_later(Duration::from_millis(delay), move |_, ctx| {
-                        ctx.notify(Deliver {
+                        ctx.address().do_send(Deliver {
                             input: Input::Timer(timer),
                             ack: None,
                         });
