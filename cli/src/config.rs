@@ -253,9 +253,14 @@ fn validate_orchestrator(orchestrator: &OrchestratorConfig) -> anyhow::Result<()
         ),
         ("max_for_each_items", orchestrator.max_for_each_items),
         ("max_active_runs", orchestrator.max_active_runs),
+        ("expr_max_output_bytes", orchestrator.expr_max_output_bytes),
     ] {
         anyhow::ensure!(value >= 1, "orchestrator.{name} must be at least 1");
     }
+    anyhow::ensure!(
+        orchestrator.expr_fuel >= 100,
+        "orchestrator.expr_fuel must be at least 100"
+    );
     Ok(())
 }
 

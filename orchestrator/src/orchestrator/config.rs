@@ -34,6 +34,11 @@ pub struct OrchestratorConfig {
     pub max_for_each_items: usize,
     /// How deeply subflow runs may nest (a run, its child, the child's child, ...).
     pub max_subflow_depth: usize,
+    /// Fuel of one evaluation of an `if`, `until`, `for_each`, or of all the templates of one
+    /// `with` or `outputs`: one per instruction plus one per 64 bytes of data (`docs/limits.md`).
+    pub expr_fuel: u64,
+    /// The largest result of one such evaluation, in bytes of JSON.
+    pub expr_max_output_bytes: usize,
     /// A testing aid: when set, "now" for the scheduler is read from this file (Unix
     /// milliseconds or an RFC 3339 time, re-read every 100 ms), so tests move time by
     /// rewriting it. Unset (the default): the system clock.
@@ -45,6 +50,15 @@ pub struct OrchestratorConfig {
 pub const DEFAULT_MAX_INPUT_MEMORY_BYTES: usize = 8 << 20;
 
 impl OrchestratorConfig {
+    /// The budget of the expressions and templates the orchestrator evaluates.
+    pub fn expr_limits(&self) -> rpaflow_core::expr::Limits {
+        rpaflow_core::expr::Limits {
+            fuel: self.expr_fuel,
+            max_output_bytes: self.expr_max_output_bytes,
+            section: "orchestrator",
+        }
+    }
+
     /// The flow limits of this configuration.
     pub fn flow_limits(&self) -> rpaflow_core::flow::FlowLimits {
         rpaflow_core::flow::FlowLimits {
@@ -68,6 +82,8 @@ impl Default for OrchestratorConfig {
             max_input_memory_bytes: DEFAULT_MAX_INPUT_MEMORY_BYTES,
             max_for_each_items: DEFAULT_MAX_FOR_EACH_ITEMS,
             max_subflow_depth: 8,
+            expr_fuel: rpaflow_core::expr::DEFAULT_FUEL,
+            expr_max_output_bytes: rpaflow_core::expr::DEFAULT_MAX_OUTPUT_BYTES,
             clock_file: None,
         }
     }

@@ -60,6 +60,9 @@ impl Orchestrator {
                 config.data_dir.display()
             ))
         })?;
+        // Process-wide: the run state machine evaluates expressions without a config at hand;
+        // the first orchestrator of a process sets it (see `rpaflow_core::expr::set_limits`).
+        rpaflow_core::expr::set_limits(config.expr_limits());
         let store = Store::open(&config.data_dir)?;
         let registry = Registry::new(store.clone(), config.flow_limits());
         let system = ActorSystem::start(config.arbiters)?;
