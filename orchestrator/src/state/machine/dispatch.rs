@@ -25,7 +25,11 @@ pub(super) fn start_step(tx: &mut Tx<'_>, index: usize) {
                 finish_failed(
                     tx,
                     index,
-                    ErrorInfo::new("expr", format!("`if` failed: {}", e.message), false),
+                    ErrorInfo::new(
+                        "expr",
+                        format!("step `{}`: `if` failed: {}", def.id, e.message),
+                        false,
+                    ),
                 );
                 return;
             }
@@ -89,7 +93,11 @@ pub(super) fn start_step(tx: &mut Tx<'_>, index: usize) {
             Err(e) => finish_failed(
                 tx,
                 index,
-                ErrorInfo::new("expr", format!("`for_each` failed: {}", e.message), false),
+                ErrorInfo::new(
+                    "expr",
+                    format!("step `{}`: `for_each` failed: {}", def.id, e.message),
+                    false,
+                ),
             ),
         }
         return;
@@ -116,13 +124,8 @@ pub(super) fn dispatch(tx: &mut Tx<'_>, index: usize, item: Option<u32>) {
             (Some(value), Some(i)) => base.with(&[("item", value), ("index", &json!(i))]),
             _ => base,
         };
-        expr::render(&def.with, &ctx).map_err(|e| {
-            ErrorInfo::new(
-                "expr",
-                format!("rendering `with` failed: {}", e.message),
-                false,
-            )
-        })
+        expr::render_field(&def.with, &ctx, "with")
+            .map_err(|e| ErrorInfo::new("expr", format!("step `{}`: {}", def.id, e.message), false))
     } else {
         Ok(def.with.clone())
     };
