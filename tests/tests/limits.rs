@@ -121,10 +121,10 @@ async fn costly_inputs_and_fan_outs_are_refused_and_the_server_goes_on() {
     dev.register(WAITS).await;
     dev.register(QUICK).await;
     dev.register(
-        "name: fan\ninputs: { n: { type: integer } }\nsteps:\n  - { id: each, uses: log, for_each: { items: 'range(inputs.n)', concurrency: 1000 }, with: { message: '{{ item }}' } }\n".into(),
+        "name: fan\ninputs: { n: { type: integer } }\nsteps:\n  - { id: each, uses: log, for_each: { items: 'range(inputs.n)', concurrency: 1000 }, with: { message: '{{ item }}' } }\n",
     )
     .await;
-    dev.register("name: takes\ninputs: { rows: { type: array } }\nsteps:\n  - { id: a, uses: log, with: { message: ok } }\n".into())
+    dev.register("name: takes\ninputs: { rows: { type: array } }\nsteps:\n  - { id: a, uses: log, with: { message: ok } }\n")
         .await;
     let unrelated = waiting_run(&dev).await;
 
