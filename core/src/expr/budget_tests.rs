@@ -224,3 +224,17 @@ fn ordinary_expressions_fit_easily() {
     assert_eq!(out["greeting"], json!("Hello, ADA!"));
     assert!(meter.fuel_used() < 5_000, "{}", meter.fuel_used());
 }
+
+#[test]
+fn large_strings_are_charged_by_their_bytes() {
+    let big = Context::new(&json!({
+        "inputs": {"a": "0123456789".repeat(100_000), "b": "0123456789".repeat(100_000)},
+    }));
+    for template in [
+        "{% for i in range(100000) %}{{ inputs.a == inputs.b }}{% endfor %}",
+        "{% for i in range(100000) %}{{ inputs.a < inputs.b }}{% endfor %}",
+        "{% for i in range(100000) %}{{ inputs.a[-1] }}{% endfor %}",
+    ] {
+        fails_fast(|| Meter::new(limits()).render(&json!(template), &big), FUEL);
+    }
+}

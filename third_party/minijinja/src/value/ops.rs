@@ -954,6 +954,11 @@ pub(crate) fn charge_fuel_for_compare(
     #[cfg(feature = "fuel")]
     {
         if _state.fuel_tracker().is_some() {
+            // rpaflow patch: comparing strings reads their bytes (a megabyte for two large
+            // strings), so charge the bytes of the shorter one like any data processed.
+            if let (Some(a), Some(b)) = (_lhs.as_str(), _rhs.as_str()) {
+                return _state.charge_fuel(a.len().min(b.len()) as u64);
+            }
             if let (Some(a), Some(b)) = (_lhs.as_object(), _rhs.as_object()) {
                 if !a.is_same_object(b) {
                     if let (Some(a_len), Some(b_len)) = (a.enumerator_len(), b.enumerator_len()) {
@@ -979,6 +984,12 @@ pub(crate) fn charge_fuel_for_get_item(
     #[cfg(feature = "fuel")]
     {
         if _state.fuel_tracker().is_some() {
+            // rpaflow patch: indexing a string walks its characters up to the index.
+            if let Some(s) = _container.as_str() {
+                if _key.as_i64().is_some() {
+                    return _state.charge_fuel(s.len() as u64);
+                }
+            }
             if let Some(obj) = _container.as_object() {
                 if obj.repr() == ObjectRepr::Iterable {
                     if let Some(idx) = _key.as_i64() {
