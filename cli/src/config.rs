@@ -252,6 +252,10 @@ fn validate_orchestrator(orchestrator: &OrchestratorConfig) -> anyhow::Result<()
             orchestrator.max_input_memory_bytes,
         ),
         ("max_for_each_items", orchestrator.max_for_each_items),
+        (
+            "max_for_each_concurrency",
+            orchestrator.max_for_each_concurrency,
+        ),
         ("max_active_runs", orchestrator.max_active_runs),
         ("expr_max_output_bytes", orchestrator.expr_max_output_bytes),
     ] {

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{DEFAULT_MAX_FOR_EACH_ITEMS, DEFAULT_MAX_PAYLOAD_BYTES};
+use crate::state::{
+    DEFAULT_MAX_FOR_EACH_CONCURRENCY, DEFAULT_MAX_FOR_EACH_ITEMS, DEFAULT_MAX_PAYLOAD_BYTES,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -32,6 +34,8 @@ pub struct OrchestratorConfig {
     pub max_input_memory_bytes: usize,
     /// Items one `for_each` may fan out over.
     pub max_for_each_items: usize,
+    /// Items of one `for_each` in flight at once, whatever its `concurrency` says.
+    pub max_for_each_concurrency: usize,
     /// How deeply subflow runs may nest (a run, its child, the child's child, ...).
     pub max_subflow_depth: usize,
     /// Fuel of one evaluation of an `if`, `until`, `for_each`, or of all the templates of one
@@ -81,6 +85,7 @@ impl Default for OrchestratorConfig {
             max_flow_nesting: rpaflow_core::flow::DEFAULT_MAX_FLOW_NESTING,
             max_input_memory_bytes: DEFAULT_MAX_INPUT_MEMORY_BYTES,
             max_for_each_items: DEFAULT_MAX_FOR_EACH_ITEMS,
+            max_for_each_concurrency: DEFAULT_MAX_FOR_EACH_CONCURRENCY,
             max_subflow_depth: 8,
             expr_fuel: rpaflow_core::expr::DEFAULT_FUEL,
             expr_max_output_bytes: rpaflow_core::expr::DEFAULT_MAX_OUTPUT_BYTES,

@@ -193,6 +193,7 @@ impl OrchestratorHandle {
         let mut state = RunState::new(&run_id, flow, version);
         state.max_payload_bytes = shared.config.max_payload_bytes;
         state.max_for_each_items = shared.config.max_for_each_items;
+        state.max_for_each_concurrency = shared.config.max_for_each_concurrency;
         state.trigger = req.trigger.clone();
         let events = state.start(
             inputs,

@@ -167,6 +167,7 @@ impl Shared {
         }
         state.max_payload_bytes = self.config.max_payload_bytes;
         state.max_for_each_items = self.config.max_for_each_items;
+        state.max_for_each_concurrency = self.config.max_for_each_concurrency;
         let run_id = state.run_id.clone();
         let system = self
             .system
@@ -194,6 +195,7 @@ impl Shared {
         let mut state = RunState::replay(run_id, flow, summary.version, &events);
         state.max_payload_bytes = self.config.max_payload_bytes;
         state.max_for_each_items = self.config.max_for_each_items;
+        state.max_for_each_concurrency = self.config.max_for_each_concurrency;
         Ok(state)
     }
 }

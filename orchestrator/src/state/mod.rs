@@ -32,6 +32,8 @@ pub use machine::{Action, Input, Rejection, TaskSpec, Timer};
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 /// The most items a `for_each` may fan out over by default.
 pub const DEFAULT_MAX_FOR_EACH_ITEMS: usize = 1_000;
+/// The most items of one `for_each` in flight at once by default.
+pub const DEFAULT_MAX_FOR_EACH_CONCURRENCY: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -260,6 +262,11 @@ pub struct RunState {
     /// Not part of the events: the most items a `for_each` may fan out over.
     #[serde(skip)]
     pub max_for_each_items: usize,
+    /// Not part of the events: the most items of one `for_each` in flight at once, whatever
+    /// its `concurrency`. A deadline runs from dispatch, so items handed out faster than
+    /// workers start them would time out waiting in the queue.
+    #[serde(skip)]
+    pub max_for_each_concurrency: usize,
 }
 
 impl RunState {
@@ -285,6 +292,7 @@ impl RunState {
             last_seq: 0,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_for_each_items: DEFAULT_MAX_FOR_EACH_ITEMS,
+            max_for_each_concurrency: DEFAULT_MAX_FOR_EACH_CONCURRENCY,
         }
     }
 

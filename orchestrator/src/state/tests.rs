@@ -823,3 +823,18 @@ fn a_for_each_over_the_item_limit_fails_the_step_and_the_run_once() {
     assert_eq!(state.status, RunStatus::Running);
     assert_eq!(state.step_state("fan").unwrap().units.len(), 25);
 }
+
+#[test]
+fn for_each_concurrency_is_capped_by_the_orchestrator() {
+    let f = flow(
+        "name: t\nsteps:\n  - { id: fan, uses: echo, for_each: { items: 'range(10)', concurrency: 50 } }\n",
+    );
+    let mut state = RunState::new("r", f, 1);
+    state.max_for_each_concurrency = 3;
+    let events = state.start(json!({}), String::new(), None, None, 0);
+    let dispatched = events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::TaskDispatched { .. }))
+        .count();
+    assert_eq!(dispatched, 3, "only three items in flight at once");
+}

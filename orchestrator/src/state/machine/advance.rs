@@ -151,9 +151,8 @@ fn fill_for_each(tx: &mut Tx<'_>) {
                 break;
             }
             let active = st.units.iter().filter(|u| u.is_active()).count();
-            if active >= fe.concurrency as usize
-                || st.units.iter().any(|u| u.status == UnitStatus::Failed)
-            {
+            let concurrency = (fe.concurrency as usize).min(tx.state.max_for_each_concurrency);
+            if active >= concurrency || st.units.iter().any(|u| u.status == UnitStatus::Failed) {
                 break;
             }
             let Some(next) = st
