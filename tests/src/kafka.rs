@@ -32,7 +32,7 @@ const READ_IDLE: Duration = Duration::from_secs(2);
 /// How long one Kafka request of a helper may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// How many lines of each node's log a failure message shows.
-const TAIL_LINES: usize = 40;
+const TAIL_LINES: usize = 20;
 
 /// One message as a consumer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,11 +253,22 @@ impl Broker {
             .unwrap_or_else(|| self.fail(&format!("{topic}/{partition} has no leader")))
     }
 
-    /// What every node printed (the tail of each log), with the script's lines per start and kill.
+    /// What every node logged at WARN and above (the last lines of each), with the script's
+    /// lines per start and kill; the whole logs are `node-K/kafka.log` under [`Broker::data_dir`].
     pub fn log(&self) -> String {
         (1..=self.nodes)
             .map(|k| {
-                let text = std::fs::read_to_string(self.log_path(k)).unwrap_or_default();
+                let text: String = std::fs::read_to_string(self.log_path(k))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| {
+                        l.contains("] WARN ")
+                            || l.contains("] ERROR ")
+                            || l.starts_with("[scripts/kafka.sh]")
+                            || l.starts_with("Exception")
+                    })
+                    .flat_map(|l| [l, "\n"])
+                    .collect();
                 format!(
                     "--- node {k} ({}) ---\n{}\n",
                     self.log_path(k).display(),

@@ -151,6 +151,53 @@ pub(crate) async fn all_partitions<C: ConsumerContext + 'static>(
     Ok(assignment)
 }
 
+/// The group's committed position of each partition in `partitions` (the beginning where it has
+/// none), asked until the group coordinator answers (a minute at most).
+///
+/// Assigning with `Offset::Stored` instead leaves the position to librdkafka's own offset fetch,
+/// and on a cluster that is still loading its coordinators (a new one, or one whose coordinator
+/// just moved) that fetch could fail and leave the partitions unread, silently.
+async fn committed_positions<C: ConsumerContext + 'static>(
+    consumer: Arc<StreamConsumer<C>>,
+    partitions: TopicPartitionList,
+) -> Result<TopicPartitionList> {
+    let wanted = partitions.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match consumer.committed_offsets(wanted.clone(), Duration::from_secs(10)) {
+                Ok(found) => return Ok(found),
+                Err(err) if std::time::Instant::now() < deadline => {
+                    debug!(error = %err, "committed offsets not available yet; asking again");
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Config {
+        message: format!("committed offsets: {e}"),
+    })?
+    .map_err(|source| Error::Subscribe {
+        topic: partitions
+            .elements()
+            .first()
+            .map(|e| e.topic().to_owned())
+            .unwrap_or_default(),
+        source,
+    })?;
+    let mut positions = TopicPartitionList::new();
+    for element in found.elements() {
+        let offset = match element.offset() {
+            Offset::Offset(n) => Offset::Offset(n),
+            _ => Offset::Beginning,
+        };
+        let _ = positions.add_partition_offset(element.topic(), element.partition(), offset);
+    }
+    Ok(positions)
+}
+
 /// A running poll loop.
 pub(crate) struct PollLoop {
     stop: CancellationToken,
@@ -193,8 +240,9 @@ impl PollLoop {
             }
             Partitions::All(topic) => {
                 let consumer = Arc::new(consumer);
-                let assignment =
-                    all_partitions(Arc::clone(&consumer), &topic, Offset::Stored).await?;
+                let partitions =
+                    all_partitions(Arc::clone(&consumer), &topic, Offset::Invalid).await?;
+                let assignment = committed_positions(Arc::clone(&consumer), partitions).await?;
                 consumer
                     .assign(&assignment)
                     .map_err(|source| Error::Subscribe {
