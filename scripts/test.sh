@@ -10,8 +10,10 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "error: cargo is not installed" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "error: python3 is needed by the end-to-end tests" >&2; exit 1; }
 
-# PostgreSQL for the sql executor's tests (started when it is down), and Debian's Chromium and
-# chromedriver for the browser executor's (installed with apt when missing).
+# PostgreSQL for the sql executor's tests (installed, configured and started when needed),
+# Debian's Chromium and chromedriver for the browser executor's (installed with apt when missing),
+# and Apache Kafka's jars from Maven Central for the distributed tests (each test starts its own
+# broker or three-node cluster with scripts/kafka.sh).
 scripts/setup-postgres.sh >/dev/null
 scripts/setup-browser.sh >/dev/null
 scripts/kafka.sh install >/dev/null
