@@ -260,7 +260,7 @@ impl Registry {
             .register(executors::HttpExecutor::new(
                 executors::HttpConfig::default(),
             )?)
-            .register(executors::TransformExecutor)
+            .register(executors::TransformExecutor::default())
             .register(executors::SleepExecutor)
             .register(executors::LogExecutor)
             .register(executors::EchoExecutor)
@@ -276,6 +276,10 @@ impl Registry {
     /// The built-in executors set up as `config` says (the inference node for `llm`).
     pub fn for_config(config: &crate::WorkerConfig) -> crate::Result<Self> {
         let mut registry = Self::builtin()?;
+        registry.register(executors::TransformExecutor::new(
+            config.expr_limits(),
+            config.transform_fuel,
+        ));
         if let Some(endpoint) = &config.inference_endpoint {
             registry.register(executors::LlmExecutor::new(endpoint)?);
         }

@@ -67,6 +67,13 @@ pub struct WorkerConfig {
     /// handed back unacknowledged, to be delivered again.
     #[serde(with = "crate::duration")]
     pub drain_timeout: Duration,
+    /// Fuel of one expression evaluation in a `transform`: one per instruction plus one per 64
+    /// bytes of data (`docs/limits.md`).
+    pub expr_fuel: u64,
+    /// The largest result of one such evaluation, in bytes of JSON.
+    pub expr_max_output_bytes: usize,
+    /// Fuel of all the expression evaluations of one `transform` step.
+    pub transform_fuel: u64,
 }
 
 impl Default for WorkerConfig {
@@ -78,6 +85,9 @@ impl Default for WorkerConfig {
             default_timeout: Duration::from_secs(300),
             inference_endpoint: None,
             drain_timeout: Duration::from_secs(60),
+            expr_fuel: rpaflow_core::expr::DEFAULT_FUEL,
+            expr_max_output_bytes: rpaflow_core::expr::DEFAULT_MAX_OUTPUT_BYTES,
+            transform_fuel: crate::executors::DEFAULT_TRANSFORM_FUEL,
         }
     }
 }
@@ -101,6 +111,15 @@ pub fn default_worker_id() -> String {
 }
 
 impl WorkerConfig {
+    /// The budget of one expression evaluation on this worker.
+    pub fn expr_limits(&self) -> rpaflow_core::expr::Limits {
+        rpaflow_core::expr::Limits {
+            fuel: self.expr_fuel,
+            max_output_bytes: self.expr_max_output_bytes,
+            section: "worker",
+        }
+    }
+
     /// Checks the values before anything starts.
     pub fn validate(&self) -> Result<()> {
         let fail = |field, message: &str| {
@@ -123,6 +142,15 @@ impl WorkerConfig {
         }
         if self.default_timeout.is_zero() {
             return fail("default_timeout", "must be longer than zero");
+        }
+        if self.expr_fuel < 100 || self.transform_fuel < self.expr_fuel {
+            return fail(
+                "expr_fuel",
+                "must be at least 100, and transform_fuel at least expr_fuel",
+            );
+        }
+        if self.expr_max_output_bytes == 0 {
+            return fail("expr_max_output_bytes", "must be at least 1");
         }
         Ok(())
     }

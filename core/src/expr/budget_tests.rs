@@ -186,9 +186,8 @@ fn templates_of_one_value_share_the_budget() {
 fn a_total_budget_spans_evaluations() {
     let mut meter = Meter::with_totals(
         Limits::defaults("worker"),
-        10_000,
-        1024 * 1024,
-        "worker.transform_fuel",
+        (10_000, "worker.transform_fuel"),
+        (1024 * 1024, "the step's output limit"),
     );
     let c = ctx();
     let mut failed = None;

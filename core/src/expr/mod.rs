@@ -240,8 +240,8 @@ pub struct Meter {
     fuel_left: u64,
     bytes_total: usize,
     bytes_left: usize,
-    /// The setting that sets the totals, named in errors.
-    total_setting: Option<&'static str>,
+    /// The settings that set the totals (fuel, bytes), named in errors.
+    total_settings: Option<(&'static str, &'static str)>,
 }
 
 impl Meter {
@@ -253,20 +253,24 @@ impl Meter {
             fuel_left: limits.fuel,
             bytes_total: limits.max_output_bytes,
             bytes_left: limits.max_output_bytes,
-            total_setting: None,
+            total_settings: None,
         }
     }
 
-    /// A budget of `fuel` and `bytes` in all, set by the named setting, for many evaluations
-    /// that each stay within `limits`.
-    pub fn with_totals(limits: Limits, fuel: u64, bytes: usize, setting: &'static str) -> Self {
+    /// A budget of `fuel` and `bytes` in all (each set by the named setting), for many
+    /// evaluations that each stay within `limits`.
+    pub fn with_totals(
+        limits: Limits,
+        (fuel, fuel_setting): (u64, &'static str),
+        (bytes, bytes_setting): (usize, &'static str),
+    ) -> Self {
         Self {
             limits,
             fuel_total: fuel,
             fuel_left: fuel,
             bytes_total: bytes,
             bytes_left: bytes,
-            total_setting: Some(setting),
+            total_settings: Some((fuel_setting, bytes_setting)),
         }
     }
 
@@ -389,8 +393,8 @@ impl Meter {
     }
 
     fn out_of_total_fuel(&self) -> ExprError {
-        match self.total_setting {
-            Some(setting) => ExprError::new(format!(
+        match self.total_settings {
+            Some((setting, _)) => ExprError::new(format!(
                 "used more than {} fuel in all its evaluations ({setting})",
                 self.fuel_total
             )),
@@ -412,8 +416,8 @@ impl Meter {
     }
 
     fn output_too_large(&self) -> ExprError {
-        match self.total_setting {
-            Some(setting) => ExprError::new(format!(
+        match self.total_settings {
+            Some((_, setting)) => ExprError::new(format!(
                 "results are larger than {} bytes of JSON in all ({setting})",
                 self.bytes_total
             )),

@@ -32,4 +32,4 @@ pub use log::LogExecutor;
 pub use notify::{NotifyExecutor, SmtpConfig};
 pub use sleep::SleepExecutor;
 pub use sql::SqlExecutor;
-pub use transform::TransformExecutor;
+pub use transform::{DEFAULT_TRANSFORM_FUEL, TransformExecutor};

@@ -42,6 +42,12 @@
 //! and the field for expressions that fail to compile or evaluate. Every op is checked before
 //! any runs. Large inputs are transformed on a blocking thread, which stops when the step is
 //! cancelled or times out.
+//!
+//! # Budget
+//! Every expression evaluation stays within the worker's `expr_fuel` and `expr_max_output_bytes`
+//! (see [`rpaflow_core::expr::Limits`]), and all the evaluations of one step together within
+//! `transform_fuel` and the step's output limit; past either, the step fails with an `expr` error
+//! naming the setting (`docs/limits.md`).
 
 mod ops;
 
@@ -54,9 +60,32 @@ use super::Input;
 use super::input::type_name;
 use crate::{Executor, StepError, TaskContext};
 
+/// The default fuel of all the evaluations of one transform step: 200 evaluations that use
+/// their whole budget, or about 2 million cheap ones.
+pub const DEFAULT_TRANSFORM_FUEL: u64 = 200 * expr::DEFAULT_FUEL;
+
 /// The `transform` executor.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TransformExecutor;
+#[derive(Debug, Clone, Copy)]
+pub struct TransformExecutor {
+    /// The budget of one evaluation.
+    limits: expr::Limits,
+    /// The fuel of all the evaluations of one step.
+    step_fuel: u64,
+}
+
+impl TransformExecutor {
+    /// A transform executor whose evaluations stay within `limits`, and all of one step's
+    /// within `step_fuel`.
+    pub fn new(limits: expr::Limits, step_fuel: u64) -> Self {
+        Self { limits, step_fuel }
+    }
+}
+
+impl Default for TransformExecutor {
+    fn default() -> Self {
+        Self::new(expr::Limits::defaults("worker"), DEFAULT_TRANSFORM_FUEL)
+    }
+}
 
 #[async_trait]
 impl Executor for TransformExecutor {
@@ -69,7 +98,12 @@ impl Executor for TransformExecutor {
         // Cancelled with the run, and when this future is dropped (the step timed out).
         let stop = ctx.cancel.child_token();
         let _stop_when_dropped = stop.clone().drop_guard();
-        tokio::task::spawn_blocking(move || plan.run(&stop))
+        let mut meter = expr::Meter::with_totals(
+            self.limits,
+            (self.step_fuel, "worker.transform_fuel"),
+            (ctx.max_output_bytes, "the step's output limit"),
+        );
+        tokio::task::spawn_blocking(move || plan.run(&stop, &mut meter))
             .await
             .map_err(|e| StepError::internal(format!("transform stopped unexpectedly: {e}")))?
     }
@@ -115,13 +149,13 @@ impl Plan {
         Ok(Self { data, ops, expr })
     }
 
-    fn run(self, stop: &dyn Stop) -> Result<Json, StepError> {
+    fn run(self, stop: &dyn Stop, meter: &mut expr::Meter) -> Result<Json, StepError> {
         let mut output = Map::new();
         let data = match self.data {
             Json::Array(mut records) if !self.ops.is_empty() => {
                 let before = records.len();
                 for op in &self.ops {
-                    records = op.apply(records, stop)?;
+                    records = op.apply(records, stop, meter)?;
                 }
                 output.insert("dropped".to_owned(), Json::from(before - records.len()));
                 Json::Array(records)
@@ -131,7 +165,9 @@ impl Plan {
         let data = match &self.expr {
             Some(expression) => {
                 let ctx = expr::Context::new(&serde_json::json!({ "data": data }));
-                expr::eval(expression, &ctx).map_err(|e| StepError::expr("`expr`", &e))?
+                meter
+                    .eval(expression, &ctx)
+                    .map_err(|e| StepError::expr("`expr`", &e))?
             }
             None => data,
         };
@@ -150,7 +186,7 @@ mod tests {
     use super::*;
 
     async fn transform(input: Json) -> Result<Json, StepError> {
-        TransformExecutor
+        TransformExecutor::default()
             .execute(&TaskContext::new("r", "clean"), input)
             .await
     }
@@ -358,10 +394,44 @@ mod tests {
     async fn a_cancelled_step_stops_transforming() {
         let ctx = TaskContext::new("r", "clean");
         ctx.cancel.cancel();
-        let err = TransformExecutor
+        let err = TransformExecutor::default()
             .execute(&ctx, json!({"data": [{"a": 1}], "ops": [{"filter": "a"}]}))
             .await
             .unwrap_err();
         assert_eq!(err.code, "cancelled");
+    }
+
+    #[tokio::test]
+    async fn one_expression_that_grows_a_string_fails_on_its_budget() {
+        let started = std::time::Instant::now();
+        let err = transform(json!({
+            "data": [{"s": "abc"}],
+            "ops": [{"map": {"s": "(s ~ s ~ s ~ s) | replace('a', s * 4000) | replace('b', s * 4000) | replace('c', s * 4000)"}}],
+        }))
+        .await
+        .unwrap_err();
+        assert_eq!(err.code, "expr");
+        assert!(err.message.contains("worker.expr_fuel"), "{}", err.message);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn all_the_records_of_a_step_share_one_budget() {
+        // Each record fits the budget of one evaluation; a hundred thousand of them do not.
+        let records: Vec<Json> = (0..100_000).map(|i| json!({"n": i})).collect();
+        let started = std::time::Instant::now();
+        let err = transform(json!({
+            "data": records,
+            "ops": [{"filter": "(range(n % 300) | map('string') | join(',')) | length > 5"}],
+        }))
+        .await
+        .unwrap_err();
+        assert_eq!(err.code, "expr");
+        assert!(
+            err.message.contains("worker.transform_fuel"),
+            "{}",
+            err.message
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
     }
 }

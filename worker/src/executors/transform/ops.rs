@@ -182,13 +182,15 @@ impl Op {
         &self,
         records: Vec<Json>,
         stop: &dyn Stop,
+        meter: &mut expr::Meter,
     ) -> Result<Vec<Json>, StepError> {
         let mut out = Vec::with_capacity(records.len());
         match &self.kind {
             OpKind::Filter(expression) => {
                 for (i, record) in records.into_iter().enumerate() {
                     self.check_stop(i, stop)?;
-                    let keep = expr::eval_bool(expression, &record_context(&record, i))
+                    let keep = meter
+                        .eval_bool(expression, &record_context(&record, i))
                         .map_err(|e| StepError::expr(self.at_record(i), &e))?;
                     if keep {
                         out.push(record);
@@ -238,7 +240,7 @@ impl Op {
                     for (field, value) in assignments {
                         let value = match value {
                             Json::String(expression) => {
-                                expr::eval(expression, &ctx).map_err(|e| {
+                                meter.eval(expression, &ctx).map_err(|e| {
                                     StepError::expr(
                                         format!("{} field `{field}`", self.at_record(i)),
                                         &e,
