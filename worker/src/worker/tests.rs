@@ -426,7 +426,10 @@ fn default_worker_ids_name_the_host_and_differ_per_process() {
         .to_string_lossy()
         .into_owned();
     let (a, b) = (default_worker_id(), default_worker_id());
-    assert_ne!(a, b, "two workers on one host (or two PID-1 containers) share an id");
+    assert_ne!(
+        a, b,
+        "two workers on one host (or two PID-1 containers) share an id"
+    );
     for id in [&a, &b] {
         let (prefix, suffix) = id.rsplit_once('-').expect("HOST-RANDOM");
         assert_eq!(prefix, host, "{id}");
