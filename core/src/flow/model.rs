@@ -49,15 +49,44 @@ pub struct Flow {
     /// How many runs of the flow may be active at once, and what happens past that.
     #[serde(default)]
     pub concurrency: Option<Concurrency>,
+    /// Step positions by id, filled by the parser ([`Flow::index_steps`]); a run looks steps up
+    /// on every decision, so a lookup must not cost a pass over the steps.
+    #[serde(skip)]
+    pub step_positions: StepPositions,
+}
+
+/// Step positions by id: derived from `steps`, so two flows with the same steps are equal
+/// whatever their index holds.
+#[derive(Debug, Clone, Default)]
+pub struct StepPositions(std::collections::HashMap<String, usize>);
+
+impl PartialEq for StepPositions {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Flow {
+    /// Fills [`Flow::step_positions`] from `steps` (the first step of each id).
+    pub fn index_steps(&mut self) {
+        let positions = &mut self.step_positions.0;
+        positions.clear();
+        for (i, step) in self.steps.iter().enumerate() {
+            positions.entry(step.id.clone()).or_insert(i);
+        }
+    }
+
     pub fn step(&self, id: &str) -> Option<&Step> {
-        self.steps.iter().find(|s| s.id == id)
+        self.step_index(id).map(|i| &self.steps[i])
     }
 
     pub fn step_index(&self, id: &str) -> Option<usize> {
-        self.steps.iter().position(|s| s.id == id)
+        let positions = &self.step_positions.0;
+        if positions.is_empty() && !self.steps.is_empty() {
+            // Built without the parser (deserialized): no index.
+            return self.steps.iter().position(|s| s.id == id);
+        }
+        positions.get(id).copied()
     }
 
     /// The inputs given, checked against the declared ones, with defaults filled in.

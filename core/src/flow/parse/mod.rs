@@ -298,7 +298,9 @@ impl<'a> Parser<'a> {
             secrets: BTreeSet::new(),
             triggers,
             concurrency,
+            step_positions: Default::default(),
         };
+        flow.index_steps();
         self.check_graph(&mut flow, map);
         flow.secrets = std::mem::take(&mut self.secrets);
         Some(flow)
