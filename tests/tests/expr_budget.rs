@@ -1,0 +1,187 @@
+//! User code runs on a budget (issue 12, classes 2 and 3; `docs/limits.md`, "Expressions and
+//! templates"): a template that would loop for hours, or an expression that would allocate
+//! gigabytes, fails its step with an error naming the step and the limit, while StartRun and
+//! GetRun keep answering and unrelated runs keep finishing.
+
+use std::time::{Duration, Instant};
+
+use rpaflow_tests::{Dev, describe_run, pb};
+use serde_json::json;
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A run that waits for a person, so it stays active through the whole scenario.
+const WAITS: &str = "name: waits\nsteps:\n  - { id: ok, uses: approval }\n";
+
+/// A flow that finishes on its own.
+const QUICK: &str = "name: quick\nsteps:\n  - { id: hi, uses: log, with: { message: hi } }\n";
+
+/// Nested loops over 20,000 x 20,000 in a step's `with`: 400 million iterations unbudgeted.
+const SPIN: &str = r#"name: spin
+steps:
+  - id: warm
+    uses: log
+    with: { message: warm }
+  - id: churn
+    uses: log
+    needs: warm
+    with:
+      message: "{% for a in range(20000) %}{% for b in range(20000) %}{{ a + b }}{% endfor %}{% endfor %}"
+"#;
+
+/// Memory bombs, one per step kind of evaluation: an `if` that repeats a string to 2 GB, a
+/// `for_each` over a list that repeats the run's input 3 million times, and a transform (on the
+/// embedded worker) whose chained `replace` grows a record's text past a gigabyte. Each step
+/// continues on failure, so that all three run.
+const BOMBS: &str = r#"name: bombs
+inputs:
+  text: { type: string, default: "0123456789abcdef" }
+steps:
+  - id: gate
+    uses: log
+    on_failure: continue
+    if: "('xy' * 1000000000) | length > 3"
+    with: { message: never }
+  - id: fan
+    uses: log
+    on_failure: continue
+    for_each: { items: "[inputs.text] * 3000000" }
+    with: { message: "{{ item }}" }
+  - id: clean
+    uses: transform
+    on_failure: continue
+    with:
+      data: [{ t: "{{ inputs.text }}" }]
+      ops:
+        - map: { t: "t | replace('0', t * 64) | replace('1', t * 64) | replace('2', t * 64) | replace('3', t * 64)" }
+"#;
+
+/// The step's error message, or the run's when the step has none.
+fn step_error(run: &pb::Run, step: &str) -> String {
+    run.steps
+        .iter()
+        .find(|s| s.step_id == step)
+        .and_then(|s| s.error.as_ref())
+        .map(|e| e.message.clone())
+        .unwrap_or_default()
+}
+
+async fn approve(dev: &Dev, run_id: &str) {
+    dev.client()
+        .await
+        .signal_run(pb::SignalRunRequest {
+            run_id: run_id.to_owned(),
+            step_id: "ok".into(),
+            approve: true,
+            comment: String::new(),
+            by: "test".into(),
+        })
+        .await
+        .unwrap_or_else(|s| dev.fail(&format!("SignalRun failed: {s:?}")));
+    dev.wait_succeeded(run_id, RUN_TIMEOUT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn endless_templates_fail_on_their_budget_and_other_runs_go_on() {
+    let dev = Dev::launch().await;
+    dev.register(WAITS).await;
+    dev.register(QUICK).await;
+    dev.register(SPIN).await;
+    let unrelated = dev.run("waits", json!({})).await;
+    dev.wait_step(
+        &unrelated,
+        "ok",
+        pb::StepStatus::WaitingApproval,
+        RUN_TIMEOUT,
+    )
+    .await;
+
+    // More hostile runs than the orchestrator has actor threads (4 by default).
+    let mut hostile = Vec::new();
+    for _ in 0..12 {
+        let asked = Instant::now();
+        hostile.push(dev.run("spin", json!({})).await);
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "StartRun took {:?}",
+            asked.elapsed()
+        );
+    }
+    // While they run, other runs start and finish, and GetRun answers.
+    for _ in 0..3 {
+        let quick = dev.run("quick", json!({})).await;
+        dev.wait_succeeded(&quick, RUN_TIMEOUT).await;
+    }
+    for id in &hostile {
+        let run = dev.wait_finished(id, RUN_TIMEOUT).await;
+        assert_eq!(
+            run.status(),
+            pb::RunStatus::Failed,
+            "{}",
+            describe_run(&run)
+        );
+        let message = step_error(&run, "churn");
+        assert!(
+            message
+                .starts_with("step `churn`: template in `with.message`: used more than 50000 fuel"),
+            "{}",
+            describe_run(&run)
+        );
+        assert!(message.contains("(orchestrator.expr_fuel)"), "{message}");
+    }
+    approve(&dev, &unrelated).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_bombs_fail_on_their_budget_and_the_process_lives() {
+    let dev = Dev::launch().await;
+    dev.register(WAITS).await;
+    dev.register(QUICK).await;
+    dev.register(BOMBS).await;
+    let unrelated = dev.run("waits", json!({})).await;
+    dev.wait_step(
+        &unrelated,
+        "ok",
+        pb::StepStatus::WaitingApproval,
+        RUN_TIMEOUT,
+    )
+    .await;
+
+    let bombs: Vec<String> = {
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(dev.run("bombs", json!({})).await);
+        }
+        ids
+    };
+    let quick = dev.run("quick", json!({})).await;
+    dev.wait_succeeded(&quick, RUN_TIMEOUT).await;
+    for id in &bombs {
+        // Each step continues on failure, so the run's outcome is not the point here.
+        let run = dev.wait_finished(id, RUN_TIMEOUT).await;
+        let gate = step_error(&run, "gate");
+        assert!(
+            gate.starts_with("step `gate`: `if` failed: used more than 50000 fuel")
+                && gate.contains("(orchestrator.expr_fuel)"),
+            "{}",
+            describe_run(&run)
+        );
+        let fan = step_error(&run, "fan");
+        assert!(
+            fan.starts_with("step `fan`: `for_each` failed: result is larger than 1048576 bytes")
+                && fan.contains("(orchestrator.expr_max_output_bytes)"),
+            "{}",
+            describe_run(&run)
+        );
+        let clean = step_error(&run, "clean");
+        assert!(
+            clean.contains("(worker.expr_fuel)"),
+            "{}",
+            describe_run(&run)
+        );
+    }
+    // The process that ran the bombs (orchestrator and embedded worker) still answers.
+    let quick = dev.run("quick", json!({})).await;
+    dev.wait_succeeded(&quick, RUN_TIMEOUT).await;
+    approve(&dev, &unrelated).await;
+}
