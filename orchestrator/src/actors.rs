@@ -255,12 +255,22 @@ impl RunActor {
         if !tasks.is_empty() {
             let bus = self.shared.bus.clone();
             let run_id = self.state.run_id.clone();
-            // Dispatch in order; the actor waits so a later input cannot overtake its dispatch.
+            // The actor waits so a later input cannot overtake its dispatches. The tasks of one
+            // batch (a fan-out, parallel steps) go out together: each dispatch is handed to the
+            // bus in order on the first poll (one run's tasks share a partition, and the
+            // idempotent producer keeps their order), and the acknowledgements are awaited
+            // together instead of one round trip after the other.
             ctx.wait(
                 async move {
-                    for task in tasks {
-                        let step = task.step_id.clone();
-                        if let Err(err) = bus.dispatch(task).await {
+                    let sent = tasks.into_iter().map(|task| {
+                        let bus = bus.clone();
+                        async move {
+                            let step = task.step_id.clone();
+                            (step, bus.dispatch(task).await)
+                        }
+                    });
+                    for (step, outcome) in futures::future::join_all(sent).await {
+                        if let Err(err) = outcome {
                             // The attempt's deadline retries it.
                             error!(run_id = %run_id, step = %step, error = %err, "dispatch failed");
                         }

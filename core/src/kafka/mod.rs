@@ -224,6 +224,9 @@ impl KafkaConfig {
         config.set("bootstrap.servers", &self.brokers);
         // librdkafka's own logs would go to stderr unformatted; errors reach us as results.
         config.set("log_level", "3");
+        // Every message is small and awaited: Nagle's algorithm would hold a request back
+        // until the previous segment is acknowledged (up to the peer's delayed ACK, 40 ms).
+        config.set("socket.nagle.disable", "true");
         for (key, value) in &self.client {
             config.set(setting(key), value);
         }
