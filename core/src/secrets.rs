@@ -49,30 +49,39 @@ pub fn referenced(value: &Json) -> BTreeSet<String> {
     names
 }
 
+/// Calls `f` on every string and key in `value`, with an explicit stack: step inputs and
+/// outputs are user data, however deep.
 fn visit(value: &Json, f: &mut dyn FnMut(&str)) {
-    match value {
-        Json::String(s) => f(s),
-        Json::Array(items) => items.iter().for_each(|v| visit(v, f)),
-        Json::Object(map) => {
-            map.keys().for_each(|k| f(k));
-            map.values().for_each(|v| visit(v, f));
+    let mut todo = vec![value];
+    while let Some(value) = todo.pop() {
+        match value {
+            Json::String(s) => f(s),
+            Json::Array(items) => todo.extend(items.iter().rev()),
+            Json::Object(map) => {
+                map.keys().for_each(|k| f(k));
+                todo.extend(map.values().rev());
+            }
+            _ => {}
         }
-        _ => {}
     }
 }
 
+/// Replaces every string and key in `value` by `f` of it, with an explicit stack.
 fn map_strings(value: &mut Json, f: &dyn Fn(&str) -> String) {
-    match value {
-        Json::String(s) => *s = f(s),
-        Json::Array(items) => items.iter_mut().for_each(|v| map_strings(v, f)),
-        Json::Object(map) => {
-            let old = std::mem::take(map);
-            for (k, mut v) in old {
-                map_strings(&mut v, f);
-                map.insert(f(&k), v);
+    let mut todo = vec![value];
+    while let Some(value) = todo.pop() {
+        match value {
+            Json::String(s) => *s = f(s),
+            Json::Array(items) => todo.extend(items.iter_mut()),
+            Json::Object(map) => {
+                let old = std::mem::take(map);
+                for (k, v) in old {
+                    map.insert(f(&k), v);
+                }
+                todo.extend(map.values_mut());
             }
+            _ => {}
         }
-        _ => {}
     }
 }
 
@@ -139,5 +148,18 @@ mod tests {
     fn a_missing_secret_is_named() {
         let mut input = json!({"a": marker("NOPE")});
         assert_eq!(reveal(&mut input, &secrets()), Err("NOPE".to_owned()));
+    }
+
+    #[test]
+    fn deep_values_are_walked_without_recursion() {
+        let mut deep = json!({ "k": marker("TOKEN") });
+        for _ in 0..100_000 {
+            deep = Json::Array(vec![deep]);
+        }
+        assert_eq!(referenced(&deep), BTreeSet::from(["TOKEN".to_owned()]));
+        reveal(&mut deep, &secrets()).unwrap();
+        redact(&mut deep, &secrets());
+        // Dropping it would recurse; this test leaks it instead.
+        std::mem::forget(deep);
     }
 }
