@@ -253,6 +253,10 @@ fn validate_orchestrator(orchestrator: &OrchestratorConfig) -> anyhow::Result<()
         ),
         ("max_for_each_items", orchestrator.max_for_each_items),
         (
+            "max_run_output_memory_bytes",
+            orchestrator.max_run_output_memory_bytes,
+        ),
+        (
             "max_for_each_concurrency",
             orchestrator.max_for_each_concurrency,
         ),

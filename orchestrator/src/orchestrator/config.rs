@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::state::{
-    DEFAULT_MAX_FOR_EACH_CONCURRENCY, DEFAULT_MAX_FOR_EACH_ITEMS, DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_MAX_FOR_EACH_CONCURRENCY, DEFAULT_MAX_FOR_EACH_ITEMS, DEFAULT_MAX_OUTPUT_MEMORY_BYTES,
+    DEFAULT_MAX_PAYLOAD_BYTES,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +35,8 @@ pub struct OrchestratorConfig {
     pub max_input_memory_bytes: usize,
     /// Items one `for_each` may fan out over.
     pub max_for_each_items: usize,
+    /// What all the step outputs of one run may take in memory (estimated as for inputs).
+    pub max_run_output_memory_bytes: usize,
     /// Items of one `for_each` in flight at once, whatever its `concurrency` says.
     pub max_for_each_concurrency: usize,
     /// How deeply subflow runs may nest (a run, its child, the child's child, ...).
@@ -86,6 +89,7 @@ impl Default for OrchestratorConfig {
             max_input_memory_bytes: DEFAULT_MAX_INPUT_MEMORY_BYTES,
             max_for_each_items: DEFAULT_MAX_FOR_EACH_ITEMS,
             max_for_each_concurrency: DEFAULT_MAX_FOR_EACH_CONCURRENCY,
+            max_run_output_memory_bytes: DEFAULT_MAX_OUTPUT_MEMORY_BYTES,
             max_subflow_depth: 8,
             expr_fuel: rpaflow_core::expr::DEFAULT_FUEL,
             expr_max_output_bytes: rpaflow_core::expr::DEFAULT_MAX_OUTPUT_BYTES,

@@ -194,6 +194,7 @@ impl OrchestratorHandle {
         state.max_payload_bytes = shared.config.max_payload_bytes;
         state.max_for_each_items = shared.config.max_for_each_items;
         state.max_for_each_concurrency = shared.config.max_for_each_concurrency;
+        state.max_output_memory_bytes = shared.config.max_run_output_memory_bytes;
         state.trigger = req.trigger.clone();
         let events = state.start(
             inputs,

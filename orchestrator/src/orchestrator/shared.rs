@@ -168,6 +168,7 @@ impl Shared {
         state.max_payload_bytes = self.config.max_payload_bytes;
         state.max_for_each_items = self.config.max_for_each_items;
         state.max_for_each_concurrency = self.config.max_for_each_concurrency;
+        state.max_output_memory_bytes = self.config.max_run_output_memory_bytes;
         let run_id = state.run_id.clone();
         let system = self
             .system
@@ -196,6 +197,7 @@ impl Shared {
         state.max_payload_bytes = self.config.max_payload_bytes;
         state.max_for_each_items = self.config.max_for_each_items;
         state.max_for_each_concurrency = self.config.max_for_each_concurrency;
+        state.max_output_memory_bytes = self.config.max_run_output_memory_bytes;
         Ok(state)
     }
 }

@@ -32,6 +32,8 @@ pub use machine::{Action, Input, Rejection, TaskSpec, Timer};
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 /// The most items a `for_each` may fan out over by default.
 pub const DEFAULT_MAX_FOR_EACH_ITEMS: usize = 1_000;
+/// What the outputs of one run may take in memory, in all, by default (32 MiB).
+pub const DEFAULT_MAX_OUTPUT_MEMORY_BYTES: usize = 32 << 20;
 /// The most items of one `for_each` in flight at once by default.
 pub const DEFAULT_MAX_FOR_EACH_CONCURRENCY: usize = 100;
 
@@ -256,12 +258,19 @@ pub struct RunState {
     pub updated_at_ms: i64,
     /// The number of the last event applied.
     pub last_seq: u64,
+    /// What the outputs accepted so far take in memory ([`json_memory_bytes`]), derived from
+    /// the `TaskSucceeded` events: held once in the units and once more in their steps' outputs.
+    #[serde(skip)]
+    pub output_memory_bytes: usize,
     /// Not part of the events: the limit this orchestrator enforces on step inputs.
     #[serde(skip)]
     pub max_payload_bytes: usize,
     /// Not part of the events: the most items a `for_each` may fan out over.
     #[serde(skip)]
     pub max_for_each_items: usize,
+    /// Not part of the events: what the outputs of this run may take in memory, in all.
+    #[serde(skip)]
+    pub max_output_memory_bytes: usize,
     /// Not part of the events: the most items of one `for_each` in flight at once, whatever
     /// its `concurrency`. A deadline runs from dispatch, so items handed out faster than
     /// workers start them would time out waiting in the queue.
@@ -293,6 +302,8 @@ impl RunState {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_for_each_items: DEFAULT_MAX_FOR_EACH_ITEMS,
             max_for_each_concurrency: DEFAULT_MAX_FOR_EACH_CONCURRENCY,
+            max_output_memory_bytes: DEFAULT_MAX_OUTPUT_MEMORY_BYTES,
+            output_memory_bytes: 0,
         }
     }
 
@@ -376,6 +387,9 @@ impl RunState {
                 }
             }
             EventKind::TaskSucceeded { item, output, .. } => {
+                self.output_memory_bytes = self
+                    .output_memory_bytes
+                    .saturating_add(json_memory_bytes(output));
                 if let Some(unit) = self.unit_mut(index, *item) {
                     unit.status = UnitStatus::Succeeded;
                     unit.output = Some(output.clone());
@@ -447,6 +461,14 @@ impl RunState {
                         step.attempt_base = base;
                     }
                 }
+                // The outputs of the steps to run again are gone.
+                self.output_memory_bytes = self
+                    .steps
+                    .iter()
+                    .flat_map(|st| &st.units)
+                    .filter_map(|u| u.output.as_ref())
+                    .map(json_memory_bytes)
+                    .fold(0, usize::saturating_add);
             }
             EventKind::RunSucceeded { outputs } => {
                 self.status = RunStatus::Succeeded;

@@ -838,3 +838,60 @@ fn for_each_concurrency_is_capped_by_the_orchestrator() {
         .count();
     assert_eq!(dispatched, 3, "only three items in flight at once");
 }
+
+#[test]
+fn outputs_over_the_run_budget_fail_the_step_with_a_clear_error() {
+    let f =
+        flow("name: t\nsteps:\n  - { id: a, uses: echo }\n  - { id: b, uses: echo, needs: a }\n");
+    let mut state = RunState::new("r", f, 1);
+    state.max_output_memory_bytes = 20_000;
+    let events = state.start(json!({}), String::new(), None, None, 0);
+    let actions = state.actions_for(&events);
+    let Some(Action::Dispatch(a)) = actions.first() else {
+        panic!("{actions:?}")
+    };
+    // 20 one-key objects: ~13 KB in memory, within the budget.
+    let small = Json::Array((0..20).map(|i| json!({ "k": i })).collect());
+    let events = state
+        .handle(
+            Input::Result {
+                step: a.step.clone(),
+                item: None,
+                attempt: a.attempt,
+                outcome: Ok(small),
+            },
+            1,
+        )
+        .unwrap();
+    let actions = state.actions_for(&events);
+    let b = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Dispatch(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap();
+    // 20 more would pass the budget.
+    let more = Json::Array((0..20).map(|i| json!({ "k": i })).collect());
+    state
+        .handle(
+            Input::Result {
+                step: b.step.clone(),
+                item: None,
+                attempt: b.attempt,
+                outcome: Ok(more),
+            },
+            2,
+        )
+        .unwrap();
+    assert_eq!(state.status, RunStatus::Failed);
+    let err = state.error.clone().unwrap();
+    assert_eq!(err.code, "limit");
+    assert!(
+        err.message
+            .contains("over the limit of 20000 bytes (orchestrator.max_run_output_memory_bytes)"),
+        "{}",
+        err.message
+    );
+    assert_eq!(state.failed_step.as_deref(), Some("b"));
+}

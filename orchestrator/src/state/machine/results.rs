@@ -66,6 +66,7 @@ pub(super) fn on_result(
         return;
     }
     let def = tx.state.flow.steps[index].clone();
+    let outcome = outcome.and_then(|output| within_output_budget(tx.state, output));
     match outcome {
         Ok(output) => match def
             .until
@@ -116,6 +117,24 @@ fn check_until(
             false,
         )),
     }
+}
+
+/// Refuses an output that would take the run's outputs over `max_output_memory_bytes`.
+fn within_output_budget(state: &RunState, output: Json) -> Result<Json, ErrorInfo> {
+    let cost = crate::state::json_memory_bytes(&output);
+    let total = state.output_memory_bytes.saturating_add(cost);
+    if total > state.max_output_memory_bytes {
+        return Err(ErrorInfo::new(
+            "limit",
+            format!(
+                "the output would take about {cost} bytes of memory, and the run's outputs {total} \
+                 bytes, over the limit of {} bytes (orchestrator.max_run_output_memory_bytes)",
+                state.max_output_memory_bytes
+            ),
+            false,
+        ));
+    }
+    Ok(output)
 }
 
 fn fail_attempt(tx: &mut Tx<'_>, def: &Step, item: Option<u32>, attempt: u32, error: ErrorInfo) {
