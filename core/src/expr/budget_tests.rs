@@ -237,3 +237,17 @@ fn large_strings_are_charged_by_their_bytes() {
         fails_fast(|| Meter::new(limits()).render(&json!(template), &big), FUEL);
     }
 }
+
+/// Found by the `expr` fuzzer: MiniJinja 3.1.0's `format` stepped one byte into a multi-byte
+/// character of a `%(key)` and panicked (fixed in the vendored copy; any other engine panic is
+/// contained and reported as an error).
+#[test]
+fn a_format_key_with_a_multibyte_character_is_an_error_not_a_panic() {
+    let err = Meter::new(limits())
+        .eval(
+            "'%((((s{ru{% macro\u{41a}}{% ' | format(inputs.name, inputs.n)",
+            &ctx(),
+        )
+        .unwrap_err();
+    assert!(err.message.contains("format"), "{}", err.message);
+}

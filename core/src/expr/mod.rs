@@ -342,7 +342,7 @@ impl Meter {
         let template = env
             .template_from_str(s)
             .map_err(|e| ExprError::from_minijinja(&e))?;
-        let captured = template.render_captured(ctx.0.clone()).map_err(|e| {
+        let captured = contain_panic(|| template.render_captured(ctx.0.clone()))?.map_err(|e| {
             self.fuel_left = self.fuel_left.saturating_sub(self.limits.fuel);
             ExprError::from_evaluation(&e, &self.limits)
         })?;
@@ -364,7 +364,7 @@ impl Meter {
             .compile_expression(&metered)
             .map_err(|e| ExprError::from_minijinja(&e))?;
         FUEL_USED.with(|c| c.set(0));
-        let value = compiled.eval(ctx.0.clone()).map_err(|e| {
+        let value = contain_panic(|| compiled.eval(ctx.0.clone()))?.map_err(|e| {
             self.fuel_left = self.fuel_left.saturating_sub(self.limits.fuel);
             ExprError::from_evaluation(&e, &self.limits)
         })?;
@@ -451,6 +451,19 @@ impl Meter {
             }
         }
     }
+}
+
+/// Runs an evaluation so that a panic inside the template engine (a bug there, reachable by
+/// whoever writes a flow) fails this evaluation instead of the actor or worker running it.
+fn contain_panic<T>(f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let detail = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        ExprError::new(format!("the template engine failed: {detail}"))
+    })
 }
 
 fn push_path(path: &mut String, key: &str) {

@@ -1072,7 +1072,9 @@ fn parse_till<'s>(cursor: &mut Cursor<'s>, end_delim: u8) -> Result<&'s str, Err
                 ),
             ));
         } else {
-            cursor.advance(1);
+            // rpaflow patch: step over a whole character; advancing one byte into a
+            // multi-byte character panicked (`'%(К)s' | format(...)`).
+            cursor.advance(cursor.rest().chars().next().map_or(1, char::len_utf8));
         }
     }
     // don't include the closing delimiter
