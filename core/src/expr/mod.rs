@@ -8,6 +8,16 @@
 //!   in `{{ }}` is allowed and means the same.
 //!
 //! The context is JSON: `inputs`, `steps.<id>.output|status|error`, `item`, `index` and `run`.
+//!
+//! Expressions and templates are user code: every evaluation runs on a budget ([`Limits`]: fuel
+//! for time and memory, a result size, nesting), and a [`Meter`] shares one budget between
+//! several evaluations (the templates of one `with`, the records of one transform step). Errors
+//! name the limit and its setting. See `docs/limits.md`.
+//!
+//! # Layout
+//! - this file: checking, evaluating and rendering; [`Meter`].
+//! - `limits`: [`Limits`], the process-wide limits and the MiniJinja environments.
+//! - `convert`: a result to JSON within a byte and a depth limit.
 
 mod convert;
 mod limits;
