@@ -252,6 +252,7 @@ fn validate_orchestrator(orchestrator: &OrchestratorConfig) -> anyhow::Result<()
             orchestrator.max_input_memory_bytes,
         ),
         ("max_for_each_items", orchestrator.max_for_each_items),
+        ("max_held_input_bytes", orchestrator.max_held_input_bytes),
         (
             "max_run_output_memory_bytes",
             orchestrator.max_run_output_memory_bytes,

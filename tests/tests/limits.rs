@@ -252,6 +252,79 @@ async fn long_cycles_deep_files_and_big_flows_are_refused_and_the_server_goes_on
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_in_memory_hold_at_most_max_held_input_bytes_of_inputs() {
+    let dev = Dev::launch_env(
+        &[],
+        &[("RPAFLOW_ORCHESTRATOR__MAX_HELD_INPUT_BYTES", "3000000")],
+    )
+    .await;
+    dev.register(
+        "name: holds\ninputs: { rows: { type: array } }\nsteps:\n  - { id: ok, uses: approval }\n",
+    )
+    .await;
+    dev.register(QUICK).await;
+    // 1,400 one-key objects: about 1 MB each in memory, 20 KB of JSON.
+    let rows: Vec<Json> = (0..1_400).map(|i| json!({ "k": i })).collect();
+    let inputs = json!({ "rows": rows });
+    let first = dev.run("holds", inputs.clone()).await;
+    dev.run("holds", inputs.clone()).await;
+    let err = dev
+        .client()
+        .await
+        .start_run(pb::StartRunRequest {
+            flow: "holds".into(),
+            version: 0,
+            inputs_json: inputs.to_string(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect_err("a third run would hold too much");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .contains("would pass the limit of 3000000 bytes (orchestrator.max_held_input_bytes)"),
+        "{}",
+        err.message()
+    );
+    // A run with small inputs still fits and finishes.
+    let quick = dev.run("quick", json!({})).await;
+    dev.wait_succeeded(&quick, RUN_TIMEOUT).await;
+    // Once a holding run ends, its inputs leave memory and another is admitted.
+    dev.client()
+        .await
+        .signal_run(pb::SignalRunRequest {
+            run_id: first.clone(),
+            step_id: "ok".into(),
+            approve: true,
+            comment: String::new(),
+            by: "test".into(),
+        })
+        .await
+        .unwrap_or_else(|s| dev.fail(&format!("SignalRun failed: {s:?}")));
+    dev.wait_succeeded(&first, RUN_TIMEOUT).await;
+    let mut admitted = false;
+    for _ in 0..50 {
+        let answer = dev
+            .client()
+            .await
+            .start_run(pb::StartRunRequest {
+                flow: "holds".into(),
+                version: 0,
+                inputs_json: inputs.to_string(),
+                idempotency_key: String::new(),
+            })
+            .await;
+        if answer.is_ok() {
+            admitted = true;
+            break;
+        }
+        // The finished run's actor leaves memory a moment after its last event.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "no run admitted after one ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_starts_never_pass_the_active_run_limit() {
     const LIMIT: usize = 40;
     const CALLS: usize = 400;

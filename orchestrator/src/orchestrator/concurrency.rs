@@ -169,11 +169,23 @@ impl Shared {
     /// and reservation happen under the actor table's lock, so concurrent starts cannot all
     /// see the same free place; a run is counted twice (reserved and active) for a moment,
     /// never zero times.
-    pub(super) fn admit(self: &Arc<Self>, flow: &Flow) -> Result<Admitted> {
+    pub(super) fn admit(self: &Arc<Self>, flow: &Flow, input_bytes: usize) -> Result<Admitted> {
         let actors = self
             .actors
             .lock()
             .map_err(|_| Error::Internal("actor table poisoned".into()))?;
+        let mut held = self
+            .held_inputs
+            .lock()
+            .map_err(|_| Error::Internal("input table poisoned".into()))?;
+        let holding = held.total.saturating_add(held.starting);
+        if holding.saturating_add(input_bytes) > self.config.max_held_input_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "the runs in memory hold about {holding} bytes of inputs; this run's {input_bytes} \
+                 would pass the limit of {} bytes (orchestrator.max_held_input_bytes); retry later",
+                self.config.max_held_input_bytes
+            )));
+        }
         let active = actors.len() + self.starting.load(Ordering::SeqCst);
         if active >= self.config.max_active_runs {
             return Err(Error::ResourceExhausted(format!(
@@ -192,22 +204,29 @@ impl Shared {
             }
         }
         self.starting.fetch_add(1, Ordering::SeqCst);
+        held.starting = held.starting.saturating_add(input_bytes);
+        drop(held);
         drop(actors);
         Ok(Admitted {
             shared: self.clone(),
+            input_bytes,
         })
     }
 }
 
-/// A place held for a run being started; dropped once its actor is in the table (or the
-/// start failed).
+/// A place (and the memory of its inputs) held for a run being started; dropped once its actor
+/// is in the table (or the start failed).
 pub(super) struct Admitted {
     shared: Arc<Shared>,
+    input_bytes: usize,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.shared.starting.fetch_sub(1, Ordering::SeqCst);
+        if let Ok(mut held) = self.shared.held_inputs.lock() {
+            held.starting = held.starting.saturating_sub(self.input_bytes);
+        }
     }
 }
 

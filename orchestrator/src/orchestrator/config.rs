@@ -35,6 +35,9 @@ pub struct OrchestratorConfig {
     pub max_input_memory_bytes: usize,
     /// Items one `for_each` may fan out over.
     pub max_for_each_items: usize,
+    /// What the inputs of all runs in memory may take together; a new run past it answers
+    /// RESOURCE_EXHAUSTED.
+    pub max_held_input_bytes: usize,
     /// What all the step outputs of one run may take in memory (estimated as for inputs).
     pub max_run_output_memory_bytes: usize,
     /// Items of one `for_each` in flight at once, whatever its `concurrency` says.
@@ -90,6 +93,7 @@ impl Default for OrchestratorConfig {
             max_for_each_items: DEFAULT_MAX_FOR_EACH_ITEMS,
             max_for_each_concurrency: DEFAULT_MAX_FOR_EACH_CONCURRENCY,
             max_run_output_memory_bytes: DEFAULT_MAX_OUTPUT_MEMORY_BYTES,
+            max_held_input_bytes: 2 << 30,
             max_subflow_depth: 8,
             expr_fuel: rpaflow_core::expr::DEFAULT_FUEL,
             expr_max_output_bytes: rpaflow_core::expr::DEFAULT_MAX_OUTPUT_BYTES,

@@ -186,7 +186,7 @@ impl OrchestratorHandle {
         // A child run belongs to a parent that was already admitted. The place is held until
         // the run's actor is in the table, at the end of this call.
         let _admitted = match &req.parent {
-            None => Some(shared.admit(&flow)?),
+            None => Some(shared.admit(&flow, memory)?),
             Some(_) => None,
         };
         let run_id = uuid::Uuid::now_v7().to_string();

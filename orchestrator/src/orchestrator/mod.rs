@@ -77,6 +77,7 @@ impl Orchestrator {
             config,
             actors: Mutex::new(HashMap::new()),
             starting: Default::default(),
+            held_inputs: Default::default(),
             flow_runs: Mutex::default(),
             admission: Mutex::default(),
             system: Mutex::new(Some(system)),

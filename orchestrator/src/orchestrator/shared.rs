@@ -32,6 +32,8 @@ pub struct Shared {
     pub(super) actors: Mutex<HashMap<String, Addr<RunActor>>>,
     /// Runs admitted and not yet in `actors`: counted with them by `admit`.
     pub(super) starting: AtomicUsize,
+    /// What the inputs of the runs in memory take, for `max_held_input_bytes`.
+    pub(super) held_inputs: Mutex<HeldInputs>,
     /// The same runs by flow, for `concurrency`.
     pub(super) flow_runs: Mutex<FlowRuns>,
     /// Starts of a flow with a `concurrency` policy, one at a time (count, decide, create).
@@ -40,6 +42,16 @@ pub struct Shared {
     pub(super) events: broadcast::Sender<Published>,
     /// Bumped whenever a new flow version is registered.
     pub(super) registrations: tokio::sync::watch::Sender<u64>,
+}
+
+/// The memory the inputs of the runs in memory take ([`crate::state::json_memory_bytes`]).
+#[derive(Debug, Default)]
+pub(crate) struct HeldInputs {
+    pub(super) by_run: HashMap<String, usize>,
+    /// The sum of `by_run`.
+    pub(super) total: usize,
+    /// Reserved by runs admitted and not yet in `by_run`.
+    pub(super) starting: usize,
 }
 
 impl Shared {
@@ -101,6 +113,11 @@ impl Shared {
     pub(crate) fn forget(self: &Arc<Self>, run_id: &str) {
         if let Ok(mut actors) = self.actors.lock() {
             actors.remove(run_id);
+        }
+        if let Ok(mut held) = self.held_inputs.lock()
+            && let Some(bytes) = held.by_run.remove(run_id)
+        {
+            held.total = held.total.saturating_sub(bytes);
         }
         let freed = self
             .flow_runs
@@ -177,7 +194,13 @@ impl Shared {
         let system = system.as_ref().ok_or(Error::NotRunning("orchestrator"))?;
         let (flow, created_at_ms) = (state.flow.name.clone(), state.created_at_ms);
         let queued = state.status == RunStatus::Queued;
+        let input_bytes = crate::state::json_memory_bytes(&state.inputs);
         let addr = system.spawn_run(state, self.clone(), initial);
+        if let Ok(mut held) = self.held_inputs.lock()
+            && held.by_run.insert(run_id.clone(), input_bytes).is_none()
+        {
+            held.total = held.total.saturating_add(input_bytes);
+        }
         if let Ok(mut runs) = self.flow_runs.lock() {
             runs.add(&run_id, &flow, created_at_ms, queued);
         }
