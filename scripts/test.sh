@@ -21,3 +21,9 @@ scripts/kafka.sh install >/dev/null
 # The end-to-end tests run the rpaflow binary as a separate process: build it first.
 cargo build --locked -p rpaflow-cli --bin rpaflow
 cargo test --locked --workspace --no-fail-fast "$@"
+
+# A short run of each fuzzer over a throwaway copy of its corpus (docs/fuzzing.md). It needs
+# cargo-fuzz and a toolchain that accepts libFuzzer's flags (RUSTC_BOOTSTRAP=1 on stable): when
+# either is missing, this fails; it never skips.
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+FUZZ_SCRATCH=1 scripts/fuzz.sh all "${RPAFLOW_FUZZ_SECONDS:-30}"
