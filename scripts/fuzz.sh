@@ -36,6 +36,9 @@ run() {
     cargo fuzz run --sanitizer none --release "$name" "$corpus" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=4096 \
         -print_final_stats=1
+    if [[ "${FUZZ_SCRATCH:-0}" == 1 ]]; then
+        rm -rf "$corpus"
+    fi
 }
 
 case "$target" in
