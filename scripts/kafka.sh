@@ -168,6 +168,9 @@ default.replication.factor=$replicas
 min.insync.replicas=$min_isr
 offsets.topic.replication.factor=$replicas
 offsets.topic.num.partitions=10
+# Idempotent producers get their ids through the transaction coordinator: 50 partitions (the
+# default) take seconds to create on two cores, and every producer waits for them.
+transaction.state.log.num.partitions=4
 transaction.state.log.replication.factor=$replicas
 transaction.state.log.min.isr=$min_isr
 share.coordinator.state.topic.replication.factor=$replicas

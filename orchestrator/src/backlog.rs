@@ -101,6 +101,8 @@ mod tests {
         backlog.dispatched("r1", "a", None, 1, "web");
         backlog.dispatched("r1", "b", Some(0), 1, "web");
         backlog.dispatched("r2", "a", None, 1, "default");
+        // Counted at admission and again by the actor: the same attempt counts once.
+        backlog.dispatched("r2", "a", None, 1, "default");
         assert_eq!(backlog.in_flight("web"), 2);
         assert_eq!(backlog.in_flight("default"), 1);
         // A stale result changes nothing; the current attempt's result releases.

@@ -195,6 +195,17 @@ impl Shared {
         let (flow, created_at_ms) = (state.flow.name.clone(), state.created_at_ms);
         let queued = state.status == RunStatus::Queued;
         let input_bytes = crate::state::json_memory_bytes(&state.inputs);
+        // The run's first tasks count in its queues' backlog now, before StartRun answers, not
+        // when the new actor gets to them: back-to-back starts all see them. (The actor counts
+        // them again when it dispatches; the same attempt only replaces itself.)
+        for action in &initial {
+            if let crate::state::Action::Dispatch(spec) = action
+                && spec.kind != "subflow"
+            {
+                self.backlog
+                    .dispatched(&run_id, &spec.step, spec.item, spec.attempt, &spec.queue);
+            }
+        }
         let addr = system.spawn_run(state, self.clone(), initial);
         if let Ok(mut held) = self.held_inputs.lock()
             && held.by_run.insert(run_id.clone(), input_bytes).is_none()
