@@ -50,11 +50,7 @@ pub async fn rpaflow(args: &[&str], timeout: Duration) -> CliOutput {
 }
 
 /// [`rpaflow`] with `RPAFLOW_*` (or other) variables set for this run.
-pub async fn rpaflow_with_env(
-    args: &[&str],
-    env: &[(&str, &str)],
-    timeout: Duration,
-) -> CliOutput {
+pub async fn rpaflow_with_env(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> CliOutput {
     let mut cmd = tokio::process::Command::from(crate::binary::command());
     cmd.args(args)
         .envs(env.iter().copied())

@@ -162,7 +162,8 @@ impl Broker {
                 Err(e) => {
                     broker.stop();
                     for k in 1..=nodes {
-                        let _ = std::fs::remove_dir_all(broker.dir.path().join(format!("node-{k}")));
+                        let _ =
+                            std::fs::remove_dir_all(broker.dir.path().join(format!("node-{k}")));
                     }
                     let _ = std::fs::remove_file(broker.dir.path().join("cluster.env"));
                     last_error = Some(e);
@@ -298,7 +299,11 @@ impl Broker {
             .client_config()
             .create()
             .unwrap_or_else(|e| self.fail(&format!("cannot create an admin client: {e}")));
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.nodes.min(3) as i32));
+        let new = NewTopic::new(
+            topic,
+            partitions,
+            TopicReplication::Fixed(self.nodes.min(3) as i32),
+        );
         let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
         let results = admin
             .create_topics([&new], &options)
@@ -444,7 +449,10 @@ impl Broker {
     }
 
     fn log_path(&self, node: usize) -> PathBuf {
-        self.dir.path().join(format!("node-{node}")).join("kafka.log")
+        self.dir
+            .path()
+            .join(format!("node-{node}"))
+            .join("kafka.log")
     }
 
     /// Runs `scripts/kafka.sh ARGS... --data DIR` off the async threads.
@@ -535,7 +543,8 @@ impl Drop for Broker {
 /// kernel hands out for port 0 (so that [`crate::closed_port`] picks cannot collide with it).
 fn free_ports(count: usize) -> u16 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let seed = u64::from(std::process::id()) * 7919 + NEXT.fetch_add(1, Ordering::Relaxed) * 104_729;
+    let seed =
+        u64::from(std::process::id()) * 7919 + NEXT.fetch_add(1, Ordering::Relaxed) * 104_729;
     for attempt in 0..200u64 {
         let base = 20_000 + ((seed + attempt * 613) % 12_000) as u16;
         let free = (0..count as u16).all(|i| {

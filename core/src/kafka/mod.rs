@@ -310,7 +310,9 @@ impl KafkaConfig {
                         return Ok(metadata.brokers().len());
                     }
                     Ok(_) => "the metadata lists no broker".to_owned(),
-                    Err(err) => connectivity().last_error().unwrap_or_else(|| err.to_string()),
+                    Err(err) => connectivity()
+                        .last_error()
+                        .unwrap_or_else(|| err.to_string()),
                 };
                 if is_refusal(&message) || std::time::Instant::now() >= deadline {
                     return Err(message);

@@ -149,7 +149,9 @@ async fn every_broker_down_for_twenty_seconds_then_everything_finishes() {
         .restart()
         .await
         .expect("the cluster restarts on its data");
-    cluster.wait_all_succeeded("ten", 200 + DURING, FINISH).await;
+    cluster
+        .wait_all_succeeded("ten", 200 + DURING, FINISH)
+        .await;
     cluster.assert_exactly_once(&ids).await;
     cluster.assert_no_dead_letters().await;
     assert_outputs(&cluster, &ids).await;

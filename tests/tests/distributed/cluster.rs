@@ -183,7 +183,9 @@ impl Cluster {
                 return;
             }
             if started.elapsed() > Duration::from_secs(60) {
-                self.fail(&format!("only {done} runs of `{flow}` succeeded in a minute, {what}"));
+                self.fail(&format!(
+                    "only {done} runs of `{flow}` succeeded in a minute, {what}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -296,4 +298,3 @@ impl Cluster {
         }
     }
 }
-

@@ -215,9 +215,9 @@ async fn a_stopping_worker_finishes_its_steps_and_leaves() {
     let output = cluster.workers[0].output();
     for id in &ids {
         assert!(
-            output
-                .lines()
-                .any(|l| l.contains(id.as_str()) && l.contains("step=hold ") && l.contains("step succeeded")),
+            output.lines().any(|l| l.contains(id.as_str())
+                && l.contains("step=hold ")
+                && l.contains("step succeeded")),
             "w1 did not finish run {id}'s step before it left:\n{output}"
         );
     }
@@ -403,5 +403,8 @@ async fn services_authenticate_with_sasl_and_a_wrong_password_is_named() {
     ] {
         assert!(said.contains(needle), "`{needle}` missing:\n{refused}");
     }
-    assert!(!said.contains("wrong-pw"), "the password was printed:\n{refused}");
+    assert!(
+        !said.contains("wrong-pw"),
+        "the password was printed:\n{refused}"
+    );
 }
