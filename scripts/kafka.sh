@@ -391,8 +391,8 @@ perf() {
     echo "producer (acks=all, idempotent, linger.ms=2, $RECORDS records of $SIZE bytes):"
     java_run org.apache.kafka.tools.ProducerPerformance --topic "$topic" \
         --num-records "$RECORDS" --record-size "$SIZE" --throughput -1 \
-        --command-property bootstrap.servers="$brokers" --command-property acks=all \
-        --command-property enable.idempotence=true --command-property linger.ms=2
+        --bootstrap-server "$brokers" \
+        --command-property acks=all enable.idempotence=true linger.ms=2
     echo "consumer:"
     java_run org.apache.kafka.tools.ConsumerPerformance --bootstrap-server "$brokers" \
         --topic "$topic" --num-records "$RECORDS"
