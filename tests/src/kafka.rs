@@ -233,17 +233,7 @@ impl Broker {
 
     /// The leader and the replica count of `topic`/`partition`.
     async fn placement(&self, topic: &str, partition: i32) -> (usize, usize) {
-        let consumer: BaseConsumer = self
-            .client_config()
-            .create()
-            .unwrap_or_else(|e| self.fail(&format!("cannot create a client: {e}")));
-        let name = topic.to_owned();
-        let metadata = tokio::task::spawn_blocking(move || {
-            consumer.fetch_metadata(Some(&name), REQUEST_TIMEOUT)
-        })
-        .await
-        .unwrap_or_else(|e| self.fail(&format!("the metadata request panicked: {e}")))
-        .unwrap_or_else(|e| self.fail(&format!("metadata of `{topic}` failed: {e}")));
+        let metadata = self.metadata(topic).await;
         metadata
             .topics()
             .iter()
@@ -419,19 +409,22 @@ impl Broker {
         }
     }
 
-    /// The partition numbers of `topic`, from the broker's metadata.
-    async fn partitions(&self, topic: &str) -> Vec<i32> {
+    /// The cluster's metadata of `topic`, from a live node.
+    async fn metadata(&self, topic: &str) -> rdkafka::metadata::Metadata {
         let consumer: BaseConsumer = self
             .client_config()
             .create()
             .unwrap_or_else(|e| self.fail(&format!("cannot create a client: {e}")));
         let name = topic.to_owned();
-        let metadata = tokio::task::spawn_blocking(move || {
-            consumer.fetch_metadata(Some(&name), REQUEST_TIMEOUT)
-        })
-        .await
-        .unwrap_or_else(|e| self.fail(&format!("the metadata request panicked: {e}")))
-        .unwrap_or_else(|e| self.fail(&format!("metadata of `{topic}` failed: {e}")));
+        tokio::task::spawn_blocking(move || consumer.fetch_metadata(Some(&name), REQUEST_TIMEOUT))
+            .await
+            .unwrap_or_else(|e| self.fail(&format!("the metadata request panicked: {e}")))
+            .unwrap_or_else(|e| self.fail(&format!("metadata of `{topic}` failed: {e}")))
+    }
+
+    /// The partition numbers of `topic`, from the broker's metadata.
+    async fn partitions(&self, topic: &str) -> Vec<i32> {
+        let metadata = self.metadata(topic).await;
         let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
             self.fail(&format!("the metadata has no topic `{topic}`"))
         };
