@@ -119,15 +119,31 @@ pub(crate) enum Partitions {
     All(String),
 }
 
-/// Every partition of `topic`, at `offset`, from the broker's metadata.
+/// Every partition of `topic`, at `offset`, from the broker's metadata. A topic that was just
+/// created can be missing from a node's metadata for a moment (on a cluster the controller tells
+/// the other nodes a little later): asked again until it shows, 30 s at most.
 pub(crate) async fn all_partitions<C: ConsumerContext + 'static>(
     consumer: Arc<StreamConsumer<C>>,
     topic: &str,
     offset: Offset,
 ) -> Result<TopicPartitionList> {
     let name = topic.to_owned();
-    let metadata = tokio::task::spawn_blocking(move || {
-        consumer.fetch_metadata(Some(&name), Duration::from_secs(30))
+    let found = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let metadata = consumer.fetch_metadata(Some(&name), Duration::from_secs(10))?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == name && t.error().is_none())
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            if !partitions.is_empty() || std::time::Instant::now() >= deadline {
+                return Ok::<_, rdkafka::error::KafkaError>(partitions);
+            }
+            debug!(topic = %name, "the topic has no partitions in the metadata yet; asking again");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     })
     .await
     .map_err(|e| Error::Config {
@@ -137,16 +153,16 @@ pub(crate) async fn all_partitions<C: ConsumerContext + 'static>(
         topic: topic.to_owned(),
         source,
     })?;
-    let mut assignment = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for partition in t.partitions() {
-            let _ = assignment.add_partition_offset(t.name(), partition.id(), offset);
-        }
-    }
-    if assignment.count() == 0 {
+    if found.is_empty() {
         return Err(Error::Config {
-            message: format!("topic {topic} has no partitions"),
+            message: format!(
+                "topic {topic} has no partitions in the cluster's metadata after 30 s"
+            ),
         });
+    }
+    let mut assignment = TopicPartitionList::new();
+    for partition in found {
+        let _ = assignment.add_partition_offset(topic, partition, offset);
     }
     Ok(assignment)
 }
