@@ -396,6 +396,21 @@ impl Dev {
         .await
     }
 
+    /// Approves step `step` of a run (as user `test`); panics with the output when refused.
+    pub async fn approve(&self, run_id: &str, step: &str) {
+        self.client()
+            .await
+            .signal_run(pb::SignalRunRequest {
+                run_id: run_id.to_owned(),
+                step_id: step.to_owned(),
+                approve: true,
+                comment: String::new(),
+                by: "test".into(),
+            })
+            .await
+            .unwrap_or_else(|s| self.fail(&format!("approving {run_id}/{step} failed: {s:?}")));
+    }
+
     /// Waits until the run finished and asserts it succeeded.
     pub async fn wait_succeeded(&self, run_id: &str, timeout: Duration) -> pb::Run {
         let run = self.wait_finished(run_id, timeout).await;

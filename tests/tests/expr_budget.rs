@@ -67,17 +67,7 @@ fn step_error(run: &pb::Run, step: &str) -> String {
 }
 
 async fn approve(dev: &Dev, run_id: &str) {
-    dev.client()
-        .await
-        .signal_run(pb::SignalRunRequest {
-            run_id: run_id.to_owned(),
-            step_id: "ok".into(),
-            approve: true,
-            comment: String::new(),
-            by: "test".into(),
-        })
-        .await
-        .unwrap_or_else(|s| dev.fail(&format!("SignalRun failed: {s:?}")));
+    dev.approve(run_id, "ok").await;
     dev.wait_succeeded(run_id, RUN_TIMEOUT).await;
 }
 

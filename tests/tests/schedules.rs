@@ -426,17 +426,7 @@ async fn approve(dev: &Dev, run_id: &str) {
         TIMEOUT,
     )
     .await;
-    dev.client()
-        .await
-        .signal_run(rpaflow_tests::pb::SignalRunRequest {
-            run_id: run_id.to_owned(),
-            step_id: "wait".into(),
-            approve: true,
-            comment: String::new(),
-            by: "test".into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("approving {run_id}: {e:?}"));
+    dev.approve(run_id, "wait").await;
 }
 
 async fn statuses(dev: &Dev, runs: &[String]) -> Vec<rpaflow_tests::pb::RunStatus> {
