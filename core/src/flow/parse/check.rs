@@ -135,7 +135,13 @@ impl Parser<'_> {
             }
         }
 
-        let graph = Needs::new(flow);
+        let index: HashMap<&str, usize> = flow
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.as_str(), i))
+            .collect();
+        let graph = Needs::new(flow, &index);
         let order = match graph.order() {
             Ok(order) => order,
             Err(cycle) => {
@@ -148,12 +154,6 @@ impl Parser<'_> {
             }
         };
         let ancestors = Ancestors::new(&graph, &order);
-        let index: HashMap<&str, usize> = flow
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.id.as_str(), i))
-            .collect();
 
         for (i, step) in flow.steps.iter().enumerate() {
             let visible = (!step.compensation).then_some(Visible {
@@ -309,13 +309,7 @@ struct Needs {
 }
 
 impl Needs {
-    fn new(flow: &Flow) -> Self {
-        let index: HashMap<&str, usize> = flow
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.id.as_str(), i))
-            .collect();
+    fn new(flow: &Flow, index: &HashMap<&str, usize>) -> Self {
         let needs = flow
             .steps
             .iter()
