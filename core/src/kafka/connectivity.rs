@@ -8,6 +8,7 @@
 //! the first successful exchange after it logs the recovery with the outage's length, and the
 //! failures in between go to the debug level.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
@@ -22,6 +23,8 @@ use tracing::{debug, error, info, warn};
 /// The process's view of the brokers.
 #[derive(Debug, Default)]
 pub struct Connectivity {
+    /// Whether `down_since` is set: every message checks it, only outages take the lock.
+    down: AtomicBool,
     /// When every broker stopped answering; `None` while they answer.
     down_since: Mutex<Option<Instant>>,
     /// The last error a client reported, for start-up messages.
@@ -40,10 +43,7 @@ pub fn connectivity() -> &'static Connectivity {
 impl Connectivity {
     /// Whether the brokers were unreachable at the last report.
     pub fn is_down(&self) -> bool {
-        self.down_since
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
+        self.down.load(Ordering::Relaxed)
     }
 
     /// Every broker stopped answering: logged once per outage.
@@ -54,6 +54,7 @@ impl Connectivity {
             .unwrap_or_else(PoisonError::into_inner);
         if down.is_none() {
             *down = Some(Instant::now());
+            self.down.store(true, Ordering::Relaxed);
             error!(
                 reason,
                 "kafka unreachable: no broker answers; dispatches, results and commits wait and \
@@ -66,11 +67,15 @@ impl Connectivity {
 
     /// A request succeeded: ends an outage, logging how long it lasted.
     pub fn ok(&self) {
+        if !self.is_down() {
+            return;
+        }
         let mut down = self
             .down_since
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(since) = down.take() {
+            self.down.store(false, Ordering::Relaxed);
             info!(
                 outage_ms = since.elapsed().as_millis() as u64,
                 "kafka reachable again"
