@@ -31,6 +31,10 @@ pub struct BenchArgs {
     /// Runs in flight at once.
     #[arg(long, default_value_t = 100)]
     pub concurrency: usize,
+    /// Give every step a templated input (`{{ run.id }}` and the previous step's output), so
+    /// each decision evaluates templates, on the orchestrator's evaluation threads.
+    #[arg(long)]
+    pub templated: bool,
     /// Instead: start this many runs that wait for an approval, and report memory per run.
     #[arg(long)]
     pub waiting: Option<usize>,
@@ -117,6 +121,15 @@ async fn throughput(handle: &OrchestratorHandle, args: &BenchArgs) -> anyhow::Re
         yaml.push_str(&format!("  - {{ id: s{i}, uses: echo"));
         if i > 0 {
             yaml.push_str(&format!(", needs: s{}", i - 1));
+        }
+        if args.templated {
+            let previous = match i {
+                0 => "none".to_owned(),
+                _ => format!("{{{{ steps.s{}.output.step }}}}", i - 1),
+            };
+            yaml.push_str(&format!(
+                ", with: {{ run: \"{{{{ run.id }}}}\", step: s{i}, after: \"{previous}\" }}"
+            ));
         }
         yaml.push_str(" }\n");
     }

@@ -15,6 +15,7 @@ use rpaflow_core::bus::Ack;
 use tracing::{debug, error, warn};
 
 use crate::error::{Error, Result};
+use crate::evaluation::{self, Evaluator};
 use crate::orchestrator::Shared;
 use crate::state::{Action, Input, Rejection, RunEvent, RunState};
 
@@ -145,21 +146,80 @@ impl Handler<Deliver> for RunActor {
     type Result = AtomicResponse<Self, Result<(), Rejection>>;
 
     fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> Self::Result {
-        let now = rpaflow_core::time::now_ms();
-        let events = match self.state.handle(msg.input, now) {
+        let Deliver { input, ack } = msg;
+        if !self.state.evaluates_expressions {
+            let decided = self.state.handle(input, rpaflow_core::time::now_ms());
+            return AtomicResponse::new(self.commit(decided, ack));
+        }
+        // Deciding may evaluate expressions, which can be slow: tried here on a small
+        // allowance when the run's data is small, else (or when that is not enough) on the
+        // evaluation pool, so the other runs of this arbiter go on meanwhile.
+        let extra = match &input {
+            Input::Result {
+                outcome: Ok(output),
+                ..
+            } => crate::state::json_memory_bytes_up_to(output, evaluation::INLINE_DATA_BYTES),
+            _ => 0,
+        };
+        if let Some(decided) = Evaluator::try_here(&mut self.state, extra, |state| {
+            state.handle(input.clone(), rpaflow_core::time::now_ms())
+        }) {
+            return AtomicResponse::new(self.commit(decided, ack));
+        }
+        // The actor takes no other message until the state is back.
+        let placeholder = self.state.placeholder();
+        let state = std::mem::replace(&mut self.state, placeholder);
+        let evaluator = self.shared.evaluator.clone();
+        let decide = async move {
+            evaluator
+                .run(move || {
+                    let mut state = state;
+                    let decided = state.handle(input, rpaflow_core::time::now_ms());
+                    (state, decided)
+                })
+                .await
+        };
+        AtomicResponse::new(Box::pin(decide.into_actor(self).then(
+            move |decided, act, ctx| match decided {
+                Ok((state, decided)) => {
+                    act.state = state;
+                    act.commit(decided, ack)
+                }
+                Err(err) => {
+                    // The state is lost with the evaluation; the run is rebuilt from what is
+                    // durable on the next start.
+                    error!(run_id = %act.state.run_id, error = %err, "cannot decide the run's next step; run actor stops");
+                    act.shared.forget(&act.state.run_id);
+                    ctx.stop();
+                    Box::pin(fut::ready(Ok(())))
+                }
+            },
+        )))
+    }
+}
+
+impl RunActor {
+    /// Makes the events of one decision durable, then acknowledges the input and performs the
+    /// actions.
+    fn commit(
+        &mut self,
+        decided: Result<Vec<RunEvent>, Rejection>,
+        ack: Option<Ack>,
+    ) -> ResponseActFuture<Self, Result<(), Rejection>> {
+        let events = match decided {
             Ok(events) => events,
             Err(rejection) => {
-                if let Some(msg_ack) = msg.ack {
+                if let Some(msg_ack) = ack {
                     Ack::ack(msg_ack)
                 }
-                return AtomicResponse::new(Box::pin(fut::ready(Err(rejection))));
+                return Box::pin(fut::ready(Err(rejection)));
             }
         };
         if events.is_empty() {
-            if let Some(msg_ack) = msg.ack {
+            if let Some(msg_ack) = ack {
                 Ack::ack(msg_ack)
             }
-            return AtomicResponse::new(Box::pin(fut::ready(Ok(()))));
+            return Box::pin(fut::ready(Ok(())));
         }
         if let Err(err) = self.shared.track_approvals(&self.state, &events) {
             warn!(run_id = %self.state.run_id, error = %err, "cannot update the pending approvals");
@@ -175,10 +235,10 @@ impl Handler<Deliver> for RunActor {
                 .await
                 .map(|()| events)
         };
-        AtomicResponse::new(Box::pin(persist.into_actor(self).map(move |persisted, act, ctx| {
+        Box::pin(persist.into_actor(self).map(move |persisted, act, ctx| {
             match persisted {
                 Ok(events) => {
-                    if let Some(msg_ack) = msg.ack { Ack::ack(msg_ack) }
+                    if let Some(msg_ack) = ack { Ack::ack(msg_ack) }
                     act.shared.publish(&act.state.run_id, events);
                     act.perform(actions, ctx);
                 }
@@ -191,11 +251,9 @@ impl Handler<Deliver> for RunActor {
                 }
             }
             Ok(())
-        })))
+        }))
     }
-}
 
-impl RunActor {
     fn perform(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
         let mut tasks = Vec::new();
         for action in actions {

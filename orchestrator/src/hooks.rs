@@ -168,8 +168,13 @@ async fn accept(
         }),
     })?;
     let headers_value = headers_json(headers);
-    let scope = [("body", &body), ("headers", &headers_value)];
-    let inputs = trigger_inputs(trigger.input.as_deref(), &scope, &body, "the body")
+    let template = trigger.input.clone();
+    let inputs = handle
+        .evaluate(move || {
+            let scope = [("body", &body), ("headers", &headers_value)];
+            trigger_inputs(template.as_deref(), &scope, &body, "the body")
+        })
+        .await?
         .map_err(|message| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, message))?;
 
     let idempotency_key = match headers.get(DELIVERY_HEADER) {

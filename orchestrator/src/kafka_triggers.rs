@@ -236,15 +236,21 @@ async fn start(
     stop: CancellationToken,
 ) {
     let TriggerDelivery { message, ack } = delivery;
-    let scope = [("message", &message.value)];
-    let inputs = match crate::hooks::trigger_inputs(
-        spec.input.as_deref(),
-        &scope,
-        &message.value,
-        "the message",
-    ) {
-        Ok(inputs) => inputs,
-        Err(reason) => return dead_letter(&source, &spec, message, ack, &reason).await,
+    let (template, value) = (spec.input.clone(), message.value.clone());
+    let mapped = handle
+        .evaluate(move || {
+            let scope = [("message", &value)];
+            crate::hooks::trigger_inputs(template.as_deref(), &scope, &value, "the message")
+        })
+        .await;
+    let inputs = match mapped {
+        Ok(Ok(inputs)) => inputs,
+        Ok(Err(reason)) => return dead_letter(&source, &spec, message, ack, &reason).await,
+        Err(err) => {
+            // The message stays unacknowledged and comes again.
+            warn!(flow = %spec.flow, trigger = %spec.trigger, error = %err, "cannot map a message to run inputs");
+            return;
+        }
     };
     let req = StartRun {
         flow: spec.flow.clone(),

@@ -21,6 +21,7 @@ pub use actors::Published;
 pub mod api;
 mod convert;
 pub mod error;
+mod evaluation;
 pub mod hooks;
 pub mod kafka_triggers;
 pub mod orchestrator;

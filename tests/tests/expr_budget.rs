@@ -175,3 +175,94 @@ async fn memory_bombs_fail_on_their_budget_and_the_process_lives() {
     dev.wait_succeeded(&quick, RUN_TIMEOUT).await;
     approve(&dev, &unrelated).await;
 }
+
+/// Nested loops that stay inside a generous budget but take seconds: 16 million iterations.
+const SLOW_LOOP: &str =
+    "{% for a in range(4000) %}{% for b in range(4000) %}{% endfor %}{% endfor %}done";
+
+/// A flow whose second step's input takes seconds to render.
+fn slow_second_step() -> String {
+    format!(
+        "name: slow\nsteps:\n  - {{ id: warm, uses: log, with: {{ message: slow-run-warmed-up }} }}\n  - {{ id: churn, uses: log, needs: warm, with: {{ message: \"{SLOW_LOOP}\" }} }}\n"
+    )
+}
+
+/// A flow whose first step's input takes seconds to render (at StartRun).
+fn slow_first_step() -> String {
+    format!(
+        "name: slow-start\nsteps:\n  - {{ id: churn, uses: log, with: {{ message: \"{SLOW_LOOP}\" }} }}\n"
+    )
+}
+
+/// Evaluation is never done on the threads that run actors or answer gRPC: with one actor
+/// thread and one evaluation thread, runs that evaluate nothing start and finish while another
+/// run's slow (and allowed) template is being rendered, whether at StartRun or after a step,
+/// and GetRun answers for the busy run meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_evaluation_holds_up_no_other_run() {
+    let dev = Dev::launch_env(
+        &[],
+        &[
+            ("RPAFLOW_ORCHESTRATOR__ARBITERS", "1"),
+            ("RPAFLOW_ORCHESTRATOR__EVAL_THREADS", "1"),
+            ("RPAFLOW_ORCHESTRATOR__EXPR_FUEL", "100000000000"),
+        ],
+    )
+    .await;
+    dev.register(QUICK).await;
+    dev.register(&slow_second_step()).await;
+    dev.register(&slow_first_step()).await;
+
+    // After a step: `warm` has run, so its result is being decided on, which renders `churn`.
+    let slow = dev.run("slow", json!({})).await;
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while !dev.output().contains("slow-run-warmed-up") {
+        assert!(Instant::now() < deadline, "`warm` never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let quick = dev.run("quick", json!({})).await;
+        dev.wait_succeeded(&quick, RUN_TIMEOUT).await;
+    }
+    let asked = Instant::now();
+    let meanwhile = dev.get(&slow).await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "GetRun took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        meanwhile.status(),
+        pb::RunStatus::Running,
+        "the slow template was rendered before three quick runs finished: {}",
+        describe_run(&meanwhile)
+    );
+    dev.wait_succeeded(&slow, RUN_TIMEOUT).await;
+
+    // At StartRun: the call itself takes as long as the rendering, other calls do not.
+    let starting = tokio::spawn({
+        let client = dev.client().await;
+        async move {
+            let mut client = client;
+            client
+                .start_run(pb::StartRunRequest {
+                    flow: "slow-start".into(),
+                    ..Default::default()
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let quick = dev.run("quick", json!({})).await;
+        dev.wait_succeeded(&quick, RUN_TIMEOUT).await;
+    }
+    assert!(
+        !starting.is_finished(),
+        "the slow StartRun answered before three quick runs finished"
+    );
+    let started = starting.await.unwrap().expect("StartRun of slow-start");
+    let run_id = started.into_inner().run.expect("a run").run_id;
+    dev.wait_succeeded(&run_id, RUN_TIMEOUT).await;
+}

@@ -251,3 +251,62 @@ fn a_format_key_with_a_multibyte_character_is_an_error_not_a_panic() {
         .unwrap_err();
     assert!(err.message.contains("format"), "{}", err.message);
 }
+
+#[test]
+fn cheap_evaluations_fit_an_allowance_and_give_the_same_results() {
+    let ctx = ctx();
+    let mut meter = Meter::new(limits());
+    let ((rendered, condition), exceeded) = with_allowance(10_000, || {
+        (
+            meter.render(
+                &json!({"hi": "Hello, {{ inputs.name }}!", "n": "{{ inputs.n + 1 }}"}),
+                &ctx,
+            ),
+            eval_bool("inputs.n > 2", &ctx),
+        )
+    });
+    assert!(!exceeded);
+    assert_eq!(rendered.unwrap(), json!({"hi": "Hello, Ada!", "n": 4}));
+    assert!(condition.unwrap());
+}
+
+#[test]
+fn an_evaluation_over_the_allowance_says_so_and_one_within_its_fuel_does_not_fail_for_it() {
+    let ctx = ctx();
+    // Too much for one evaluation under an allowance, but well within the configured fuel.
+    let template = "{% for a in range(100) %}{% for b in range(100) %}{% endfor %}{% endfor %}ok";
+    let (result, exceeded) = with_allowance(1_000_000, || render(&json!(template), &ctx));
+    assert!(exceeded);
+    assert!(result.is_err());
+    let mut generous = limits();
+    generous.fuel = 1_000_000;
+    assert_eq!(
+        Meter::new(generous).render(&json!(template), &ctx).unwrap(),
+        json!("ok")
+    );
+    // Outside an allowance nothing is left over from it.
+    assert_eq!(
+        render(&json!("{% for a in range(2000) %}{% endfor %}ok"), &ctx).unwrap(),
+        json!("ok")
+    );
+}
+
+#[test]
+fn many_cheap_evaluations_spend_the_allowance() {
+    let ctx = ctx();
+    let (results, exceeded) = with_allowance(100, || {
+        (0..1_000)
+            .map(|_| eval("inputs.n * 2", &ctx))
+            .collect::<Vec<_>>()
+    });
+    assert!(exceeded);
+    assert!(results.iter().any(Result::is_err));
+}
+
+#[test]
+fn a_failure_the_limits_would_give_too_is_not_an_exceeded_allowance() {
+    let ctx = ctx();
+    let (result, exceeded) = with_allowance(10_000, || eval("1 // 0", &ctx));
+    assert!(result.is_err());
+    assert!(!exceeded);
+}

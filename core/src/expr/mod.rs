@@ -233,6 +233,64 @@ thread_local! {
     static FUEL_USED: Cell<u64> = const { Cell::new(0) };
 }
 
+thread_local! {
+    /// Inside [`with_allowance`]: the fuel the evaluations on this thread may still use.
+    static ALLOWANCE: Cell<Option<u64>> = const { Cell::new(None) };
+    /// Inside [`with_allowance`]: whether an evaluation needed more than it allowed.
+    static ALLOWANCE_EXCEEDED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The most fuel one evaluation may use under [`with_allowance`].
+pub const ALLOWANCE_FUEL_PER_EVALUATION: u64 = 2_000;
+
+/// Runs `work` with the evaluations it makes on this thread held to about `fuel` in all (and
+/// to [`ALLOWANCE_FUEL_PER_EVALUATION`] each, or the configured fuel when that is less). Answers
+/// `work`'s result and whether the allowance was too small: then some evaluation failed where
+/// the configured limits would have let it go on, so the result must be thrown away and the
+/// work done again without an allowance. Evaluations that fit give exactly the results they
+/// give without one. A caller that must not be held up for long (a run actor's thread) tries
+/// this first and sends the work elsewhere only when it does not fit.
+pub fn with_allowance<T>(fuel: u64, work: impl FnOnce() -> T) -> (T, bool) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ALLOWANCE.with(|a| a.set(None));
+        }
+    }
+    ALLOWANCE.with(|a| a.set(Some(fuel)));
+    ALLOWANCE_EXCEEDED.with(|e| e.set(false));
+    let reset = Reset;
+    let result = work();
+    drop(reset);
+    (result, ALLOWANCE_EXCEEDED.with(Cell::get))
+}
+
+/// The fuel for the next evaluation under `limits`: theirs, or less under an allowance; an
+/// allowance that is spent refuses it.
+fn evaluation_fuel(limits: &Limits) -> Result<u64> {
+    match ALLOWANCE.with(Cell::get) {
+        None => Ok(limits.fuel),
+        Some(0) => {
+            ALLOWANCE_EXCEEDED.with(|e| e.set(true));
+            Err(ExprError::new("the evaluation allowance is spent"))
+        }
+        // Not `left`: an environment is kept per fuel amount, so only two amounts are used;
+        // the last evaluation may pass the allowance by up to one evaluation's fuel.
+        Some(_) => Ok(limits.fuel.min(ALLOWANCE_FUEL_PER_EVALUATION)),
+    }
+}
+
+/// Charges an evaluation's fuel to the allowance, if there is one; `ran_out` when it ran out
+/// of the `fuel` it was given, which, when less than `limits` give, exceeds the allowance.
+fn charge_allowance(limits: &Limits, fuel: u64, used: u64, ran_out: bool) {
+    if let Some(left) = ALLOWANCE.with(Cell::get) {
+        ALLOWANCE.with(|a| a.set(Some(left.saturating_sub(used))));
+        if ran_out && fuel < limits.fuel {
+            ALLOWANCE_EXCEEDED.with(|e| e.set(true));
+        }
+    }
+}
+
 fn record_fuel_used(state: &minijinja::State, value: Value) -> Value {
     if let Some((used, _)) = state.fuel_levels() {
         FUEL_USED.with(|c| c.set(used));
@@ -348,15 +406,18 @@ impl Meter {
             return Ok(Json::String(s.to_owned()));
         }
         self.check_fuel_left()?;
-        let env = limits::env_with_fuel(self.limits.fuel);
+        let fuel = evaluation_fuel(&self.limits)?;
+        let env = limits::env_with_fuel(fuel);
         let template = env
             .template_from_str(s)
             .map_err(|e| ExprError::from_minijinja(&e))?;
         let captured = contain_panic(|| template.render_captured(ctx.0.clone()))?.map_err(|e| {
+            charge_allowance(&self.limits, fuel, fuel, out_of_fuel(&e));
             self.fuel_left = self.fuel_left.saturating_sub(self.limits.fuel);
             ExprError::from_evaluation(&e, &self.limits)
         })?;
         let used = captured.state().fuel_levels().map_or(0, |(used, _)| used);
+        charge_allowance(&self.limits, fuel, used, false);
         self.charge_fuel(used)?;
         let text = captured.into_output();
         self.charge_bytes(text.len() + 2)?;
@@ -365,7 +426,8 @@ impl Meter {
 
     fn eval_value(&mut self, expr: &str, ctx: &Context) -> Result<Value> {
         self.check_fuel_left()?;
-        let env = limits::env_with_fuel(self.limits.fuel);
+        let fuel = evaluation_fuel(&self.limits)?;
+        let env = limits::env_with_fuel(fuel);
         // Compiled alone first, so that errors are about the expression as written.
         env.compile_expression(bare(expr))
             .map_err(|e| ExprError::from_minijinja(&e))?;
@@ -375,10 +437,13 @@ impl Meter {
             .map_err(|e| ExprError::from_minijinja(&e))?;
         FUEL_USED.with(|c| c.set(0));
         let value = contain_panic(|| compiled.eval(ctx.0.clone()))?.map_err(|e| {
+            charge_allowance(&self.limits, fuel, fuel, out_of_fuel(&e));
             self.fuel_left = self.fuel_left.saturating_sub(self.limits.fuel);
             ExprError::from_evaluation(&e, &self.limits)
         })?;
-        self.charge_fuel(FUEL_USED.with(Cell::get))?;
+        let used = FUEL_USED.with(Cell::get);
+        charge_allowance(&self.limits, fuel, used, false);
+        self.charge_fuel(used)?;
         Ok(value)
     }
 

@@ -29,7 +29,7 @@ pub const DEFAULT_QUEUE: &str = "default";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A validated flow definition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Flow {
     pub name: String,
     /// The version the file asked for, if any; the registry assigns the real one.
@@ -74,6 +74,18 @@ impl Flow {
         for (i, step) in self.steps.iter().enumerate() {
             positions.entry(step.id.clone()).or_insert(i);
         }
+    }
+
+    /// Whether deciding what a run of this flow does next evaluates any expression or
+    /// template: an `if`, `for_each`, `until`, a templated `with`, or `outputs`.
+    pub fn evaluates_expressions(&self) -> bool {
+        !self.outputs.is_empty()
+            || self.steps.iter().any(|s| {
+                s.condition.is_some()
+                    || s.for_each.is_some()
+                    || s.until.is_some()
+                    || crate::expr::has_templates(&s.with)
+            })
     }
 
     pub fn step(&self, id: &str) -> Option<&Step> {

@@ -304,7 +304,7 @@ impl KafkaConfig {
                 let answer = client.client().fetch_metadata(None, Duration::from_secs(2));
                 // Serves the client's callbacks: an authentication failure arrives as an error
                 // event, the metadata request only times out.
-                let _ = client.poll(Duration::from_millis(100));
+                client.poll(Duration::from_millis(100));
                 let message = match answer {
                     Ok(metadata) if !metadata.brokers().is_empty() => {
                         return Ok(metadata.brokers().len());

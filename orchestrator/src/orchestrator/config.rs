@@ -49,6 +49,10 @@ pub struct OrchestratorConfig {
     pub expr_fuel: u64,
     /// The largest result of one such evaluation, in bytes of JSON.
     pub expr_max_output_bytes: usize,
+    /// Threads that evaluate the expressions and templates of runs whose flows have any, so
+    /// a slow evaluation never holds up a run actor's thread or a gRPC handler (0: one per
+    /// CPU).
+    pub eval_threads: usize,
     /// A testing aid: when set, "now" for the scheduler is read from this file (Unix
     /// milliseconds or an RFC 3339 time, re-read every 100 ms), so tests move time by
     /// rewriting it. Unset (the default): the system clock.
@@ -97,6 +101,7 @@ impl Default for OrchestratorConfig {
             max_subflow_depth: 8,
             expr_fuel: rpaflow_core::expr::DEFAULT_FUEL,
             expr_max_output_bytes: rpaflow_core::expr::DEFAULT_MAX_OUTPUT_BYTES,
+            eval_threads: 0,
             clock_file: None,
         }
     }

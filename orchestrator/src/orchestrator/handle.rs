@@ -17,6 +17,9 @@ use crate::schedule::ScheduleView;
 use crate::state::{Input, RunState, RunStatus};
 use crate::store::{Created, FlowRecord, PendingApproval, RunSummary, SecretInfo, Store};
 
+/// How long GetRun waits for a busy run actor before reading the run from storage.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A request to start a run.
 #[derive(Debug, Clone, Default)]
 pub struct StartRun {
@@ -76,6 +79,16 @@ impl OrchestratorHandle {
             }
         }
         Ok(registered)
+    }
+
+    /// Runs an evaluation of expressions or templates on the evaluation pool
+    /// ([`crate::evaluation`]), never on the caller's thread.
+    pub(crate) async fn evaluate<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        self.shared.evaluator.run(work).await
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -196,13 +209,15 @@ impl OrchestratorHandle {
         state.max_for_each_concurrency = shared.config.max_for_each_concurrency;
         state.max_output_memory_bytes = shared.config.max_run_output_memory_bytes;
         state.trigger = req.trigger.clone();
-        let events = state.start(
-            inputs,
-            req.idempotency_key.clone(),
-            req.parent.clone(),
-            queued,
-            now_ms(),
-        );
+        // The first steps' `if` and `with` may be slow to evaluate: not on this handler.
+        let (key, parent) = (req.idempotency_key.clone(), req.parent.clone());
+        let (state, events) = shared
+            .evaluator
+            .decide(state, memory, move |state| {
+                let (inputs, key, parent) = (inputs.clone(), key.clone(), parent.clone());
+                state.start(inputs, key, parent, queued.clone(), now_ms())
+            })
+            .await?;
         shared.track_approvals(&state, &events)?;
         match shared
             .store
@@ -233,9 +248,12 @@ impl OrchestratorHandle {
         }
     }
 
+    /// The run as its actor holds it; from storage when it has none, or when the actor is busy
+    /// for longer than [`SNAPSHOT_WAIT`] (deciding a step whose templates are slow to render):
+    /// storage has everything the actor made durable, which is all a client could have seen.
     pub async fn get_run(&self, run_id: &str) -> Result<RunState> {
         if let Some(addr) = self.shared.actor(run_id)
-            && let Ok(state) = addr.send(Snapshot).await
+            && let Ok(Ok(state)) = tokio::time::timeout(SNAPSHOT_WAIT, addr.send(Snapshot)).await
         {
             return Ok(state);
         }

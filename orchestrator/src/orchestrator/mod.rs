@@ -31,10 +31,11 @@ use tracing::{info, warn};
 use crate::actors::{ActorSystem, Deliver};
 use crate::backlog::Backlog;
 use crate::error::{Error, Result};
+use crate::evaluation::Evaluator;
 use crate::registry::Registry;
 use crate::schedule::{Clock, Scheduler};
-use crate::state::{ErrorInfo, Input};
-use crate::store::Store;
+use crate::state::{Action, ErrorInfo, Input, RunEvent, RunState};
+use crate::store::{RunSummary, Store};
 
 /// The orchestrator; [`Orchestrator::run`] drives it until shutdown.
 pub struct Orchestrator {
@@ -49,6 +50,29 @@ impl std::fmt::Debug for Orchestrator {
             .field("data_dir", &self.shared.config.data_dir)
             .finish()
     }
+}
+
+/// A rebuilt run: its state, the events recovery added, its summary and what to do first.
+type Rebuilt = (RunState, Vec<RunEvent>, RunSummary, Vec<Action>);
+
+/// Rebuilds every unfinished run from its events and decides what each must do again.
+fn rebuild_active_runs(shared: &Shared) -> Result<Vec<Rebuilt>> {
+    let mut rebuilt = Vec::new();
+    for run_id in shared.store.active_runs()? {
+        let mut state = match shared.load(&run_id) {
+            Ok(state) => state,
+            Err(err) => {
+                warn!(run_id = %run_id, error = %err, "cannot rebuild run; left as it is");
+                continue;
+            }
+        };
+        let events = state.handle(Input::Recover, now_ms()).unwrap_or_default();
+        let mut actions = state.actions_for(&events);
+        actions.extend(state.pending_timers());
+        let summary = shared.summary(&state);
+        rebuilt.push((state, events, summary, actions));
+    }
+    Ok(rebuilt)
 }
 
 impl Orchestrator {
@@ -74,6 +98,7 @@ impl Orchestrator {
             bus,
             backlog: Backlog::default(),
             scheduler: scheduler.handle(),
+            evaluator: Evaluator::new(config.eval_threads),
             config,
             actors: Mutex::new(HashMap::new()),
             starting: Default::default(),
@@ -92,22 +117,14 @@ impl Orchestrator {
     /// Rebuilds unfinished runs from their events, re-dispatches what has no result and sets
     /// their timers again.
     async fn recover(&self) -> Result<()> {
+        // Rebuilding reads storage and may evaluate expressions: on the evaluation pool.
+        let shared = self.shared.clone();
+        let rebuilt = self
+            .shared
+            .evaluator
+            .run(move || rebuild_active_runs(&shared))
+            .await??;
         let shared = &self.shared;
-        let mut rebuilt = Vec::new();
-        for run_id in shared.store.active_runs()? {
-            let mut state = match shared.load(&run_id) {
-                Ok(state) => state,
-                Err(err) => {
-                    warn!(run_id = %run_id, error = %err, "cannot rebuild run; left as it is");
-                    continue;
-                }
-            };
-            let events = state.handle(Input::Recover, now_ms()).unwrap_or_default();
-            let mut actions = state.actions_for(&events);
-            actions.extend(state.pending_timers());
-            let summary = shared.summary(&state);
-            rebuilt.push((state, events, summary, actions));
-        }
         // Concurrent appends share flushes.
         futures::future::try_join_all(rebuilt.iter().map(|(state, events, summary, _)| {
             shared.store.append(&state.run_id, events, Some(summary))

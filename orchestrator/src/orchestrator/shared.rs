@@ -16,6 +16,7 @@ use super::concurrency::FlowRuns;
 use crate::actors::{ActorSystem, Published, RunActor};
 use crate::backlog::Backlog;
 use crate::error::{Error, Result};
+use crate::evaluation::Evaluator;
 use crate::registry::Registry;
 use crate::schedule::SchedulerHandle;
 use crate::state::{EventKind, RunEvent, RunState, RunStatus, TaskSpec};
@@ -29,6 +30,8 @@ pub struct Shared {
     pub(crate) backlog: Backlog,
     pub(super) scheduler: SchedulerHandle,
     pub(crate) config: OrchestratorConfig,
+    /// Where expressions and templates are evaluated ([`crate::evaluation`]).
+    pub(crate) evaluator: Evaluator,
     pub(super) actors: Mutex<HashMap<String, Addr<RunActor>>>,
     /// Runs admitted and not yet in `actors`: counted with them by `admit`.
     pub(super) starting: AtomicUsize,

@@ -16,21 +16,40 @@ const ALLOCATION: usize = 16;
 /// About how many bytes `json` takes as a `serde_json::Value` (64-bit, the default `Map`).
 /// Small objects are the costly case: `{"a":1}` is 7 bytes of text and ~650 bytes in memory.
 pub fn json_memory_bytes(json: &Json) -> usize {
+    measure(json, usize::MAX)
+}
+
+/// [`json_memory_bytes`] when it is at most `stop`, else some number over `stop`: counting
+/// stops once past it, so asking about a large value costs no more than `stop`.
+pub fn json_memory_bytes_up_to(json: &Json, stop: usize) -> usize {
+    measure(json, stop)
+}
+
+/// [`json_memory_bytes`], stopping once past `stop`.
+fn measure(json: &Json, stop: usize) -> usize {
     let mut total = 0usize;
     let mut todo = vec![json];
     while let Some(value) = todo.pop() {
+        if total > stop {
+            break;
+        }
         total = total.saturating_add(VALUE);
         match value {
             Json::Null | Json::Bool(_) | Json::Number(_) => {}
             Json::String(s) => total = total.saturating_add(heap(s.len())),
             Json::Array(items) => {
                 total = total.saturating_add(heap(items.len() * VALUE));
-                todo.extend(items);
+                if total <= stop {
+                    todo.extend(items);
+                }
             }
             Json::Object(map) => {
                 let nodes = map.len().div_ceil(MAP_NODE_ENTRIES);
                 total = total.saturating_add(nodes * (MAP_NODE + ALLOCATION));
                 for (key, item) in map {
+                    if total > stop {
+                        break;
+                    }
                     total = total.saturating_add(heap(key.len()));
                     todo.push(item);
                 }
@@ -61,6 +80,18 @@ mod tests {
         let memory = json_memory_bytes(&many);
         assert!(text < 1 << 20, "{text}");
         assert!((50_000_000..70_000_000).contains(&memory), "{memory}");
+    }
+
+    #[test]
+    fn asking_whether_a_value_fits_stops_past_the_limit() {
+        let many = Json::Array((0..80_000).map(|i| json!({ "k": i })).collect());
+        let whole = json_memory_bytes(&many);
+        let partial = json_memory_bytes_up_to(&many, 64 << 10);
+        assert!(partial > 64 << 10 && partial < whole, "{partial}");
+        assert_eq!(json_memory_bytes_up_to(&many, whole), whole);
+        let one = json_memory_bytes(&json!({"a": 1}));
+        assert_eq!(json_memory_bytes_up_to(&json!({"a": 1}), 1000), one);
+        assert!(json_memory_bytes_up_to(&json!({"a": 1}), 100) > 100);
     }
 
     #[test]

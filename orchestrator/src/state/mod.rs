@@ -24,7 +24,7 @@ use rpaflow_core::flow::Flow;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-pub use cost::json_memory_bytes;
+pub use cost::{json_memory_bytes, json_memory_bytes_up_to};
 pub use event::{ErrorInfo, EventKind, ParentRef, RunEvent, RunStart, StepOutcome};
 pub use machine::{Action, Input, Rejection, TaskSpec, Timer};
 
@@ -262,6 +262,9 @@ pub struct RunState {
     /// the `TaskSucceeded` events: held once in the units and once more in their steps' outputs.
     #[serde(skip)]
     pub output_memory_bytes: usize,
+    /// What the inputs take in memory ([`json_memory_bytes`]), set with them.
+    #[serde(skip)]
+    pub input_memory_bytes: usize,
     /// Not part of the events: the limit this orchestrator enforces on step inputs.
     #[serde(skip)]
     pub max_payload_bytes: usize,
@@ -276,12 +279,18 @@ pub struct RunState {
     /// workers start them would time out waiting in the queue.
     #[serde(skip)]
     pub max_for_each_concurrency: usize,
+    /// Not part of the events: whether the flow evaluates expressions
+    /// ([`Flow::evaluates_expressions`]), so deciding may be slow and belongs off the actor's
+    /// thread.
+    #[serde(skip)]
+    pub evaluates_expressions: bool,
 }
 
 impl RunState {
     /// An empty state for a run of `flow`, before its `RunStarted` event.
     pub fn new(run_id: impl Into<String>, flow: Arc<Flow>, flow_version: u32) -> Self {
         let steps = flow.steps.iter().map(|_| StepState::new()).collect();
+        let evaluates_expressions = flow.evaluates_expressions();
         Self {
             run_id: run_id.into(),
             flow,
@@ -304,7 +313,16 @@ impl RunState {
             max_for_each_concurrency: DEFAULT_MAX_FOR_EACH_CONCURRENCY,
             max_output_memory_bytes: DEFAULT_MAX_OUTPUT_MEMORY_BYTES,
             output_memory_bytes: 0,
+            input_memory_bytes: 0,
+            evaluates_expressions,
         }
+    }
+
+    /// What stands in for the state while it is away being decided on another thread: the
+    /// run's id and nothing else.
+    pub fn placeholder(&self) -> Self {
+        static NO_FLOW: std::sync::LazyLock<Arc<Flow>> = std::sync::LazyLock::new(Arc::default);
+        Self::new(self.run_id.clone(), NO_FLOW.clone(), self.flow_version)
     }
 
     /// Rebuilds a run from its stored events.
@@ -329,6 +347,7 @@ impl RunState {
         match &event.kind {
             EventKind::RunStarted(start) | EventKind::RunQueued { start, .. } => {
                 self.inputs = start.inputs.clone();
+                self.input_memory_bytes = json_memory_bytes(&self.inputs);
                 self.idempotency_key = start.idempotency_key.clone();
                 self.trigger = start.trigger.clone();
                 self.parent = start.parent.clone();
