@@ -424,6 +424,18 @@ impl Dev {
         run
     }
 
+    /// Waits until the run finished, asserts it failed, and returns the run's error message.
+    pub async fn wait_failed(&self, run_id: &str, timeout: Duration) -> String {
+        let run = self.wait_finished(run_id, timeout).await;
+        if run.status() != pb::RunStatus::Failed {
+            self.fail(&format!(
+                "run {run_id} did not fail:\n{}",
+                describe_run(&run)
+            ));
+        }
+        run.error.map(|e| e.message).unwrap_or_default()
+    }
+
     /// Waits until step `step` of the run has `status`.
     pub async fn wait_step(
         &self,

@@ -136,18 +136,7 @@ async fn costly_inputs_and_fan_outs_are_refused_and_the_server_goes_on() {
     // A fan-out over the limit fails the run with the limit named; at the limit it finishes,
     // and GetRun answers quickly meanwhile.
     let over = dev.run("fan", json!({ "n": 1_001 })).await;
-    let run = dev.wait_finished(&over, RUN_TIMEOUT).await;
-    assert_eq!(
-        run.status(),
-        pb::RunStatus::Failed,
-        "{}",
-        describe_run(&run)
-    );
-    let message = run
-        .error
-        .as_ref()
-        .map(|e| e.message.clone())
-        .unwrap_or_default();
+    let message = dev.wait_failed(&over, RUN_TIMEOUT).await;
     assert!(
         message.contains("over the limit of 1000 (orchestrator.max_for_each_items)"),
         "{message}"
@@ -215,18 +204,7 @@ async fn long_cycles_deep_files_and_big_flows_are_refused_and_the_server_goes_on
     dev.register("name: again\nsteps:\n  - { id: inner, uses: subflow, with: { flow: again } }\n")
         .await;
     let top = dev.run("again", json!({})).await;
-    let run = dev.wait_finished(&top, RUN_TIMEOUT).await;
-    assert_eq!(
-        run.status(),
-        pb::RunStatus::Failed,
-        "{}",
-        describe_run(&run)
-    );
-    let message = run
-        .error
-        .as_ref()
-        .map(|e| e.message.clone())
-        .unwrap_or_default();
+    let message = dev.wait_failed(&top, RUN_TIMEOUT).await;
     assert!(
         message
             .contains("subflows nest deeper than the limit of 8 (orchestrator.max_subflow_depth)"),

@@ -291,6 +291,20 @@ fn charge_allowance(limits: &Limits, fuel: u64, used: u64, ran_out: bool) {
     }
 }
 
+/// Takes `amount` from `left`; when there is not that much, empties it and answers false.
+fn spend<T>(left: &mut T, amount: T) -> bool
+where
+    T: Copy + Default + PartialOrd + std::ops::Sub<Output = T>,
+{
+    if amount <= *left {
+        *left = *left - amount;
+        true
+    } else {
+        *left = T::default();
+        false
+    }
+}
+
 fn record_fuel_used(state: &minijinja::State, value: Value) -> Value {
     if let Some((used, _)) = state.fuel_levels() {
         FUEL_USED.with(|c| c.set(used));
@@ -455,15 +469,10 @@ impl Meter {
     }
 
     fn charge_fuel(&mut self, used: u64) -> Result<()> {
-        match self.fuel_left.checked_sub(used) {
-            Some(left) => {
-                self.fuel_left = left;
-                Ok(())
-            }
-            None => {
-                self.fuel_left = 0;
-                Err(self.out_of_total_fuel())
-            }
+        if spend(&mut self.fuel_left, used) {
+            Ok(())
+        } else {
+            Err(self.out_of_total_fuel())
         }
     }
 
@@ -478,15 +487,10 @@ impl Meter {
     }
 
     fn charge_bytes(&mut self, bytes: usize) -> Result<()> {
-        match self.bytes_left.checked_sub(bytes) {
-            Some(left) => {
-                self.bytes_left = left;
-                Ok(())
-            }
-            None => {
-                self.bytes_left = 0;
-                Err(self.output_too_large())
-            }
+        if spend(&mut self.bytes_left, bytes) {
+            Ok(())
+        } else {
+            Err(self.output_too_large())
         }
     }
 
