@@ -116,7 +116,12 @@ impl Default for DevConfig {
             listen: SocketAddr::from(DEFAULT_LISTEN),
             hooks_listen: None,
             orchestrator: OrchestratorConfig::default(),
-            worker: WorkerConfig::default(),
+            worker: WorkerConfig {
+                // Zero-config: flows reach services on the developer's machine and network.
+                // `rpaflow worker` keeps the production default (public addresses only).
+                egress: rpaflow_worker::egress::EgressConfig::permissive(),
+                ..WorkerConfig::default()
+            },
             queues: vec![rpaflow_core::flow::DEFAULT_QUEUE.to_owned()],
             kafka: KafkaConfig::default(),
             telemetry: TelemetryConfig {
@@ -359,6 +364,46 @@ mod tests {
             )
             .unwrap_err();
             assert!(format!("{err:#}").contains("bad queue"), "{err:#}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn egress_is_open_in_dev_and_public_only_for_workers() {
+        figment::Jail::expect_with(|jail| {
+            let dev = DevConfig::load(None, Figment::new()).map_err(|e| e.to_string())?;
+            assert!(dev.worker.egress.allow_private);
+            let worker = WorkerServiceConfig::load(
+                None,
+                Figment::from(Serialized::default("kafka.brokers", "127.0.0.1:9092")),
+            )
+            .map_err(|e| e.to_string())?;
+            assert!(!worker.worker.egress.allow_private);
+            assert!(!worker.worker.egress.allow_unix_sockets);
+
+            jail.set_env("RPAFLOW_WORKER__EGRESS__ALLOW_PRIVATE", "true");
+            jail.set_env(
+                "RPAFLOW_WORKER__EGRESS__ALLOW_CIDRS",
+                "[10.1.0.0/16, \"fd00::/8\"]",
+            );
+            jail.set_env("RPAFLOW_WORKER__EGRESS__DENY_HOSTS", "[\"*.internal\"]");
+            let worker = WorkerServiceConfig::load(
+                None,
+                Figment::from(Serialized::default("kafka.brokers", "127.0.0.1:9092")),
+            )
+            .map_err(|e| e.to_string())?;
+            let egress = &worker.worker.egress;
+            assert!(egress.allow_private);
+            assert_eq!(egress.allow_cidrs.len(), 2);
+            assert_eq!(egress.deny_hosts, ["*.internal"]);
+
+            jail.set_env("RPAFLOW_WORKER__EGRESS__DENY_HOSTS", "[\"a.*.b\"]");
+            let err = WorkerServiceConfig::load(
+                None,
+                Figment::from(Serialized::default("kafka.brokers", "127.0.0.1:9092")),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("egress.deny_hosts"), "{err}");
             Ok(())
         });
     }

@@ -25,6 +25,13 @@ pub trait Executor: Send + Sync {
     /// The kind this executor serves, such as `http`.
     fn kind(&self) -> &'static str;
 
+    /// Whether the step's secrets are put in its input: only for executors that hand them to
+    /// another system (a header, a password). Others see `***` where a secret was, so nothing
+    /// they log, compute or return can hold one.
+    fn receives_secrets(&self) -> bool {
+        false
+    }
+
     /// Runs one attempt of a step with its rendered inputs and returns its output.
     async fn execute(&self, ctx: &TaskContext, input: Json) -> Result<Json, StepError>;
 
@@ -147,8 +154,12 @@ pub mod codes {
     pub const HTTP_CONNECT: &str = "http_connect";
     /// The executor failed in a way that is a bug (a panic, for instance).
     pub const INTERNAL: &str = "internal";
-    /// The input refers to a secret that is not set.
+    /// The input refers to a secret that is not set, or that this worker cannot open.
     pub const SECRET_MISSING: &str = "secret_missing";
+    /// The input holds a secret marker its step's `with` did not make (it came from data).
+    pub const SECRET_REFUSED: &str = "secret_refused";
+    /// The worker's egress policy (`worker.egress`) denies the destination.
+    pub const EGRESS_DENIED: &str = "egress_denied";
 }
 
 /// Why a step attempt failed: a short code, a message for people, and whether trying again may
@@ -253,29 +264,41 @@ impl Registry {
         Self::default()
     }
 
-    /// A registry with every built-in executor: `http`, `transform`, `sleep`, `log` and `echo`.
+    /// A registry with every built-in executor, under the production default egress policy
+    /// (public addresses only).
     pub fn builtin() -> crate::Result<Self> {
+        Self::builtin_with(&crate::egress::Egress::default())
+    }
+
+    /// Every built-in executor, reaching the network under `egress`.
+    pub fn builtin_with(egress: &crate::egress::Egress) -> crate::Result<Self> {
         let mut registry = Self::new();
         registry
             .register(executors::HttpExecutor::new(
                 executors::HttpConfig::default(),
+                egress.clone(),
             )?)
             .register(executors::TransformExecutor::default())
             .register(executors::SleepExecutor)
             .register(executors::LogExecutor)
             .register(executors::EchoExecutor)
             .register(executors::LlmExecutor::unconfigured())
-            .register(executors::SqlExecutor::new())
-            .register(executors::NotifyExecutor::with_default_client()?)
+            .register(executors::SqlExecutor::new(egress.clone()))
+            .register(executors::NotifyExecutor::with_default_client(
+                egress.clone(),
+            )?)
             .register(executors::BrowserExecutor::new(
                 executors::BrowserConfig::default(),
+                egress.clone(),
             ));
         Ok(registry)
     }
 
-    /// The built-in executors set up as `config` says (the inference node for `llm`).
+    /// The built-in executors set up as `config` says (the egress policy, the inference node
+    /// for `llm`).
     pub fn for_config(config: &crate::WorkerConfig) -> crate::Result<Self> {
-        let mut registry = Self::builtin()?;
+        let egress = crate::egress::Egress::new(crate::egress::EgressPolicy::new(&config.egress)?);
+        let mut registry = Self::builtin_with(&egress)?;
         registry.register(executors::TransformExecutor::new(
             config.expr_limits(),
             config.transform_fuel,

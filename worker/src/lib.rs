@@ -12,8 +12,11 @@
 //!   and the [`Registry`] of executors by kind.
 //! - [`executors`]: the built-in executors (`http`, `transform`, `sleep`, `log`, `echo`) and the
 //!   [`executors::Input`] helper for reading step inputs with precise error messages.
+//! - [`egress`]: the egress policy of steps that reach the network (`worker.egress`) and the
+//!   resolver, redirect policy and browser proxy that enforce it.
 //! - [`error`]: the crate's [`Error`] type.
 
+pub mod egress;
 pub mod error;
 pub mod executor;
 pub mod executors;

@@ -74,6 +74,9 @@ pub struct WorkerConfig {
     pub expr_max_output_bytes: usize,
     /// Fuel of all the expression evaluations of one `transform` step.
     pub transform_fuel: u64,
+    /// Which hosts and addresses steps may reach (`docs/security.md`); public ones only by
+    /// default.
+    pub egress: crate::egress::EgressConfig,
 }
 
 impl Default for WorkerConfig {
@@ -88,6 +91,7 @@ impl Default for WorkerConfig {
             expr_fuel: rpaflow_core::expr::DEFAULT_FUEL,
             expr_max_output_bytes: rpaflow_core::expr::DEFAULT_MAX_OUTPUT_BYTES,
             transform_fuel: crate::executors::DEFAULT_TRANSFORM_FUEL,
+            egress: crate::egress::EgressConfig::default(),
         }
     }
 }
@@ -152,6 +156,7 @@ impl WorkerConfig {
         if self.expr_max_output_bytes == 0 {
             return fail("expr_max_output_bytes", "must be at least 1");
         }
+        crate::egress::EgressPolicy::new(&self.egress)?;
         Ok(())
     }
 }

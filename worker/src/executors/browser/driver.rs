@@ -16,6 +16,8 @@ use tokio::process::{Child, Command};
 
 use super::{BrowserConfig, unavailable};
 use crate::StepError;
+use crate::egress::Egress;
+use crate::egress::proxy::EgressProxy;
 
 /// How long `chromedriver` may take to listen after it starts.
 const DRIVER_START: Duration = Duration::from_secs(10);
@@ -130,13 +132,25 @@ impl Drop for Driver {
     }
 }
 
-/// A step's browsing context: a WebDriver session and its profile directory. Close it with
+/// Flags that send all of Chromium's traffic through the egress proxy: loopback too (Chromium
+/// bypasses proxies for it by default), no UDP outside the proxy (WebRTC), no QUIC (above), no
+/// DNS prefetching.
+const PROXY_ARGS: &[&str] = &[
+    "--proxy-bypass-list=<-loopback>",
+    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+    "--webrtc-ip-handling-policy=disable_non_proxied_udp",
+    "--dns-prefetch-disable",
+];
+
+/// A step's browsing context: a WebDriver session, its profile directory and the egress proxy
+/// its requests go through. Close it with
 /// [`Session::close`]; if it is dropped instead (the step's future was dropped at its timeout),
 /// it closes itself in the background.
 #[derive(Debug)]
 pub(super) struct Session {
     client: Option<Client>,
     profile: Option<TempDir>,
+    proxy: EgressProxy,
 }
 
 impl Session {
@@ -144,6 +158,11 @@ impl Session {
         self.client
             .as_ref()
             .expect("a session's client is there until it is closed")
+    }
+
+    /// The proxy the session's requests go through, which records what it denied.
+    pub fn proxy(&self) -> &EgressProxy {
+        &self.proxy
     }
 
     /// Ends the session (Chromium exits) and removes its profile.
@@ -178,9 +197,17 @@ async fn close(client: Option<Client>, profile: Option<TempDir>) {
     }
 }
 
-/// Opens a session on the driver at `url`: a new Chromium with an empty profile of its own.
-pub(super) async fn new_session(url: String, config: BrowserConfig) -> Result<Session, StepError> {
+/// Opens a session on the driver at `url`: a new Chromium with an empty profile of its own,
+/// whose every request goes through an egress proxy of its own.
+pub(super) async fn new_session(
+    url: String,
+    config: BrowserConfig,
+    egress: Egress,
+) -> Result<Session, StepError> {
     require_file(&config.chromium, "chromium", "RPAFLOW_CHROMIUM")?;
+    let proxy = EgressProxy::start(egress)
+        .await
+        .map_err(|e| unavailable(format!("could not start the browser's egress proxy: {e}")))?;
     let profile = tempfile::Builder::new()
         .prefix("rpaflow-browser-")
         .tempdir()
@@ -190,6 +217,8 @@ pub(super) async fn new_session(url: String, config: BrowserConfig) -> Result<Se
         args.push("--headless".to_owned());
     }
     args.push(format!("--user-data-dir={}", profile.path().display()));
+    args.push(format!("--proxy-server=http://{}", proxy.addr()));
+    args.extend(PROXY_ARGS.iter().map(|a| (*a).to_owned()));
     let mut capabilities = Map::new();
     capabilities.insert(
         "goog:chromeOptions".to_owned(),
@@ -209,6 +238,7 @@ pub(super) async fn new_session(url: String, config: BrowserConfig) -> Result<Se
     Ok(Session {
         client: Some(client),
         profile: Some(profile),
+        proxy,
     })
 }
 

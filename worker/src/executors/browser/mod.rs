@@ -35,6 +35,17 @@
 //! `{values, screenshots, url, title}`: what the `read_*` actions read, by name; the path of each
 //! screenshot by name (never the image itself); and the page's URL and title after the last action.
 //!
+//! # Egress
+//! Every request of the page goes through a proxy of the worker's own (one per browsing context)
+//! that checks its destination against the worker's egress policy (`worker.egress`, see
+//! [`crate::egress`]): navigations, each redirect hop, subresources, `fetch`/XHR, form posts,
+//! WebSockets, over HTTP and HTTPS (`CONNECT`), loopback included. The proxy resolves names
+//! itself and connects to the checked address. WebRTC may not send UDP outside it; QUIC and DNS
+//! prefetching are off. A denied request is answered `403` by the proxy, and the step fails with
+//! `egress_denied` at the end of the action during which the page made it (or, for a request the
+//! page made in the background after its action ended, at the end of the next action or of the
+//! step). Schemes that do not reach the network (`about:`, `data:`, `file:`) are not checked.
+//!
 //! # Errors
 //! Messages name the failing action by index, with its selector:
 //! ``actions[3] click `#submit`: no element matches (waited 10s); screenshot: /tmp/….png``. A
@@ -46,6 +57,9 @@
 //!   the page did not load (connection refused).
 //! - `browser_unavailable` (retryable): `chromedriver` or `chromium` is missing or did not start;
 //!   the message says which and where it was looked for. Also after [`BrowserExecutor::shutdown`].
+//! - `egress_denied`: the page tried to reach a destination the egress policy denies;
+//!   the message names the first one, like ``actions[0] open `http://10.0.0.5/`: egress to
+//!   10.0.0.5:80 is denied by the worker's egress policy (worker.egress)``.
 //! - `cancelled`: the run was cancelled; the browsing context is closed first.
 //! - `invalid_input`: a bad field, named in the message (`actions[2].fill: \`value\` is required`).
 
@@ -67,6 +81,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::action::Script;
 use self::driver::{Driver, Session};
+use crate::egress::Egress;
 use crate::{Executor, StepError, TaskContext};
 
 /// The error codes of the `browser` executor.
@@ -112,6 +127,7 @@ impl Default for BrowserConfig {
 #[derive(Debug)]
 pub struct BrowserExecutor {
     config: BrowserConfig,
+    egress: Egress,
     driver: Mutex<Option<Driver>>,
     /// Cancelled by [`BrowserExecutor::shutdown`]: steps in flight stop, new ones are refused.
     closing: CancellationToken,
@@ -120,10 +136,12 @@ pub struct BrowserExecutor {
 }
 
 impl BrowserExecutor {
-    /// An executor that starts nothing until its first step.
-    pub fn new(config: BrowserConfig) -> Self {
+    /// An executor that starts nothing until its first step, whose pages reach only what
+    /// `egress` allows.
+    pub fn new(config: BrowserConfig, egress: Egress) -> Self {
         Self {
             config,
+            egress,
             driver: Mutex::new(None),
             closing: CancellationToken::new(),
             in_flight: Arc::new(RwLock::new(())),
@@ -172,9 +190,13 @@ impl BrowserExecutor {
         // Sessions start in parallel, each in a task of its own: if the step stops waiting
         // (cancelled, timed out), the session still comes up and closes itself when dropped,
         // rather than being left to the driver.
-        tokio::spawn(driver::new_session(url, self.config.clone()))
-            .await
-            .map_err(|e| StepError::internal(format!("starting a browser session failed: {e}")))?
+        tokio::spawn(driver::new_session(
+            url,
+            self.config.clone(),
+            self.egress.clone(),
+        ))
+        .await
+        .map_err(|e| StepError::internal(format!("starting a browser session failed: {e}")))?
     }
 
     #[cfg(test)]
@@ -187,6 +209,10 @@ impl BrowserExecutor {
 impl Executor for BrowserExecutor {
     fn kind(&self) -> &'static str {
         "browser"
+    }
+
+    fn receives_secrets(&self) -> bool {
+        true
     }
 
     async fn shutdown(&self) {
@@ -205,7 +231,7 @@ impl Executor for BrowserExecutor {
             () = self.closing.cancelled() => return Err(shut_down()),
         };
         let result = tokio::select! {
-            result = run::run(session.client(), &script, ctx) => result,
+            result = run::run(&session, &script, ctx) => result,
             () = ctx.cancel.cancelled() => Err(StepError::cancelled()),
             () = self.closing.cancelled() => Err(shut_down()),
         };

@@ -10,6 +10,8 @@ use serde_json::{Map, Value as Json, json};
 
 use super::action::{Action, Kind, Script};
 use super::codes;
+use super::driver::Session;
+use crate::egress::EgressDenied;
 use crate::{StepError, TaskContext};
 
 /// How long the page may take to answer commands once an action's timeout has passed.
@@ -55,14 +57,17 @@ return {rows: rows.map(row => {
 enum Failure {
     Action(String),
     Timeout(String),
+    /// The page tried to reach a destination the egress policy denies.
+    Egress(EgressDenied),
 }
 
 /// Runs every action in order and returns the step's output.
 pub(super) async fn run(
-    client: &Client,
+    session: &Session,
     script: &Script,
     ctx: &TaskContext,
 ) -> Result<Json, StepError> {
+    let client = session.client();
     let dir = screenshots_dir(script);
     let mut values = Map::new();
     let mut screenshots = Map::new();
@@ -78,6 +83,11 @@ pub(super) async fn run(
                 humantime::format_duration(action.timeout)
             )))
         });
+        // A denied request explains whatever else went wrong (a page that did not load).
+        let outcome = match session.proxy().take_denial() {
+            Some(denied) => Err(Failure::Egress(denied)),
+            None => outcome,
+        };
         if let Err(failure) = outcome {
             let shot = error_screenshot(client, &dir, ctx, index).await;
             return Err(named(index, action, failure, shot));
@@ -92,6 +102,12 @@ pub(super) async fn run(
         .title()
         .await
         .map_err(|e| fail_after(&e, "reading the page's title"))?;
+    if let Some(denied) = session.proxy().take_denial() {
+        return Err(StepError::permanent(
+            crate::codes::EGRESS_DENIED,
+            format!("after the last action, {denied}"),
+        ));
+    }
     Ok(json!({
         "values": values,
         "screenshots": screenshots,
@@ -245,6 +261,7 @@ fn named(
     let (code, retryable, message) = match failure {
         Failure::Action(m) => (codes::BROWSER_ACTION, false, m),
         Failure::Timeout(m) => (codes::BROWSER_TIMEOUT, true, m),
+        Failure::Egress(denied) => (crate::codes::EGRESS_DENIED, false, denied.to_string()),
     };
     let shot = match shot {
         Ok(path) => format!("screenshot: {}", path.display()),

@@ -250,7 +250,7 @@ async fn a_clerk_logs_in_fills_the_form_and_reads_the_confirmation() {
     let started = Instant::now();
     let (base, submissions) = serve().await;
     let shots = tempfile::tempdir().expect("tempdir");
-    let executor = BrowserExecutor::new(config());
+    let executor = BrowserExecutor::new(config(), Egress::permissive());
     let ctx = TaskContext::new("run-1", "order");
     let input = json!({
         "screenshots_dir": shots.path(),
@@ -314,7 +314,7 @@ async fn a_clerk_logs_in_fills_the_form_and_reads_the_confirmation() {
 async fn a_failing_action_names_its_index_and_selector_and_keeps_a_screenshot() {
     let (base, _) = serve().await;
     let shots = tempfile::tempdir().expect("tempdir");
-    let executor = BrowserExecutor::new(config());
+    let executor = BrowserExecutor::new(config(), Egress::permissive());
     let ctx = TaskContext::new("run-2", "order");
     let missing_button = json!({
         "screenshots_dir": shots.path(),
@@ -367,7 +367,7 @@ async fn a_failing_action_names_its_index_and_selector_and_keeps_a_screenshot() 
 #[tokio::test]
 async fn shutdown_leaves_no_browser_process_behind() {
     let (base, _) = serve().await;
-    let executor = Arc::new(BrowserExecutor::new(config()));
+    let executor = Arc::new(BrowserExecutor::new(config(), Egress::permissive()));
     let step = tokio::spawn({
         let executor = executor.clone();
         let input = json!({"actions": [
@@ -404,7 +404,7 @@ async fn shutdown_leaves_no_browser_process_behind() {
 #[tokio::test]
 async fn cancelling_the_run_closes_the_browsing_context() {
     let (base, _) = serve().await;
-    let executor = Arc::new(BrowserExecutor::new(config()));
+    let executor = Arc::new(BrowserExecutor::new(config(), Egress::permissive()));
     let ctx = TaskContext::new("run-4", "wait");
     let cancel = ctx.cancel.clone();
     let step = tokio::spawn({
@@ -434,10 +434,13 @@ async fn cancelling_the_run_closes_the_browsing_context() {
 
 #[tokio::test]
 async fn a_missing_browser_is_unavailable_and_bad_input_starts_nothing() {
-    let executor = BrowserExecutor::new(BrowserConfig {
-        chromedriver: PathBuf::from("/nonexistent/chromedriver"),
-        ..BrowserConfig::default()
-    });
+    let executor = BrowserExecutor::new(
+        BrowserConfig {
+            chromedriver: PathBuf::from("/nonexistent/chromedriver"),
+            ..BrowserConfig::default()
+        },
+        Egress::permissive(),
+    );
     let ctx = TaskContext::new("run-5", "open");
     let err = executor
         .execute(&ctx, json!({"actions": [{"open": "http://127.0.0.1:9/"}]}))
@@ -452,11 +455,86 @@ async fn a_missing_browser_is_unavailable_and_bad_input_starts_nothing() {
         err.message
     );
 
-    let executor = BrowserExecutor::new(config());
+    let executor = BrowserExecutor::new(config(), Egress::permissive());
     let err = executor
         .execute(&ctx, json!({"actions": [{"click": {"selector": "#a"}}]}))
         .await
         .unwrap_err();
     assert_eq!(err.code, crate::codes::INVALID_INPUT);
     assert_eq!(executor.driver_pid().await, None);
+}
+
+/// Names the tests resolve: `app.test` is the loopback application, allowed by name.
+struct TestNames;
+
+#[async_trait]
+impl crate::egress::Lookup for TestNames {
+    async fn lookup(&self, host: &str) -> std::io::Result<Vec<std::net::IpAddr>> {
+        match host {
+            "app.test" | "internal.test" => Ok(vec![std::net::Ipv4Addr::LOCALHOST.into()]),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such name",
+            )),
+        }
+    }
+}
+
+#[tokio::test]
+async fn pages_reach_only_what_the_egress_policy_allows() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = Router::new()
+        .route(
+            "/",
+            get(|| async { Html("<!doctype html><title>Home</title><p id=ok>home</p>") }),
+        )
+        .route(
+            "/to-loopback",
+            get(move || async move { Redirect::temporary(&format!("http://127.0.0.1:{port}/")) }),
+        )
+        .route(
+            "/pixel",
+            get(move || async move {
+                Html(format!(
+                    "<!doctype html><title>Pixel</title><img src='http://internal.test:{port}/'>\
+                     <p id=ok>pixel</p>"
+                ))
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let policy = crate::egress::EgressPolicy::new(&crate::egress::EgressConfig {
+        allow_hosts: vec!["app.test".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    let executor = BrowserExecutor::new(config(), Egress::with_lookup(policy, Arc::new(TestNames)));
+    let ctx = TaskContext::new("run-egress", "browse");
+    let step = |path: &str| json!({"actions": [{"open": path}, {"read_text": {"selector": "#ok", "as": "text"}}]});
+
+    let out = executor
+        .execute(&ctx, step(&format!("http://app.test:{port}/")))
+        .await
+        .unwrap();
+    assert_eq!(out["values"]["text"], "home");
+
+    let denied = |host: &str| {
+        format!("egress to {host}:{port} is denied by the worker's egress policy (worker.egress)")
+    };
+    for (url, host) in [
+        (format!("http://127.0.0.1:{port}/"), "127.0.0.1"),
+        (format!("http://app.test:{port}/to-loopback"), "127.0.0.1"),
+        (format!("http://app.test:{port}/pixel"), "internal.test"),
+    ] {
+        let err = executor.execute(&ctx, step(&url)).await.unwrap_err();
+        assert_eq!(err.code, "egress_denied", "{url}: {err}");
+        assert!(!err.retryable);
+        assert!(
+            err.message
+                .starts_with(&format!("actions[0] open `{url}`: {}", denied(host))),
+            "{url}: {}",
+            err.message
+        );
+    }
+    executor.shutdown().await;
 }

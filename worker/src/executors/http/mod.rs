@@ -23,10 +23,15 @@
 //! JSON body is `null`.
 //!
 //! # Errors
+//! - `egress_denied`: the worker's egress policy (`worker.egress`, see [`crate::egress`]) denies
+//!   the URL's host or a redirect's; nothing was sent there. The message is the same whether
+//!   anything listens there or not.
 //! - `http_status`: the status is not expected. Retryable for 5xx, 429 and 408. The message holds
 //!   the start of the response body, which is usually the API's explanation.
-//! - `http_connect` (retryable): the request could not be sent or the response read (connection
-//!   refused or reset, DNS, TLS). Too many redirects is the same code, not retryable.
+//! - `http_connect` (retryable): the request could not be sent or the response read. When no
+//!   connection could be made the message is `cannot connect to HOST:PORT` however it failed
+//!   (refused, timed out, no such name), with the detail of a TLS failure only. Too many
+//!   redirects is the same code, not retryable.
 //! - `timeout` (retryable): the request's own `timeout` passed.
 //! - `payload_too_large`: the response body is over the task's output limit; it is read no further.
 //! - `invalid_input`: a bad field, named in the message.
@@ -47,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
 
 use self::request::{Body, Expect, Request};
+use crate::egress::{Egress, EgressDenied};
 use crate::{Error, Executor, StepError, TaskContext, codes};
 
 /// Settings shared by every request of the `http` executor.
@@ -72,10 +78,12 @@ impl Default for HttpConfig {
     }
 }
 
-/// The `http` executor: one connection pool for every task.
+/// The `http` executor: one connection pool for every task, resolving through the worker's
+/// egress policy.
 #[derive(Debug, Clone)]
 pub struct HttpExecutor {
     client: reqwest::Client,
+    egress: Egress,
 }
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -85,15 +93,18 @@ const PROPAGATED: [&str; 2] = ["traceparent", "tracestate"];
 const SNIPPET_CHARS: usize = 300;
 
 impl HttpExecutor {
-    pub fn new(config: HttpConfig) -> crate::Result<Self> {
+    /// An executor whose requests, and every redirect they follow, go only where `egress`
+    /// allows.
+    pub fn new(config: HttpConfig, egress: Egress) -> crate::Result<Self> {
         install_crypto_provider();
-        let client = reqwest::Client::builder()
+        let client = egress
+            .http_client_builder()
             .user_agent(config.user_agent)
             .connect_timeout(config.connect_timeout)
-            .redirect(reqwest::redirect::Policy::limited(config.max_redirects))
+            .redirect(egress.redirect_policy(config.max_redirects))
             .build()
             .map_err(|source| Error::HttpClient { source })?;
-        Ok(Self { client })
+        Ok(Self { client, egress })
     }
 }
 
@@ -113,9 +124,18 @@ impl Executor for HttpExecutor {
         "http"
     }
 
+    fn receives_secrets(&self) -> bool {
+        true
+    }
+
     async fn execute(&self, ctx: &TaskContext, input: Json) -> Result<Json, StepError> {
         let request = Request::parse(&input)?;
         let target = request.target();
+        // Names are checked as the client resolves them; an address literal is not resolved.
+        self.egress
+            .check_url(&request.url)
+            .map_err(EgressDenied::into_step_error)?;
+        let url = request.url.clone();
         let mut builder = self
             .client
             .request(request.method.clone(), request.url)
@@ -147,10 +167,10 @@ impl Executor for HttpExecutor {
         let mut response = builder
             .send()
             .await
-            .map_err(|e| transport_error(e, &target))?;
+            .map_err(|e| transport_error(e, &target, &url))?;
         let status = response.status();
         if !request.expect.matches(status) {
-            let (snippet, _) = read_capped(&mut response, SNIPPET_CHARS * 4, &target).await?;
+            let (snippet, _) = read_capped(&mut response, SNIPPET_CHARS * 4, &target, &url).await?;
             return Err(status_error(status, &request.expect, &target, &snippet));
         }
         let limit = ctx.max_output_bytes;
@@ -167,7 +187,7 @@ impl Executor for HttpExecutor {
         }
         let headers = headers_json(response.headers());
         let is_json = is_json(response.headers());
-        let (bytes, complete) = read_capped(&mut response, limit, &target).await?;
+        let (bytes, complete) = read_capped(&mut response, limit, &target, &url).await?;
         if !complete {
             return Err(StepError::permanent(
                 codes::PAYLOAD_TOO_LARGE,
@@ -187,12 +207,13 @@ async fn read_capped(
     response: &mut reqwest::Response,
     limit: usize,
     target: &str,
+    url: &reqwest::Url,
 ) -> Result<(Vec<u8>, bool), StepError> {
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| transport_error(e, target))?
+        .map_err(|e| transport_error(e, target, url))?
     {
         if body.len() + chunk.len() > limit {
             let room = limit - body.len();
@@ -269,8 +290,12 @@ fn status_error(status: StatusCode, expect: &Expect, target: &str, body: &[u8]) 
     StepError::new(codes::HTTP_STATUS, message, retryable)
 }
 
-/// A reqwest error as a step error, with its causes but without the URL (it may hold secrets).
-fn transport_error(err: reqwest::Error, target: &str) -> StepError {
+/// A reqwest error as a step error: `egress_denied`, `cannot connect to HOST:PORT`, or the error
+/// with its causes but without the URL's query (it may hold secrets).
+fn transport_error(err: reqwest::Error, target: &str, url: &reqwest::Url) -> StepError {
+    if let Some(failure) = crate::egress::reqwest_failure(&err, url, codes::HTTP_CONNECT) {
+        return failure;
+    }
     let err = err.without_url();
     let mut detail = err.to_string();
     let mut source = err.source();
@@ -349,7 +374,7 @@ mod tests {
     }
 
     fn executor() -> HttpExecutor {
-        HttpExecutor::new(HttpConfig::default()).unwrap()
+        HttpExecutor::new(HttpConfig::default(), Egress::permissive()).unwrap()
     }
 
     fn ctx() -> TaskContext {
@@ -494,5 +519,193 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code, "timeout");
         assert!(err.retryable);
+    }
+
+    /// Names the tests resolve: both lead to loopback; the policy allows `app.test` by name.
+    struct TestNames;
+
+    #[async_trait]
+    impl crate::egress::Lookup for TestNames {
+        async fn lookup(&self, host: &str) -> std::io::Result<Vec<std::net::IpAddr>> {
+            match host {
+                "app.test" | "intranet.test" => Ok(vec![std::net::Ipv4Addr::LOCALHOST.into()]),
+                "v6.test" => Ok(vec!["::ffff:10.0.0.5".parse().unwrap()]),
+                _ => Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such name",
+                )),
+            }
+        }
+    }
+
+    /// The production default, with `app.test` allowed by name and the test resolver.
+    fn guarded() -> HttpExecutor {
+        let policy = crate::egress::EgressPolicy::new(&crate::egress::EgressConfig {
+            allow_hosts: vec!["app.test".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        let egress = Egress::with_lookup(policy, std::sync::Arc::new(TestNames));
+        HttpExecutor::new(HttpConfig::default(), egress).unwrap()
+    }
+
+    fn denied(destination: &str) -> String {
+        format!("egress to {destination} is denied by the worker's egress policy (worker.egress)")
+    }
+
+    /// A server whose `/to?url=U` redirects to `U`.
+    async fn redirector() -> u16 {
+        async fn to(RawQuery(query): RawQuery) -> axum::response::Redirect {
+            let url =
+                reqwest::Url::parse(&format!("http://x/?{}", query.unwrap_or_default())).unwrap();
+            let (_, to) = url.query_pairs().find(|(k, _)| k == "url").unwrap();
+            axum::response::Redirect::temporary(&to)
+        }
+        let app = Router::new()
+            .route("/to", get(to))
+            .route("/ok", get(|| async { "reached" }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        port
+    }
+
+    #[tokio::test]
+    async fn loopback_is_denied_by_default() {
+        let base = server().await;
+        let addr = base.trim_start_matches("http://");
+        let err = HttpExecutor::new(HttpConfig::default(), Egress::default())
+            .unwrap()
+            .execute(&ctx(), json!({"url": format!("{base}/echo")}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, "egress_denied");
+        assert!(!err.retryable);
+        assert_eq!(err.message, denied(addr));
+        let port = addr.rsplit(':').next().unwrap();
+        for (host, shown) in [
+            ("[::1]", format!("[::1]:{port}")),
+            ("[::ffff:127.0.0.1]", format!("[::ffff:7f00:1]:{port}")),
+            ("169.254.169.254", format!("169.254.169.254:{port}")),
+        ] {
+            let err = guarded()
+                .execute(&ctx(), json!({"url": format!("http://{host}:{port}/")}))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (err.code.as_str(), err.message),
+                ("egress_denied", denied(&shown))
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_private_addresses_are_denied() {
+        let port = redirector().await;
+        // Allowed by name: reached, although it resolves to loopback.
+        let out = guarded()
+            .execute(&ctx(), json!({"url": format!("http://app.test:{port}/ok")}))
+            .await
+            .unwrap();
+        assert_eq!(out["body"], "reached");
+        for host in ["intranet.test", "v6.test"] {
+            let err = guarded()
+                .execute(&ctx(), json!({"url": format!("http://{host}:{port}/ok")}))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, "egress_denied", "{host}: {err}");
+            assert_eq!(err.message, denied(&format!("{host}:{port}")));
+        }
+    }
+
+    #[tokio::test]
+    async fn every_redirect_hop_is_checked() {
+        let port = redirector().await;
+        for (to, shown) in [
+            (
+                format!("http://127.0.0.1:{port}/ok"),
+                format!("127.0.0.1:{port}"),
+            ),
+            // The resolver that refuses a redirect's name does not know its port.
+            (
+                format!("http://intranet.test:{port}/ok"),
+                "intranet.test".to_owned(),
+            ),
+            (format!("http://[::1]:{port}/ok"), format!("[::1]:{port}")),
+        ] {
+            let url = reqwest::Url::parse_with_params(
+                &format!("http://app.test:{port}/to"),
+                [("url", to.as_str())],
+            )
+            .unwrap();
+            let err = guarded()
+                .execute(&ctx(), json!({"url": url.as_str()}))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, "egress_denied", "{to}: {err}");
+            assert!(!err.retryable);
+            assert_eq!(err.message, denied(&shown));
+        }
+        // A hop that stays on the allowed name is followed.
+        let url = reqwest::Url::parse_with_params(
+            &format!("http://app.test:{port}/to"),
+            [("url", format!("http://app.test:{port}/ok"))],
+        )
+        .unwrap();
+        let out = guarded()
+            .execute(&ctx(), json!({"url": url.as_str()}))
+            .await
+            .unwrap();
+        assert_eq!(out["body"], "reached");
+    }
+
+    #[tokio::test]
+    async fn open_and_closed_ports_read_alike() {
+        let open = redirector().await;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // Denied: one message, whether anything listens.
+        let mut messages = Vec::new();
+        for port in [open, closed] {
+            for host in ["127.0.0.1", "intranet.test"] {
+                let err = guarded()
+                    .execute(&ctx(), json!({"url": format!("http://{host}:{port}/ok")}))
+                    .await
+                    .unwrap_err();
+                assert_eq!(err.code, "egress_denied");
+                messages.push(err.message.replace(&port.to_string(), "PORT"));
+            }
+        }
+        assert_eq!(messages[..2], messages[2..]);
+        // Allowed but closed, or a name that does not resolve: the same words.
+        let err = executor()
+            .execute(
+                &ctx(),
+                json!({"url": format!("http://127.0.0.1:{closed}/")}),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code.as_str(), err.retryable, err.message),
+            (
+                "http_connect",
+                true,
+                format!("cannot connect to 127.0.0.1:{closed}")
+            )
+        );
+        let err = guarded()
+            .execute(&ctx(), json!({"url": "http://nowhere.test:8080/"}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code.as_str(), err.message),
+            (
+                "http_connect",
+                "cannot connect to nowhere.test:8080".to_owned()
+            )
+        );
     }
 }

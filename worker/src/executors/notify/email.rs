@@ -11,6 +11,7 @@ use serde_json::{Map, Value as Json, json};
 use sha2::{Digest, Sha256};
 
 use super::codes;
+use crate::egress::Egress;
 use crate::executors::Input;
 use crate::executors::input::wrong_type;
 use crate::{StepError, TaskContext};
@@ -104,6 +105,7 @@ fn message_id(ctx: &TaskContext) -> String {
 
 pub(super) async fn send(
     default_smtp: Option<&SmtpConfig>,
+    egress: &Egress,
     ctx: &TaskContext,
     input: &Input<'_>,
 ) -> Result<Json, StepError> {
@@ -154,9 +156,19 @@ pub(super) async fn send(
         .map_err(|e| StepError::invalid_input(format!("the message cannot be built: {e}")))?;
 
     let relay = format!("smtp://{}:{}", smtp.host, smtp.port);
-    let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
-        .port(smtp.port)
-        .timeout(Some(SMTP_TIMEOUT));
+    // The relay is resolved and checked here, and lettre connects to the checked address (plain
+    // SMTP: no TLS name to keep). Only the first one is tried: a message must not go twice.
+    let addrs = egress
+        .resolve(&smtp.host, smtp.port)
+        .await
+        .map_err(|e| e.into_step_error(codes::NOTIFY_FAILED))?;
+    let Some(addr) = addrs.first() else {
+        return Err(unreachable(&smtp));
+    };
+    let mut transport =
+        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(addr.ip().to_string())
+            .port(smtp.port)
+            .timeout(Some(SMTP_TIMEOUT));
     if let Some(username) = &smtp.username {
         transport = transport.credentials(Credentials::new(
             username.clone(),
@@ -165,7 +177,11 @@ pub(super) async fn send(
     }
     let transport = transport.build();
     transport.send(message).await.map_err(|e| {
-        // Transient (4xx) replies and a relay that could not be reached may pass later.
+        // However the relay could not be reached (refused, timed out, reset), it reads the same.
+        if !(e.is_permanent() || e.is_transient() || e.is_response() || e.is_client()) {
+            return unreachable(&smtp);
+        }
+        // Transient (4xx) replies may pass later.
         let retryable = !(e.is_permanent() || e.is_client() || e.is_response());
         let mut message = format!("{relay} did not take the message: {e}");
         if let Some(password) = smtp.password.as_deref().filter(|p| !p.is_empty()) {
@@ -175,6 +191,17 @@ pub(super) async fn send(
     })?;
     let accepted: Vec<String> = to.iter().map(|m| m.email.to_string()).collect();
     Ok(json!({"message_id": id, "accepted": accepted}))
+}
+
+/// The relay could not be reached: retryable, and the same message however it failed.
+fn unreachable(smtp: &SmtpConfig) -> StepError {
+    StepError::retryable(
+        codes::NOTIFY_FAILED,
+        format!(
+            "cannot connect to smtp://{}",
+            crate::egress::resolve::destination(&smtp.host, Some(smtp.port))
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -248,7 +275,7 @@ mod tests {
     #[tokio::test]
     async fn delivers_to_the_relay() {
         let (port, received) = sink("250 ok").await;
-        let executor = NotifyExecutor::with_default_client().unwrap();
+        let executor = NotifyExecutor::with_default_client(Egress::permissive()).unwrap();
         let out = executor
             .execute(
                 &ctx(),
@@ -291,7 +318,7 @@ mod tests {
     #[tokio::test]
     async fn refusals_say_whether_to_retry() {
         let send = |port: u16| async move {
-            NotifyExecutor::with_default_client()
+            NotifyExecutor::with_default_client(Egress::permissive())
                 .unwrap()
                 .with_smtp(SmtpConfig {
                     host: "127.0.0.1".into(),
@@ -332,5 +359,49 @@ mod tests {
             password: Some("pw".into()),
         };
         assert!(!format!("{config:?}").contains("pw"));
+    }
+
+    #[tokio::test]
+    async fn relays_outside_the_egress_policy_are_refused_alike() {
+        let (open, received) = sink("250 ok").await;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let send = |egress: Egress, host: &'static str, port: u16| async move {
+            NotifyExecutor::with_default_client(egress)
+                .unwrap()
+                .execute(
+                    &ctx(),
+                    json!({"channel": "email", "smtp": {"host": host, "port": port},
+                           "from": "robot@example.com", "to": "ada@example.com",
+                           "subject": "s", "body": "b"}),
+                )
+                .await
+                .unwrap_err()
+        };
+        for port in [open, closed] {
+            for host in ["127.0.0.1", "localhost"] {
+                let err = send(Egress::default(), host, port).await;
+                assert_eq!(err.code, "egress_denied");
+                assert_eq!(
+                    err.message,
+                    format!(
+                        "egress to {host}:{port} is denied by the worker's egress policy \
+                         (worker.egress)"
+                    )
+                );
+            }
+        }
+        assert!(received.lock().unwrap().recipients.is_empty());
+        // Allowed but closed: the uniform connection failure.
+        let err = send(Egress::permissive(), "127.0.0.1", closed).await;
+        assert_eq!(err.code, "notify_failed");
+        assert!(err.retryable);
+        assert_eq!(
+            err.message,
+            format!("cannot connect to smtp://127.0.0.1:{closed}")
+        );
     }
 }

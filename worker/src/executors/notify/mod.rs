@@ -17,7 +17,8 @@
 //! sha256=<hex>`, the HMAC-SHA256 of the exact body bytes under the secret; a receiver recomputes
 //! it over the raw body it read, before parsing. The timestamp is not part of the signature.
 //! With the executor's own client ([`NotifyExecutor::with_default_client`]) redirects are not
-//! followed: a 3xx answer is a failure.
+//! followed: a 3xx answer is a failure. The webhook's host and the SMTP relay must be allowed by
+//! the worker's egress policy ([`crate::egress`]).
 //!
 //! With `channel: email`:
 //! | field | meaning |
@@ -40,6 +41,8 @@
 //!   (all of them: a refused recipient fails the step).
 //!
 //! # Errors
+//! - `egress_denied`: the worker's egress policy (`worker.egress`) denies the webhook's host or
+//!   the relay.
 //! - `notify_failed`: the webhook answered other than 2xx (retryable for 5xx and 429) or could not
 //!   be reached (retryable); the SMTP relay refused the message (retryable for 4xx replies) or
 //!   could not be reached (retryable).
@@ -55,6 +58,7 @@ use async_trait::async_trait;
 use serde_json::Value as Json;
 
 pub use self::email::SmtpConfig;
+use crate::egress::Egress;
 use crate::executors::Input;
 use crate::{Error, Executor, StepError, TaskContext};
 
@@ -68,6 +72,7 @@ pub mod codes {
 #[derive(Clone)]
 pub struct NotifyExecutor {
     client: reqwest::Client,
+    egress: Egress,
     smtp: Option<SmtpConfig>,
 }
 
@@ -80,23 +85,30 @@ impl std::fmt::Debug for NotifyExecutor {
 }
 
 impl NotifyExecutor {
-    /// An executor that posts webhooks with `client` (share the `http` executor's pool, say).
-    pub fn new(client: reqwest::Client) -> Self {
-        Self { client, smtp: None }
+    /// An executor that posts webhooks with `client` and reaches relays under `egress`;
+    /// `client` must resolve through the same policy (build it from
+    /// [`Egress::http_client_builder`]).
+    pub fn new(client: reqwest::Client, egress: Egress) -> Self {
+        Self {
+            client,
+            egress,
+            smtp: None,
+        }
     }
 
-    /// An executor with a client of its own.
-    pub fn with_default_client() -> crate::Result<Self> {
+    /// An executor with a client of its own, under `egress`.
+    pub fn with_default_client(egress: Egress) -> crate::Result<Self> {
         // reqwest is built without a TLS crypto provider; install rustls's `ring` one (an error
         // means one is installed already, which is as good).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        let client = egress
+            .http_client_builder()
             .user_agent(concat!("rpaflow-worker/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|source| Error::HttpClient { source })?;
-        Ok(Self::new(client))
+        Ok(Self::new(client, egress))
     }
 
     /// The relay used by e-mail steps that give no `smtp` of their own.
@@ -116,8 +128,8 @@ impl Executor for NotifyExecutor {
         let fields = Input::new(&input)?;
         let work = async {
             match fields.required_str("channel")?.trim() {
-                "webhook" => webhook::send(&self.client, ctx, &fields).await,
-                "email" => email::send(self.smtp.as_ref(), ctx, &fields).await,
+                "webhook" => webhook::send(&self.client, &self.egress, ctx, &fields).await,
+                "email" => email::send(self.smtp.as_ref(), &self.egress, ctx, &fields).await,
                 other => Err(StepError::invalid_input(format!(
                     "`channel` must be `webhook` or `email`, not `{other}`"
                 ))),
@@ -138,7 +150,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_channel_is_required_and_checked() {
-        let executor = NotifyExecutor::with_default_client().unwrap();
+        let executor = NotifyExecutor::with_default_client(Egress::permissive()).unwrap();
         let ctx = TaskContext::new("run-1", "tell");
         let err = executor.execute(&ctx, json!({})).await.unwrap_err();
         assert_eq!(err.message, "`channel` is required");

@@ -9,6 +9,7 @@ use rpaflow_core::signature::sign as signature;
 use serde_json::{Value as Json, json};
 
 use super::codes;
+use crate::egress::{Egress, EgressDenied};
 use crate::executors::Input;
 use crate::{StepError, TaskContext};
 
@@ -21,6 +22,7 @@ const SNIPPET_CHARS: usize = 300;
 
 pub(super) async fn send(
     client: &reqwest::Client,
+    egress: &Egress,
     ctx: &TaskContext,
     input: &Input<'_>,
 ) -> Result<Json, StepError> {
@@ -33,6 +35,11 @@ pub(super) async fn send(
             url.scheme()
         )));
     }
+    // Names are checked as the client resolves them; an address literal is not resolved.
+    egress
+        .check_url(&url)
+        .map_err(EgressDenied::into_step_error)?;
+    let request_url = url.clone();
     let target = target(&url);
     let body = serde_json::to_vec(input.required("body")?)
         .map_err(|e| StepError::internal(format!("could not serialize `body`: {e}")))?;
@@ -52,7 +59,7 @@ pub(super) async fn send(
         .body(body)
         .send()
         .await
-        .map_err(|e| transport_error(e, &target))?;
+        .map_err(|e| transport_error(e, &target, &request_url))?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
@@ -68,8 +75,12 @@ pub(super) async fn send(
     Ok(json!({"status": status.as_u16()}))
 }
 
-/// A request that could not be sent, with its causes but without the URL (it may hold secrets).
-fn transport_error(err: reqwest::Error, target: &str) -> StepError {
+/// A request that could not be sent: `egress_denied`, `cannot connect to HOST:PORT`, or the
+/// error with its causes, never with the URL's query (it may hold secrets).
+fn transport_error(err: reqwest::Error, target: &str, url: &Url) -> StepError {
+    if let Some(failure) = crate::egress::reqwest_failure(&err, url, codes::NOTIFY_FAILED) {
+        return failure;
+    }
     let err = err.without_url();
     let mut detail = err.to_string();
     let mut source = err.source();
@@ -143,7 +154,7 @@ mod tests {
     #[tokio::test]
     async fn signs_the_exact_body_and_sends_the_idempotency_key() {
         let (base, seen) = receiver().await;
-        let executor = NotifyExecutor::with_default_client().unwrap();
+        let executor = NotifyExecutor::with_default_client(Egress::permissive()).unwrap();
         let out = executor
             .execute(
                 &ctx(),
@@ -172,7 +183,7 @@ mod tests {
     #[tokio::test]
     async fn unsigned_without_a_secret() {
         let (base, seen) = receiver().await;
-        let executor = NotifyExecutor::with_default_client().unwrap();
+        let executor = NotifyExecutor::with_default_client(Egress::permissive()).unwrap();
         executor
             .execute(
                 &ctx(),
@@ -188,7 +199,7 @@ mod tests {
     #[tokio::test]
     async fn refusals_fail_and_say_whether_to_retry() {
         let (base, _) = receiver().await;
-        let executor = NotifyExecutor::with_default_client().unwrap();
+        let executor = NotifyExecutor::with_default_client(Egress::permissive()).unwrap();
         let ctx = ctx();
         let call = |path: &str| {
             executor.execute(
@@ -206,5 +217,34 @@ mod tests {
         let err = call("/gone").await.unwrap_err();
         assert_eq!(err.code, "notify_failed");
         assert!(!err.retryable);
+    }
+
+    #[tokio::test]
+    async fn the_egress_policy_is_checked_before_anything_is_sent() {
+        let (base, seen) = receiver().await;
+        let executor = NotifyExecutor::with_default_client(Egress::default()).unwrap();
+        let port = base.rsplit(':').next().unwrap();
+        for url in [
+            format!("{base}/hook"),
+            format!("http://localhost:{port}/hook"),
+        ] {
+            let err = executor
+                .execute(
+                    &ctx(),
+                    json!({"channel": "webhook", "url": url, "body": {}}),
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, "egress_denied", "{url}: {err}");
+            assert!(!err.retryable);
+            assert!(
+                err.message.ends_with(&format!(
+                    ":{port} is denied by the worker's egress policy (worker.egress)"
+                )),
+                "{}",
+                err.message
+            );
+        }
+        assert!(seen.lock().unwrap().is_empty());
     }
 }

@@ -26,6 +26,12 @@
 //! Connections are plain TCP (or Unix sockets): TLS is not supported yet, so use a local or
 //! otherwise trusted network.
 //!
+//! The worker's egress policy (`worker.egress`, see [`crate::egress`]) applies: every step
+//! resolves the DSN's hosts itself, checks the addresses, and connects to the first checked
+//! address of each host (given to the driver as `hostaddr`, so the host name stays the server's
+//! name); a `hostaddr` in the DSN is checked as it is. Unix sockets (`host=/var/run/postgresql`,
+//! `@abstract`) are refused unless `worker.egress.allow_unix_sockets` is set.
+//!
 //! # Output
 //! - `query`: `{rows: [{column: value}], count}`. Columns read as JSON: `bool`; integers; floats
 //!   (NaN and infinities as strings); `numeric` as an exact decimal string; text types and enums;
@@ -35,7 +41,9 @@
 //! - `execute` and `insert`: `{affected}`.
 //!
 //! # Errors
-//! - `sql_connect` (retryable): no connection could be made or it broke.
+//! - `egress_denied`: the egress policy denies a host of the DSN, or it is a Unix socket.
+//! - `sql_connect` (retryable): no connection could be made (`cannot connect to
+//!   user@host:port/dbname`, however it failed) or it broke.
 //! - `sql_error`: PostgreSQL refused a statement; the message holds its text, SQLSTATE, position,
 //!   detail and hint. Retryable only for serialization failures and deadlocks (40001, 40P01).
 //!   Nothing of the step is kept: its transaction is rolled back.
@@ -59,6 +67,7 @@ use tokio_postgres::types::ToSql;
 
 use self::input::{Action, parse_action};
 use self::types::{Param, row_to_json};
+use crate::egress::{Egress, EgressDenied, policy::SETTING};
 use crate::executors::Input;
 use crate::{Executor, StepError, TaskContext};
 
@@ -81,10 +90,10 @@ const MAX_BATCH_ROWS: usize = 500;
 /// SQLSTATEs worth another attempt: serialization failure and deadlock.
 const RETRYABLE_STATES: [&str; 2] = ["40001", "40P01"];
 
-/// The `sql` executor: a connection pool per DSN, made on first use.
-#[derive(Default)]
+/// The `sql` executor: a connection pool per DSN and checked addresses, made on first use.
 pub struct SqlExecutor {
     pools: Mutex<HashMap<String, Pool>>,
+    egress: Egress,
 }
 
 impl std::fmt::Debug for SqlExecutor {
@@ -136,18 +145,91 @@ impl Target {
 }
 
 impl SqlExecutor {
-    /// An executor with no pools yet.
-    pub fn new() -> Self {
-        Self::default()
+    /// An executor with no pools yet, reaching databases under `egress`.
+    pub fn new(egress: Egress) -> Self {
+        Self {
+            pools: Mutex::default(),
+            egress,
+        }
     }
 
-    /// The pool for `dsn`, made on first use.
+    /// `config` with a checked address (`hostaddr`) for each of its hosts; `egress_denied` for a
+    /// host the policy denies or a Unix socket it does not allow.
+    async fn checked(
+        &self,
+        mut config: tokio_postgres::Config,
+    ) -> Result<tokio_postgres::Config, StepError> {
+        use tokio_postgres::config::Host;
+        let policy = self.egress.policy();
+        let hosts = config.get_hosts().to_vec();
+        let ports = config.get_ports().to_vec();
+        let port_of = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        for host in &hosts {
+            let socket = match host {
+                Host::Unix(path) => Some(path.display().to_string()),
+                Host::Tcp(name) if name.starts_with('/') || name.starts_with('@') => {
+                    Some(name.clone())
+                }
+                Host::Tcp(_) => None,
+            };
+            if let Some(socket) = socket
+                && !policy.allows_unix_sockets()
+            {
+                return Err(StepError::permanent(
+                    crate::codes::EGRESS_DENIED,
+                    format!(
+                        "egress to the unix socket {socket} is denied by the worker's egress \
+                         policy ({SETTING}.allow_unix_sockets)"
+                    ),
+                ));
+            }
+        }
+        let given = config.get_hostaddrs().to_vec();
+        if !given.is_empty() {
+            // The DSN names the addresses: check those, with their host names.
+            for (i, addr) in given.iter().enumerate() {
+                let name = match hosts.get(i) {
+                    Some(Host::Tcp(name)) => name.clone(),
+                    _ => addr.to_string(),
+                };
+                let port = port_of(i);
+                policy.check(&name, &[*addr]).map_err(|_| {
+                    EgressDenied {
+                        host: addr.to_string(),
+                        port: Some(port),
+                    }
+                    .into_step_error()
+                })?;
+            }
+            return Ok(config);
+        }
+        for (i, host) in hosts.iter().enumerate() {
+            let Host::Tcp(name) = host else {
+                continue;
+            };
+            let port = port_of(i);
+            let addrs = self
+                .egress
+                .resolve(name, port)
+                .await
+                .map_err(|e| e.into_step_error(codes::SQL_CONNECT))?;
+            if let Some(addr) = addrs.first() {
+                config.hostaddr(addr.ip());
+            }
+        }
+        Ok(config)
+    }
+
+    /// The pool for `dsn` at its checked addresses, made on first use.
     fn pool(&self, dsn: &str, config: tokio_postgres::Config) -> Result<Pool, StepError> {
         let mut pools = self
             .pools
             .lock()
             .map_err(|_| StepError::internal("the sql pool registry is poisoned"))?;
-        if let Some(pool) = pools.get(dsn) {
+        // A name that resolves elsewhere later gets a pool of its own: a pool only ever
+        // connects to the addresses that were checked when it was made.
+        let key = format!("{:?}\n{dsn}", config.get_hostaddrs());
+        if let Some(pool) = pools.get(&key) {
             return Ok(pool.clone());
         }
         let manager = Manager::from_config(
@@ -163,7 +245,7 @@ impl SqlExecutor {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StepError::internal(format!("could not build a connection pool: {e}")))?;
-        pools.insert(dsn.to_owned(), pool.clone());
+        pools.insert(key, pool.clone());
         Ok(pool)
     }
 
@@ -174,11 +256,16 @@ impl SqlExecutor {
         target: &Target,
         action: Action<'_>,
     ) -> Result<Json, StepError> {
-        let mut client = pool.get().await.map_err(|e| {
-            StepError::retryable(
+        let mut client = pool.get().await.map_err(|e| match e {
+            // The server answered (a wrong password, an unknown database): its report.
+            deadpool_postgres::PoolError::Backend(err) if err.as_db_error().is_some() => {
+                statement_error(&err, target)
+            }
+            // Refused, timed out, reset: the same words, whichever it was.
+            _ => StepError::retryable(
                 codes::SQL_CONNECT,
-                target.redact(format!("could not connect to {}: {e}", target.name)),
-            )
+                format!("cannot connect to {}", target.name),
+            ),
         })?;
         let cancel_token = client.cancel_token();
         let tx = client
@@ -267,6 +354,10 @@ impl Executor for SqlExecutor {
         "sql"
     }
 
+    fn receives_secrets(&self) -> bool {
+        true
+    }
+
     async fn execute(&self, ctx: &TaskContext, input: Json) -> Result<Json, StepError> {
         let fields = Input::new(&input)?;
         fields.deny_unknown(&FIELDS)?;
@@ -279,6 +370,7 @@ impl Executor for SqlExecutor {
         })?;
         let target = Target::new(&config);
         let action = parse_action(&fields)?;
+        let config = self.checked(config).await?;
         if let Action::Insert(insert) = &action
             && insert.rows.is_empty()
         {

@@ -84,7 +84,7 @@ async fn count(executor: &SqlExecutor, dsn: &str, table: &str) -> i64 {
 #[tokio::test]
 async fn bulk_insert_then_query_returns_typed_rows() {
     let dsn = dsn().await;
-    let executor = SqlExecutor::new();
+    let executor = SqlExecutor::new(Egress::permissive());
     let t = table("types");
     sql(
         &executor,
@@ -137,7 +137,7 @@ async fn bulk_insert_then_query_returns_typed_rows() {
 #[tokio::test]
 async fn execute_returns_affected_rows() {
     let dsn = dsn().await;
-    let executor = SqlExecutor::new();
+    let executor = SqlExecutor::new(Egress::permissive());
     let t = table("execute");
     sql(
         &executor,
@@ -168,7 +168,7 @@ async fn execute_returns_affected_rows() {
 #[tokio::test]
 async fn injection_attempts_are_stored_as_data() {
     let dsn = dsn().await;
-    let executor = SqlExecutor::new();
+    let executor = SqlExecutor::new(Egress::permissive());
     let t = table("injection");
     sql(&executor, &dsn, &format!("CREATE TABLE {t} (note text)")).await;
     let attack = format!("x'); DROP TABLE {t}; --");
@@ -217,9 +217,12 @@ async fn injection_attempts_are_stored_as_data() {
 #[tokio::test]
 async fn syntax_errors_report_postgres_message() {
     let dsn = dsn().await;
-    let err = run(&SqlExecutor::new(), json!({"dsn": dsn, "query": "SELEC 1"}))
-        .await
-        .unwrap_err();
+    let err = run(
+        &SqlExecutor::new(Egress::permissive()),
+        json!({"dsn": dsn, "query": "SELEC 1"}),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code, "sql_error");
     assert!(!err.retryable);
     assert!(
@@ -234,7 +237,7 @@ async fn syntax_errors_report_postgres_message() {
 #[tokio::test]
 async fn serialization_failures_and_deadlocks_are_retryable() {
     let dsn = dsn().await;
-    let executor = SqlExecutor::new();
+    let executor = SqlExecutor::new(Egress::permissive());
     for (state, retryable) in [("40001", true), ("40P01", true), ("23505", false)] {
         let err = run(
             &executor,
@@ -258,7 +261,7 @@ async fn serialization_failures_and_deadlocks_are_retryable() {
 #[tokio::test]
 async fn cancelling_the_run_stops_the_statement() {
     let dsn = dsn().await;
-    let executor = SqlExecutor::new();
+    let executor = SqlExecutor::new(Egress::permissive());
     let ctx = TaskContext::new("run-1", "slow");
     let cancel = ctx.cancel.clone();
     tokio::spawn(async move {
@@ -282,7 +285,7 @@ async fn cancelling_the_run_stops_the_statement() {
 #[tokio::test]
 async fn a_failing_statement_rolls_back_the_whole_step() {
     let dsn = dsn().await;
-    let executor = SqlExecutor::new();
+    let executor = SqlExecutor::new(Egress::permissive());
     let t = table("rollback");
     sql(
         &executor,
@@ -308,7 +311,7 @@ async fn a_failing_statement_rolls_back_the_whole_step() {
 #[tokio::test]
 async fn bad_params_name_their_index() {
     let dsn = dsn().await;
-    let executor = SqlExecutor::new();
+    let executor = SqlExecutor::new(Egress::permissive());
     let err = run(
         &executor,
         json!({"dsn": dsn, "query": "SELECT $1::int8 + $2::int8 AS n", "params": [1, "two"]}),
@@ -346,13 +349,17 @@ async fn connection_failures_are_retryable_and_hide_the_password() {
     let port = listener.local_addr().unwrap().port();
     drop(listener);
     let err = run(
-        &SqlExecutor::new(),
+        &SqlExecutor::new(Egress::permissive()),
         json!({"dsn": format!("postgresql://app:s3cret-pw@127.0.0.1:{port}/crm"), "query": "SELECT 1"}),
     )
     .await
     .unwrap_err();
     assert_eq!(err.code, "sql_connect");
     assert!(err.retryable);
+    assert_eq!(
+        err.message,
+        format!("cannot connect to app@127.0.0.1:{port}/crm")
+    );
     assert!(
         err.message.contains(&format!("app@127.0.0.1:{port}/crm")),
         "{}",
@@ -402,4 +409,87 @@ fn inputs_are_checked_before_connecting() {
         "{}",
         err.message
     );
+}
+
+#[tokio::test]
+async fn unix_sockets_are_refused_unless_allowed() {
+    let executor = SqlExecutor::new(Egress::default());
+    for dsn in [
+        "host=/var/run/postgresql user=app dbname=crm",
+        "postgresql://app@%2Fvar%2Frun%2Fpostgresql/crm",
+        "host=@abstract user=app",
+        "postgresql:///crm?host=/tmp",
+    ] {
+        let err = run(&executor, json!({"dsn": dsn, "query": "SELECT 1"}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, "egress_denied", "{dsn}: {err}");
+        assert!(!err.retryable);
+        assert!(
+            err.message.starts_with("egress to the unix socket ")
+                && err.message.ends_with(
+                    "is denied by the worker's egress policy (worker.egress.allow_unix_sockets)"
+                ),
+            "{}",
+            err.message
+        );
+    }
+    // Even `rpaflow dev`'s policy keeps them closed; only the switch opens them.
+    let err = run(
+        &SqlExecutor::new(Egress::permissive()),
+        json!({"dsn": "host=/var/run/postgresql user=app", "query": "SELECT 1"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, "egress_denied");
+    let policy = crate::egress::EgressPolicy::new(&crate::egress::EgressConfig {
+        allow_unix_sockets: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let err = run(
+        &SqlExecutor::new(Egress::new(policy)),
+        json!({"dsn": "host=/nonexistent/rpaflow user=app", "query": "SELECT 1"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code, "sql_connect", "{err}");
+}
+
+#[tokio::test]
+async fn denied_databases_read_alike_whether_they_listen_or_not() {
+    // One port that listens, one that does not.
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let open_port = open.local_addr().unwrap().port();
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let executor = SqlExecutor::new(Egress::default());
+    let mut messages = Vec::new();
+    for port in [open_port, closed_port] {
+        for dsn in [
+            format!("postgresql://app:pw@127.0.0.1:{port}/crm"),
+            format!("postgresql://app:pw@localhost:{port}/crm"),
+            format!("host=db.example hostaddr=127.0.0.1 port={port} user=app"),
+        ] {
+            let err = run(&executor, json!({"dsn": dsn, "query": "SELECT 1"}))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, "egress_denied", "{dsn}: {err}");
+            assert!(!err.retryable);
+            messages.push(err.message.replace(&port.to_string(), "PORT"));
+        }
+    }
+    assert_eq!(messages[..3], messages[3..]);
+    assert_eq!(
+        messages[0],
+        "egress to 127.0.0.1:PORT is denied by the worker's egress policy (worker.egress)"
+    );
+    assert_eq!(
+        messages[1],
+        "egress to localhost:PORT is denied by the worker's egress policy (worker.egress)"
+    );
+    drop(open);
 }
