@@ -42,7 +42,7 @@ pub use events::{EventLog, Events};
 pub use http::{HttpServer, Recorded};
 pub use rpaflow_proto::v1 as pb;
 pub use setup::{get_json, printed_outputs, psql, setup_script};
-pub use worker::WorkerProcess;
+pub use worker::{EGRESS_ALLOW_PRIVATE, WorkerProcess};
 
 /// The last `lines` lines of `text`, for failure messages.
 pub fn tail(text: &str, lines: usize) -> String {

@@ -9,6 +9,8 @@ use crate::dev::{OutputBuffer, drain};
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// What a worker prints in its log for every step it ran to success.
 const STEP_SUCCEEDED: &str = "step succeeded";
+/// The egress switch the harness turns on for every worker it starts.
+pub const EGRESS_ALLOW_PRIVATE: &str = "RPAFLOW_WORKER__EGRESS__ALLOW_PRIVATE";
 
 /// An `rpaflow worker --kafka BROKERS --id ID` process, killed when dropped.
 pub struct WorkerProcess {
@@ -29,12 +31,17 @@ impl std::fmt::Debug for WorkerProcess {
 impl WorkerProcess {
     /// Starts a worker with more arguments and environment variables, and waits until it has
     /// joined its pools.
+    ///
+    /// The scenarios' services (HTTP servers, PostgreSQL, web pages) listen on loopback, which a
+    /// worker's production egress policy denies: test workers opt in with
+    /// `RPAFLOW_WORKER__EGRESS__ALLOW_PRIVATE=true`; `env` may set it back to `false`.
     pub async fn start(brokers: &str, id: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = crate::binary::command()
             .args(["worker", "--kafka", brokers, "--id", id])
             .args(args)
             .env("RPAFLOW_TELEMETRY__LOG_LEVEL", "rpaflow_worker=debug,info")
             .env("NO_COLOR", "1")
+            .env(EGRESS_ALLOW_PRIVATE, "true")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
