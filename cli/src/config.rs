@@ -15,6 +15,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use rpaflow_core::kafka::KafkaConfig;
 use rpaflow_core::telemetry::TelemetryConfig;
 use rpaflow_orchestrator::OrchestratorConfig;
+use rpaflow_orchestrator::hooks::HooksConfig;
 use rpaflow_worker::WorkerConfig;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -101,6 +102,8 @@ pub struct DevConfig {
     pub listen: SocketAddr,
     /// Where the webhook endpoint (`POST /hooks/{namespace}/{flow}`) listens; none: no webhooks.
     pub hooks_listen: Option<SocketAddr>,
+    /// The webhook endpoint's settings (`[hooks]`).
+    pub hooks: HooksConfig,
     pub orchestrator: OrchestratorConfig,
     pub worker: WorkerConfig,
     /// With `kafka.brokers` set, steps go through Kafka instead of in-process channels, and
@@ -115,6 +118,7 @@ impl Default for DevConfig {
         Self {
             listen: SocketAddr::from(DEFAULT_LISTEN),
             hooks_listen: None,
+            hooks: HooksConfig::default(),
             orchestrator: OrchestratorConfig::default(),
             worker: WorkerConfig {
                 // Zero-config: flows reach services on the developer's machine and network.
@@ -136,6 +140,7 @@ impl Layered for DevConfig {
     const SECTIONS: &'static [&'static str] = &[
         "listen",
         "hooks_listen",
+        "hooks",
         "orchestrator",
         "worker",
         "queues",
@@ -145,6 +150,7 @@ impl Layered for DevConfig {
 
     fn validate(&self) -> anyhow::Result<()> {
         validate_orchestrator(&self.orchestrator)?;
+        self.hooks.validate()?;
         validate_telemetry(&self.telemetry)?;
         if self.kafka.is_enabled() {
             self.kafka.validate()?;
@@ -161,6 +167,8 @@ pub struct OrchestratorServiceConfig {
     pub listen: SocketAddr,
     /// Where the webhook endpoint (`POST /hooks/{namespace}/{flow}`) listens; none: no webhooks.
     pub hooks_listen: Option<SocketAddr>,
+    /// The webhook endpoint's settings (`[hooks]`).
+    pub hooks: HooksConfig,
     pub orchestrator: OrchestratorConfig,
     pub kafka: KafkaConfig,
     pub telemetry: TelemetryConfig,
@@ -171,6 +179,7 @@ impl Default for OrchestratorServiceConfig {
         Self {
             listen: SocketAddr::from(DEFAULT_LISTEN),
             hooks_listen: None,
+            hooks: HooksConfig::default(),
             orchestrator: OrchestratorConfig::default(),
             kafka: KafkaConfig::default(),
             telemetry: TelemetryConfig::default(),
@@ -182,6 +191,7 @@ impl Layered for OrchestratorServiceConfig {
     const SECTIONS: &'static [&'static str] = &[
         "listen",
         "hooks_listen",
+        "hooks",
         "orchestrator",
         "kafka",
         "telemetry",
@@ -189,6 +199,7 @@ impl Layered for OrchestratorServiceConfig {
 
     fn validate(&self) -> anyhow::Result<()> {
         validate_orchestrator(&self.orchestrator)?;
+        self.hooks.validate()?;
         validate_telemetry(&self.telemetry)?;
         self.kafka
             .validate()
@@ -311,6 +322,45 @@ mod tests {
                 cfg.orchestrator.data_dir,
                 std::path::PathBuf::from("/tmp/x")
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_signature_tolerance_is_a_human_duration_within_bounds() {
+        figment::Jail::expect_with(|jail| {
+            let cfg = OrchestratorServiceConfig::load(
+                None,
+                Figment::from(Serialized::default("kafka.brokers", "k:9092")),
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(
+                cfg.hooks.signature_tolerance,
+                std::time::Duration::from_secs(300)
+            );
+            jail.create_file("hooks.toml", "[hooks]\nsignature_tolerance = \"90s\"\n")?;
+            let cfg = DevConfig::load(Some(Path::new("hooks.toml")), Figment::new())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(
+                cfg.hooks.signature_tolerance,
+                std::time::Duration::from_secs(90)
+            );
+            jail.set_env("RPAFLOW_HOOKS__SIGNATURE_TOLERANCE", "2m 30s");
+            let cfg = DevConfig::load(Some(Path::new("hooks.toml")), Figment::new())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(
+                cfg.hooks.signature_tolerance,
+                std::time::Duration::from_secs(150)
+            );
+            for (value, expected) in [("2h", "between 1s and 1h"), ("soon", "signature_tolerance")]
+            {
+                jail.set_env("RPAFLOW_HOOKS__SIGNATURE_TOLERANCE", value);
+                let err = DevConfig::load(None, Figment::new()).unwrap_err();
+                assert!(
+                    format!("{err:#}").to_lowercase().contains(expected),
+                    "{value}: {err:#}"
+                );
+            }
             Ok(())
         });
     }

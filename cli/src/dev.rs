@@ -220,9 +220,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     };
     let mut embedded = Embedded::start(&config).await?;
     if let Some(hooks_addr) = config.hooks_listen {
-        let hooks =
-            crate::services::serve_hooks(&embedded.handle, hooks_addr, &embedded.shutdown, "dev")
-                .await?;
+        let hooks = crate::services::serve_hooks(
+            &embedded.handle,
+            hooks_addr,
+            config.hooks.clone(),
+            &embedded.shutdown,
+            "dev",
+        )
+        .await?;
         embedded.tasks.push(hooks);
     }
     if config.kafka.is_enabled() {

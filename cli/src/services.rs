@@ -102,7 +102,10 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
     // Webhooks and Kafka triggers stop taking deliveries before the orchestrator stops.
     let intake = CancellationToken::new();
     let hooks = match config.hooks_listen {
-        Some(hooks_addr) => Some(serve_hooks(&handle, hooks_addr, &intake, "orchestrator").await?),
+        Some(hooks_addr) => {
+            let hooks_config = config.hooks.clone();
+            Some(serve_hooks(&handle, hooks_addr, hooks_config, &intake, "orchestrator").await?)
+        }
         None => None,
     };
     let triggers =
@@ -134,6 +137,7 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
 pub async fn serve_hooks(
     handle: &OrchestratorHandle,
     addr: SocketAddr,
+    config: hooks::HooksConfig,
     shutdown: &CancellationToken,
     who: &str,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -144,7 +148,7 @@ pub async fn serve_hooks(
     let handle = handle.clone();
     let stop = shutdown.clone();
     Ok(tokio::spawn(async move {
-        if let Err(err) = hooks::serve(handle, listener, stop.cancelled_owned()).await {
+        if let Err(err) = hooks::serve(handle, config, listener, stop.cancelled_owned()).await {
             error!(error = %err, "webhook server stopped with an error");
         }
     }))

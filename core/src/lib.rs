@@ -28,4 +28,33 @@ pub mod time {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
     }
+
+    /// Now, in seconds since the Unix epoch.
+    pub fn now_s() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    /// Serde for durations written the human way in configuration (`"5m"`, `"500ms"`):
+    /// `#[serde(with = "rpaflow_core::time::human")]`.
+    pub mod human {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(
+            value: &Duration,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            serializer.serialize_str(&humantime::format_duration(*value).to_string())
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Duration, D::Error> {
+            let text = String::deserialize(deserializer)?;
+            humantime::parse_duration(text.trim()).map_err(serde::de::Error::custom)
+        }
+    }
 }

@@ -272,7 +272,8 @@ impl MissedPolicy {
 /// A webhook: `POST /hooks/{namespace}/{flow}`, authenticated by an HMAC signature, a token, or both.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WebhookTrigger {
-    /// The secret (by name) that keys the HMAC signature of the body.
+    /// The secret (by name) that keys the HMAC signature of the timestamp, delivery id and body
+    /// ([`crate::signature`]).
     pub signature_secret: Option<String>,
     /// The secret (by name) holding the bearer token.
     pub token_secret: Option<String>,

@@ -290,7 +290,7 @@ impl Parser<'_> {
         if map.get_node("signature_secret").is_none() && map.get_node("token_secret").is_none() {
             self.err(
                 map.span(),
-                format!("`webhook` of {what} needs `signature_secret` (HMAC of the body) or `token_secret` (a bearer token), or both: a webhook without either would start runs for anyone"),
+                format!("`webhook` of {what} needs `signature_secret` (a signature over timestamp, delivery id and body) or `token_secret` (a bearer token), or both: a webhook without either would start runs for anyone"),
             );
             return None;
         }

@@ -12,10 +12,12 @@
 //! | `body` | required; any JSON, sent as `application/json` |
 //! | `secret` | optional; signs the body |
 //!
-//! The POST carries the task's `Idempotency-Key` (see [`TaskContext::idempotency_key`]). With a
-//! `secret`, it also carries `X-Rpaflow-Timestamp` (Unix seconds) and `X-Rpaflow-Signature:
-//! sha256=<hex>`, the HMAC-SHA256 of the exact body bytes under the secret; a receiver recomputes
-//! it over the raw body it read, before parsing. The timestamp is not part of the signature.
+//! The POST carries the task's idempotency key (see [`TaskContext::idempotency_key`]) twice, as
+//! `Idempotency-Key` and as `X-Rpaflow-Delivery`. With a `secret`, it also carries
+//! `X-Rpaflow-Signature: t=<unix seconds>,v1=<hex>`, the HMAC-SHA256 under the secret of
+//! `"{t}.{delivery id}.{exact body bytes}"` ([`rpaflow_core::signature`], the scheme rpaflow's own
+//! webhook triggers check); a receiver recomputes it over the raw body it read, before parsing,
+//! and refuses timestamps far from its clock.
 //! With the executor's own client ([`NotifyExecutor::with_default_client`]) redirects are not
 //! followed: a 3xx answer is a failure. The webhook's host and the SMTP relay must be allowed by
 //! the worker's egress policy ([`crate::egress`]).

@@ -1,11 +1,10 @@
 //! `notify` by webhook: a JSON POST, signed when the step gives a secret.
 
 use std::error::Error as _;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{StatusCode, Url};
-use rpaflow_core::signature::sign as signature;
+use rpaflow_core::signature;
 use serde_json::{Value as Json, json};
 
 use super::codes;
@@ -14,8 +13,8 @@ use crate::executors::Input;
 use crate::{StepError, TaskContext};
 
 const FIELDS: [&str; 4] = ["channel", "url", "body", "secret"];
-pub(super) const SIGNATURE: &str = rpaflow_core::signature::HEADER;
-pub(super) const TIMESTAMP: &str = "x-rpaflow-timestamp";
+pub(super) const SIGNATURE: &str = signature::HEADER;
+pub(super) const DELIVERY: &str = signature::DELIVERY_HEADER;
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// How much of a refusing response's body goes into the error message.
 const SNIPPET_CHARS: usize = 300;
@@ -43,17 +42,17 @@ pub(super) async fn send(
     let target = target(&url);
     let body = serde_json::to_vec(input.required("body")?)
         .map_err(|e| StepError::internal(format!("could not serialize `body`: {e}")))?;
+    // The attempt's key is the delivery id too: a redelivered task is the same delivery.
+    let delivery = ctx.idempotency_key();
     let mut request = client
         .post(url)
         .header(CONTENT_TYPE, "application/json")
-        .header(IDEMPOTENCY_KEY, ctx.idempotency_key());
+        .header(IDEMPOTENCY_KEY, &delivery)
+        .header(DELIVERY, &delivery);
     if let Some(secret) = input.str("secret")? {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        request = request
-            .header(TIMESTAMP, now.to_string())
-            .header(SIGNATURE, signature(secret.as_bytes(), &body));
+        let now = rpaflow_core::time::now_s();
+        let signed = signature::sign(secret.as_bytes(), now, &delivery, &body);
+        request = request.header(SIGNATURE, signed);
     }
     let response = request
         .body(body)
@@ -167,13 +166,30 @@ mod tests {
         let seen = seen.lock().unwrap();
         let (headers, body) = &seen[0];
         let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
-        // The receiver's check: HMAC-SHA256 of the raw bytes it read, under the shared secret.
+        // The receiver's check: HMAC-SHA256 of "{t}.{delivery}.{raw body}" under the secret.
+        let signed = header(SIGNATURE);
+        let (t, tag) = signed
+            .strip_prefix("t=")
+            .and_then(|rest| rest.split_once(",v1="))
+            .unwrap();
+        let t: u64 = t.parse().unwrap();
+        assert!(t > 1_700_000_000);
+        assert_eq!(header(DELIVERY), "run-9/tell/2");
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(b"s3cret").unwrap();
+        mac.update(format!("{t}.run-9/tell/2.").as_bytes());
         mac.update(body);
-        let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-        assert_eq!(header(SIGNATURE), expected);
-        assert_ne!(header(SIGNATURE), signature(b"other", body));
-        assert!(header(TIMESTAMP).parse::<u64>().unwrap() > 1_700_000_000);
+        assert_eq!(tag, hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(
+            signature::verify(
+                b"s3cret",
+                signed.as_bytes(),
+                "run-9/tell/2",
+                body,
+                t,
+                signature::DEFAULT_TOLERANCE
+            ),
+            Ok(t)
+        );
         assert_eq!(header("idempotency-key"), "run-9/tell/2");
         assert_eq!(header("content-type"), "application/json");
         let sent: Json = serde_json::from_slice(body).unwrap();
@@ -193,6 +209,7 @@ mod tests {
             .unwrap();
         let seen = seen.lock().unwrap();
         assert!(seen[0].0.get(SIGNATURE).is_none());
+        assert_eq!(seen[0].0.get(DELIVERY).unwrap(), "run-9/tell/2");
         assert_eq!(&seen[0].1[..], b"[1]");
     }
 

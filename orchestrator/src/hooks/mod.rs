@@ -2,27 +2,37 @@
 //! one of its `webhook` triggers, on an HTTP address of its own (`hooks_listen`).
 //!
 //! A delivery is checked in this order, and the first failure answers:
-//! 1. The namespace (only `default` for now), the flow and its webhook trigger (`?trigger=ID`
-//!    picks one when the flow declares several): 404, or 400 when the choice is ambiguous.
-//! 2. Authentication, against rpaflow secrets named by the trigger: `X-Rpaflow-Signature:
-//!    sha256=<hex HMAC-SHA256 of the raw body>` keyed by `signature_secret`, and `Authorization:
-//!    Bearer <token>` equal to `token_secret`. Each one the trigger configures must pass (compared
-//!    in constant time): 401 otherwise, and nothing is started.
-//! 3. The body must be JSON: 400 with the parser's message (line and column).
-//! 4. The run's inputs: the trigger's `input` template rendered with `body` and `headers` in
+//! 1. Authentication ([`auth`]): the namespace (only `default` for now), the flow, its webhook
+//!    trigger (`?trigger=ID` picks one when the flow declares several), and every credential the
+//!    trigger names, against rpaflow secrets: `signature_secret` keys `X-Rpaflow-Signature:
+//!    t=<unix seconds>,v1=<hex>` over the timestamp, `X-Rpaflow-Delivery` and the raw body
+//!    ([`rpaflow_core::signature`]), dated within [`HooksConfig::signature_tolerance`] of this
+//!    clock; `token_secret` must equal `Authorization: Bearer <token>`. Any failure, including
+//!    a target that does not exist, answers the same `401 {"error":"unauthorized"}`; the reason
+//!    is logged, and nothing is started.
+//! 2. The body must be JSON: 400 with the parser's message (line and column).
+//! 3. The run's inputs: the trigger's `input` template rendered with `body` and `headers` in
 //!    scope (`Authorization` left out), or the body itself; either must be an object, and the
 //!    flow's input declarations must accept it: 422 otherwise.
-//! 5. `X-Rpaflow-Delivery: <id>` makes the delivery idempotent: the run's idempotency key is
+//! 4. `X-Rpaflow-Delivery: <id>` makes the delivery idempotent: the run's idempotency key is
 //!    `webhook:<flow>:<trigger>:<id>`, and a repeat answers 200 with the run it started
-//!    (`"created": false`). Without the header every delivery starts a run.
+//!    (`"created": false`), so a sender's retry learns its delivery took. Signed deliveries
+//!    must carry it (it is signed); with a bearer token alone it is optional, and without it
+//!    every delivery starts a run. A malformed id of an authenticated delivery answers 400.
 //!
 //! A new run answers 201 `{"run_id", "created": true, "flow", "version", "status"}` (`status` is
 //! `queued` when the flow's concurrency policy has it wait). StartRun refused for
 //! load answers 429 with `Retry-After`, refused by the flow's concurrency policy 409, and an
 //! orchestrator that is stopping 503.
+//!
+//! # Layout
+//! - [`auth`]: finding the trigger and checking its credentials, with one answer for failures.
+
+mod auth;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -31,22 +41,68 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use rpaflow_core::expr;
-use rpaflow_core::flow::{TriggerKind, WebhookTrigger};
+use rpaflow_core::signature;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use self::auth::{Admitted, Delivery, Denied};
 use crate::error::Error;
 use crate::orchestrator::{OrchestratorHandle, StartRun};
 
 /// The only namespace there is for now.
 pub const DEFAULT_NAMESPACE: &str = "default";
-pub const SIGNATURE_HEADER: &str = rpaflow_core::signature::HEADER;
-pub const DELIVERY_HEADER: &str = "x-rpaflow-delivery";
-/// The longest delivery id accepted.
-const MAX_DELIVERY_ID: usize = 200;
+pub const SIGNATURE_HEADER: &str = signature::HEADER;
+pub const DELIVERY_HEADER: &str = signature::DELIVERY_HEADER;
 /// What a 429 asks the sender to wait, in seconds.
 const RETRY_AFTER_S: &str = "1";
+/// The one answer to a delivery that did not authenticate.
+const UNAUTHORIZED: &str = "unauthorized";
+
+/// Settings of the webhook endpoint (`[hooks]` in the configuration).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HooksConfig {
+    /// How far the timestamp of a signed delivery may be from this server's clock, in either
+    /// direction (`"5m"`): older deliveries are refused as possible replays, and senders'
+    /// clocks may be this far off.
+    #[serde(with = "rpaflow_core::time::human")]
+    pub signature_tolerance: Duration,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        Self {
+            signature_tolerance: signature::DEFAULT_TOLERANCE,
+        }
+    }
+}
+
+impl HooksConfig {
+    /// The narrowest tolerance accepted: clocks of sender and receiver are never exact.
+    pub const MIN_TOLERANCE: Duration = Duration::from_secs(1);
+    /// The widest tolerance accepted: past it a captured delivery stays usable too long.
+    pub const MAX_TOLERANCE: Duration = Duration::from_secs(60 * 60);
+
+    /// Refuses settings the endpoint cannot serve with.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        let tolerance = self.signature_tolerance;
+        if !(Self::MIN_TOLERANCE..=Self::MAX_TOLERANCE).contains(&tolerance) {
+            return Err(Error::InvalidArgument(format!(
+                "hooks.signature_tolerance must be between 1s and 1h, not {tolerance:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What the webhook handlers share.
+#[derive(Clone)]
+struct Hooks {
+    handle: OrchestratorHandle,
+    config: HooksConfig,
+}
 
 /// Binds `addr` (port 0 picks a free port) and returns the listener with its real address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
@@ -56,19 +112,20 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 /// Serves the webhook endpoint on `listener` until `shutdown` resolves.
 pub async fn serve(
     handle: OrchestratorHandle,
+    config: HooksConfig,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(handle))
+    axum::serve(listener, router(handle, config))
         .with_graceful_shutdown(shutdown)
         .await
 }
 
 /// The webhook routes over an orchestrator.
-pub fn router(handle: OrchestratorHandle) -> Router {
+pub fn router(handle: OrchestratorHandle, config: HooksConfig) -> Router {
     Router::new()
         .route("/hooks/{namespace}/{flow}", post(deliver))
-        .with_state(handle)
+        .with_state(Hooks { handle, config })
 }
 
 /// A refusal: its status and a JSON body `{"error": ...}` (plus details).
@@ -85,6 +142,11 @@ impl Refusal {
             body: json!({ "error": message.into() }),
         }
     }
+
+    /// The answer to every delivery that did not authenticate, whatever the reason.
+    fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, UNAUTHORIZED)
+    }
 }
 
 impl IntoResponse for Refusal {
@@ -99,7 +161,7 @@ impl IntoResponse for Refusal {
     }
 }
 
-/// How an orchestrator error answers a webhook.
+/// How an orchestrator error answers an authenticated webhook.
 impl From<Error> for Refusal {
     fn from(err: Error) -> Self {
         let status = match &err {
@@ -117,48 +179,80 @@ impl From<Error> for Refusal {
 }
 
 async fn deliver(
-    State(handle): State<OrchestratorHandle>,
+    State(hooks): State<Hooks>,
     Path((namespace, flow)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match accept(
-        &handle,
-        &namespace,
-        &flow,
-        query.as_deref(),
-        &headers,
-        &body,
-    )
-    .await
-    {
+    let delivery = Delivery {
+        namespace: &namespace,
+        flow: &flow,
+        query: query.as_deref(),
+        headers: &headers,
+        body: &body,
+    };
+    let admitted = match auth::admit(&hooks.handle, hooks.config.signature_tolerance, &delivery) {
+        Ok(admitted) => admitted,
+        Err(denied) => {
+            log_denied(&delivery, &denied);
+            return Refusal::unauthorized().into_response();
+        }
+    };
+    match accept(&hooks.handle, &flow, admitted, &headers, &body).await {
         Ok(response) => response,
         Err(refusal) => {
-            info!(flow = %flow, status = refusal.status.as_u16(), error = %refusal.body["error"], "webhook refused");
+            info!(
+                namespace = %namespace, flow = %flow, status = refusal.status.as_u16(),
+                error = %refusal.body["error"], "webhook refused"
+            );
             refusal.into_response()
         }
     }
 }
 
+/// Says why a delivery was not let in, without secrets or credentials: at debug for targets that
+/// do not exist (anyone can knock), at info for a failed check of a real trigger, and as a
+/// warning when the trigger cannot authenticate anyone (an operator must act).
+fn log_denied(delivery: &Delivery<'_>, denied: &Denied) {
+    let delivery_id = delivery.headers.get(DELIVERY_HEADER).map(|v| {
+        String::from_utf8_lossy(v.as_bytes())
+            .chars()
+            .take(64)
+            .collect::<String>()
+    });
+    let (namespace, flow, query) = (delivery.namespace, delivery.flow, delivery.query);
+    let delivery_id = delivery_id.as_deref().unwrap_or("");
+    match denied {
+        Denied::SecretNotSet(_) | Denied::NoCredentials | Denied::Lookup(_) => warn!(
+            namespace = %namespace, flow = %flow, query = ?query, delivery = %delivery_id,
+            reason = %denied, "webhook delivery refused: the trigger cannot authenticate deliveries"
+        ),
+        _ if denied.reached_a_trigger() => info!(
+            namespace = %namespace, flow = %flow, query = ?query, delivery = %delivery_id,
+            reason = %denied, "webhook delivery refused: unauthorized"
+        ),
+        _ => debug!(
+            namespace = %namespace, flow = %flow, query = ?query, delivery = %delivery_id,
+            reason = %denied, "webhook delivery refused: no such target"
+        ),
+    }
+}
+
+/// Starts the run of an authenticated delivery.
 async fn accept(
     handle: &OrchestratorHandle,
-    namespace: &str,
     flow_name: &str,
-    query: Option<&str>,
+    admitted: Admitted,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, Refusal> {
-    if namespace != DEFAULT_NAMESPACE {
-        return Err(Refusal::new(
-            StatusCode::NOT_FOUND,
-            format!("no namespace `{namespace}` (there is only `{DEFAULT_NAMESPACE}`)"),
-        ));
-    }
-    let view = handle.get_flow(flow_name, 0)?;
-    let (trigger_id, trigger) = pick_trigger(&view.flow.triggers, flow_name, query)?;
-    authenticate(handle, trigger, headers, body)?;
-
+    let Admitted {
+        view,
+        trigger_id,
+        trigger,
+        delivery,
+    } = admitted;
     let body: Json = serde_json::from_slice(body).map_err(|e| Refusal {
         status: StatusCode::BAD_REQUEST,
         body: json!({
@@ -167,6 +261,21 @@ async fn accept(
             "column": e.column(),
         }),
     })?;
+    let idempotency_key = match delivery {
+        None => String::new(),
+        Some(id) if signature::is_delivery_id(&id) => {
+            format!("webhook:{flow_name}:{trigger_id}:{id}")
+        }
+        Some(_) => {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "X-Rpaflow-Delivery must be 1 to {} visible ASCII characters without `.`",
+                    signature::MAX_DELIVERY_ID
+                ),
+            ));
+        }
+    };
     let headers_value = headers_json(headers);
     let template = trigger.input.clone();
     let inputs = handle
@@ -177,21 +286,6 @@ async fn accept(
         .await?
         .map_err(|message| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, message))?;
 
-    let idempotency_key = match headers.get(DELIVERY_HEADER) {
-        None => String::new(),
-        Some(value) => {
-            let id = value.to_str().unwrap_or_default().trim();
-            if id.is_empty() || id.len() > MAX_DELIVERY_ID {
-                return Err(Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "X-Rpaflow-Delivery must be visible text of 1 to {MAX_DELIVERY_ID} characters"
-                    ),
-                ));
-            }
-            format!("webhook:{flow_name}:{trigger_id}:{id}")
-        }
-    };
     let req = StartRun {
         flow: flow_name.to_owned(),
         version: view.record.version,
@@ -222,101 +316,6 @@ async fn accept(
         "status": run.status.name(),
     });
     Ok((status, axum::Json(answer)).into_response())
-}
-
-/// The webhook trigger a delivery is for: the one named by `?trigger=ID`, else the only one.
-fn pick_trigger<'a>(
-    triggers: &'a [rpaflow_core::flow::Trigger],
-    flow: &str,
-    query: Option<&str>,
-) -> Result<(&'a str, &'a WebhookTrigger), Refusal> {
-    let webhooks: Vec<(&str, &WebhookTrigger)> = triggers
-        .iter()
-        .filter_map(|t| match &t.kind {
-            TriggerKind::Webhook(w) => Some((t.id.as_str(), w)),
-            _ => None,
-        })
-        .collect();
-    let wanted = query.and_then(|q| {
-        q.split('&')
-            .find_map(|pair| pair.strip_prefix("trigger="))
-            .filter(|id| !id.is_empty())
-    });
-    match (wanted, webhooks.as_slice()) {
-        (Some(id), _) => webhooks
-            .iter()
-            .find(|(tid, _)| *tid == id)
-            .copied()
-            .ok_or_else(|| {
-                Refusal::new(
-                    StatusCode::NOT_FOUND,
-                    format!("flow `{flow}` has no webhook trigger `{id}`"),
-                )
-            }),
-        (None, []) => Err(Refusal::new(
-            StatusCode::NOT_FOUND,
-            format!("flow `{flow}` has no webhook trigger"),
-        )),
-        (None, [only]) => Ok(*only),
-        (None, several) => {
-            let ids: Vec<&str> = several.iter().map(|(id, _)| *id).collect();
-            Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "flow `{flow}` has several webhook triggers ({}): pick one with ?trigger=ID",
-                    ids.join(", ")
-                ),
-            ))
-        }
-    }
-}
-
-/// Checks every credential the trigger configures.
-fn authenticate(
-    handle: &OrchestratorHandle,
-    trigger: &WebhookTrigger,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(), Refusal> {
-    let unauthorized = |message: &str| Refusal::new(StatusCode::UNAUTHORIZED, message);
-    let secret = |name: &str| -> Result<String, Refusal> {
-        match handle.store().secret(name)? {
-            Some(value) => Ok(value),
-            None => {
-                warn!(secret = %name, "a webhook trigger's secret is not set (rpaflow secret set); deliveries are refused");
-                Err(unauthorized(
-                    "the webhook cannot authenticate deliveries: its secret is not set",
-                ))
-            }
-        }
-    };
-    if trigger.signature_secret.is_none() && trigger.token_secret.is_none() {
-        // The parser refuses such a trigger; never start runs for anyone all the same.
-        return Err(unauthorized("the webhook names no credentials"));
-    }
-    if let Some(name) = &trigger.signature_secret {
-        let key = secret(name)?;
-        let given = headers
-            .get(SIGNATURE_HEADER)
-            .ok_or_else(|| unauthorized("missing X-Rpaflow-Signature header"))?;
-        if !rpaflow_core::signature::verify(key.as_bytes(), body, given.as_bytes()) {
-            return Err(unauthorized(
-                "X-Rpaflow-Signature does not match the body (expected sha256=<hex HMAC-SHA256>)",
-            ));
-        }
-    }
-    if let Some(name) = &trigger.token_secret {
-        let token = secret(name)?;
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| unauthorized("missing Authorization: Bearer token"))?;
-        if !rpaflow_core::signature::same_secret(given.trim().as_bytes(), token.as_bytes()) {
-            return Err(unauthorized("the bearer token is not valid"));
-        }
-    }
-    Ok(())
 }
 
 /// Request headers for the `input` template: lower-case names, text values (repeated headers
