@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use rpaflow_core::kafka::KafkaConfig;
+use rpaflow_core::secrets::SecretsConfig;
 use rpaflow_core::telemetry::TelemetryConfig;
 use rpaflow_orchestrator::OrchestratorConfig;
 use rpaflow_orchestrator::hooks::HooksConfig;
@@ -111,6 +112,8 @@ pub struct DevConfig {
     pub queues: Vec<String>,
     pub kafka: KafkaConfig,
     pub telemetry: TelemetryConfig,
+    /// The key that seals secrets (`[secrets]`, `docs/security.md`).
+    pub secrets: SecretsConfig,
 }
 
 impl Default for DevConfig {
@@ -132,6 +135,7 @@ impl Default for DevConfig {
                 log_level: "warn".into(),
                 ..TelemetryConfig::default()
             },
+            secrets: SecretsConfig::default(),
         }
     }
 }
@@ -146,6 +150,7 @@ impl Layered for DevConfig {
         "queues",
         "kafka",
         "telemetry",
+        "secrets",
     ];
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -172,6 +177,8 @@ pub struct OrchestratorServiceConfig {
     pub orchestrator: OrchestratorConfig,
     pub kafka: KafkaConfig,
     pub telemetry: TelemetryConfig,
+    /// The key that seals secrets; workers need the same (`docs/security.md`).
+    pub secrets: SecretsConfig,
 }
 
 impl Default for OrchestratorServiceConfig {
@@ -183,6 +190,7 @@ impl Default for OrchestratorServiceConfig {
             orchestrator: OrchestratorConfig::default(),
             kafka: KafkaConfig::default(),
             telemetry: TelemetryConfig::default(),
+            secrets: SecretsConfig::default(),
         }
     }
 }
@@ -195,6 +203,7 @@ impl Layered for OrchestratorServiceConfig {
         "orchestrator",
         "kafka",
         "telemetry",
+        "secrets",
     ];
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -216,6 +225,8 @@ pub struct WorkerServiceConfig {
     pub worker: WorkerConfig,
     pub kafka: KafkaConfig,
     pub telemetry: TelemetryConfig,
+    /// The orchestrator's secrets key, to open the secrets tasks carry (`docs/security.md`).
+    pub secrets: SecretsConfig,
 }
 
 impl Default for WorkerServiceConfig {
@@ -225,12 +236,14 @@ impl Default for WorkerServiceConfig {
             worker: WorkerConfig::default(),
             kafka: KafkaConfig::default(),
             telemetry: TelemetryConfig::default(),
+            secrets: SecretsConfig::default(),
         }
     }
 }
 
 impl Layered for WorkerServiceConfig {
-    const SECTIONS: &'static [&'static str] = &["queues", "worker", "kafka", "telemetry"];
+    const SECTIONS: &'static [&'static str] =
+        &["queues", "worker", "kafka", "telemetry", "secrets"];
 
     fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(!self.queues.is_empty(), "queues: name at least one queue");

@@ -111,7 +111,12 @@ impl Embedded {
                 let source: Arc<dyn TaskSource> = Arc::new(bus.clone());
                 (Arc::new(bus), with_worker.then_some(source))
             };
-        let orchestrator = Orchestrator::start(config.orchestrator.clone(), bus)
+        let mut orchestrator_config = config.orchestrator.clone();
+        orchestrator_config.secrets_key = config
+            .secrets
+            .load(Some(&orchestrator_config.data_dir))
+            .context("cannot load the secrets key")?;
+        let orchestrator = Orchestrator::start(orchestrator_config, bus)
             .await
             .with_context(|| {
                 format!(
@@ -125,7 +130,10 @@ impl Embedded {
         if let Some(source) = source {
             let registry =
                 Registry::for_config(&config.worker).context("cannot set up the executors")?;
-            let worker = Worker::new(config.worker.clone(), registry, source);
+            let mut worker_config = config.worker.clone();
+            // The embedded worker opens secrets with the orchestrator's own key.
+            worker_config.secrets_key = handle.secrets_key();
+            let worker = Worker::new(worker_config, registry, source);
             let worker_stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(err) = worker.run(worker_stop).await {

@@ -83,8 +83,14 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Dev(args) => dev::run(args).await,
-            Command::Orchestrator(args) => services::orchestrator(args).await,
+            Command::Dev(args) => {
+                private_files();
+                dev::run(args).await
+            }
+            Command::Orchestrator(args) => {
+                private_files();
+                services::orchestrator(args).await
+            }
             Command::Worker(args) => services::worker(args).await,
             Command::Flow(cmd) => client::flow(cmd).await,
             Command::Run(cmd) => client::run(cmd).await,
@@ -142,6 +148,12 @@ pub fn parse_inputs(
         map.insert(key.trim().to_owned(), value);
     }
     Ok(map)
+}
+
+/// Files the services create (the data directory's, the secrets key) are their owner's only:
+/// the orchestrator also makes its existing data files so when it starts.
+fn private_files() {
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
 }
 
 #[cfg(test)]

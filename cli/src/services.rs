@@ -78,7 +78,12 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
             .context("the orchestrator cannot use Kafka")?,
     );
     bus.ensure_queue(DEFAULT_QUEUE).await?;
-    let orchestrator = Orchestrator::start(config.orchestrator.clone(), bus.clone())
+    let mut orchestrator_config = config.orchestrator.clone();
+    orchestrator_config.secrets_key = config
+        .secrets
+        .load(Some(&orchestrator_config.data_dir))
+        .context("cannot load the secrets key")?;
+    let orchestrator = Orchestrator::start(orchestrator_config, bus.clone())
         .await
         .with_context(|| {
             format!(
@@ -198,7 +203,15 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let source = KafkaTaskSource::connect(config.kafka.clone(), &config.queues, &config.worker.id)
         .await
         .context("the worker cannot use Kafka")?;
-    let worker = Worker::new(config.worker.clone(), registry, Arc::new(source));
+    let mut worker_config = config.worker.clone();
+    worker_config.secrets_key = config
+        .secrets
+        .load(None)
+        .context("cannot load the secrets key")?;
+    if worker_config.secrets_key.is_none() {
+        info!("no secrets key (secrets.key_file): steps that use secrets will fail on this worker");
+    }
+    let worker = Worker::new(worker_config, registry, Arc::new(source));
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     let running = tokio::spawn(worker.run(stop));

@@ -124,3 +124,188 @@ async fn a_missing_secret_fails_the_step_naming_it() {
     assert_eq!(error.code, "secret_missing", "{error:?}");
     assert!(error.message.contains("NOT_SET"), "{error:?}");
 }
+
+/// Sets `API_TOKEN` on a running `rpaflow dev`.
+async fn set_token(dev: &Dev, value: &str) {
+    rpaflow(
+        &[
+            "secret",
+            "set",
+            "API_TOKEN",
+            "--value",
+            value,
+            "--server",
+            &dev.url(),
+        ],
+        TIMEOUT,
+    )
+    .await
+    .expect_success();
+}
+
+/// Forms of the secret a program could derive; none may appear anywhere.
+fn derived_forms(secret: &str) -> Vec<String> {
+    vec![
+        secret.to_owned(),
+        secret.to_uppercase(),
+        secret.chars().rev().collect(),
+        secret.replace('-', ""),
+    ]
+}
+
+/// Steps that have no reason to hold a secret's value never get it: a transform that would
+/// reverse, upper-case or split it, a `log` step at `warn`, an `echo`. They see `***`.
+const NO_LEAK: &str = r#"
+name: no-leak
+steps:
+  - id: reshape
+    uses: transform
+    with:
+      data: [{ t: "{{ secrets.API_TOKEN }}" }]
+      ops:
+        - map: { backwards: "t | reverse", loud: "t | upper", parts: "t | split('-') | list", joined: "t | replace('-', '')" }
+  - id: shout
+    uses: log
+    with: { level: warn, message: "token is {{ secrets.API_TOKEN }} / {{ secrets.API_TOKEN | upper }}" }
+  - id: mirror
+    uses: echo
+    with: { token: "{{ secrets.API_TOKEN }}" }
+"#;
+
+#[tokio::test]
+async fn steps_that_send_nothing_anywhere_never_see_a_secret() {
+    let dev = Dev::launch().await;
+    set_token(&dev, SECRET).await;
+    dev.register(NO_LEAK).await;
+    let id = dev.run("no-leak", json!({})).await;
+    let run = dev.wait_succeeded(&id, TIMEOUT).await;
+    let reshape = run
+        .steps
+        .iter()
+        .find(|s| s.step_id == "reshape")
+        .expect("the reshape step");
+    let output: serde_json::Value = serde_json::from_str(&reshape.output_json).unwrap();
+    assert_eq!(output["data"][0]["t"], json!("***"), "{output}");
+    assert_eq!(output["data"][0]["backwards"], json!("***"), "{output}");
+    let places = [
+        format!("{run:?}"),
+        format!("{:?}", dev.events(&id).await.0),
+        dev.output(),
+    ];
+    for place in &places {
+        for form in derived_forms(SECRET) {
+            assert!(!place.contains(&form), "`{form}` leaked:\n{place}");
+        }
+    }
+    assert!(dev.output().contains("token is ***"), "{}", dev.output());
+}
+
+/// A run's input that holds a secret marker, copied from another run's events (where step
+/// inputs show them) or written by hand, gets no secret: the step fails and the API never sees
+/// the value, although the same step legitimately sends it in a header.
+const ECHO_PATH: &str = r#"
+name: echo-path
+inputs:
+  api: { type: string }
+  path: { type: string, default: plain }
+steps:
+  - id: call
+    uses: http
+    with:
+      url: "{{ inputs.api }}/echo/{{ inputs.path }}"
+      headers: { Authorization: "Bearer {{ secrets.API_TOKEN }}" }
+"#;
+
+#[tokio::test]
+async fn a_secret_marker_in_run_inputs_gets_no_secret() {
+    let api = HttpServer::start();
+    let dev = Dev::launch().await;
+    set_token(&dev, SECRET).await;
+    dev.register(ECHO_PATH).await;
+    // A first run, as an attacker who may read runs would: its events show the marker.
+    let first = dev.run("echo-path", json!({"api": api.url()})).await;
+    dev.wait_succeeded(&first, TIMEOUT).await;
+    let events = format!("{:?}", dev.events(&first).await.0);
+    let start = events
+        .find("⟦secret:")
+        .expect("the step input shows a marker");
+    let end = start + events[start..].find('⟧').expect("a whole marker") + '⟧'.len_utf8();
+    let copied = events[start..end].to_owned();
+    assert!(copied.starts_with("⟦secret:API_TOKEN:"), "{copied}");
+
+    for forged in [copied.clone(), "⟦secret:API_TOKEN⟧".to_owned()] {
+        let id = dev
+            .run("echo-path", json!({"api": api.url(), "path": forged}))
+            .await;
+        let run = dev.wait_finished(&id, TIMEOUT).await;
+        assert_eq!(
+            run.status(),
+            pb::RunStatus::Failed,
+            "{}",
+            rpaflow_tests::describe_run(&run)
+        );
+        let error = run.error.expect("an error");
+        assert_eq!(error.code, "secret_refused", "{error:?}");
+        assert!(error.message.contains("API_TOKEN"), "{error:?}");
+    }
+    for seen in api.requests_to("/echo/") {
+        assert!(
+            !seen.path.contains(SECRET),
+            "the secret reached the API in {}",
+            seen.path
+        );
+    }
+    assert_eq!(
+        api.requests_to("/echo/").len(),
+        1,
+        "only the honest run called the API"
+    );
+}
+
+#[tokio::test]
+async fn the_data_directory_holds_no_secret_in_clear_and_only_its_owner_may_read_it() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let api = HttpServer::start();
+    let mut dev = Dev::launch().await;
+    set_token(&dev, SECRET).await;
+    dev.register(ECHO_PATH).await;
+    let id = dev.run("echo-path", json!({"api": api.url()})).await;
+    dev.wait_succeeded(&id, TIMEOUT).await;
+    // After a restart the value is opened again from the sealed copy.
+    dev.restart().await;
+    let again = dev.run("echo-path", json!({"api": api.url()})).await;
+    dev.wait_succeeded(&again, TIMEOUT).await;
+    let seen = api.requests_to("/echo/");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        seen[1].headers.get("authorization").map(String::as_str),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+
+    let root = dev.data_dir().to_path_buf();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&root), 0o700, "{}", root.display());
+    let mut todo = vec![root];
+    let mut files = 0;
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                assert_eq!(mode(&path), 0o700, "{}", path.display());
+                todo.push(path);
+                continue;
+            }
+            files += 1;
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+            let bytes = std::fs::read(&path).unwrap();
+            for form in derived_forms(SECRET) {
+                assert!(
+                    !bytes.windows(form.len()).any(|w| w == form.as_bytes()),
+                    "`{form}` is in {}",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(files > 3, "the data directory has its files");
+}

@@ -77,6 +77,10 @@ pub struct WorkerConfig {
     /// Which hosts and addresses steps may reach (`docs/security.md`); public ones only by
     /// default.
     pub egress: crate::egress::EgressConfig,
+    /// What opens the secret values tasks carry sealed: set by the binary from `[secrets]`
+    /// (the orchestrator's key). Without it, steps that use secrets fail saying so.
+    #[serde(skip)]
+    pub secrets_key: Option<rpaflow_core::secrets::SecretsKey>,
 }
 
 impl Default for WorkerConfig {
@@ -92,6 +96,7 @@ impl Default for WorkerConfig {
             expr_max_output_bytes: rpaflow_core::expr::DEFAULT_MAX_OUTPUT_BYTES,
             transform_fuel: crate::executors::DEFAULT_TRANSFORM_FUEL,
             egress: crate::egress::EgressConfig::default(),
+            secrets_key: None,
         }
     }
 }
@@ -359,12 +364,7 @@ impl Shared {
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
             let started_at_ms = now_ms();
             let started = Instant::now();
-            let mut outcome = self.execute(&task, cancel.token()).await;
-            // Error messages may quote a secret (an API echoing a header, say): masked before
-            // they are logged or sent back.
-            if let Err(err) = &mut outcome {
-                err.message = rpaflow_core::secrets::redact_str(&err.message, &task.secrets);
-            }
+            let outcome = self.execute(&task, cancel.token()).await;
             let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             match &outcome {
                 Ok(_) => {
@@ -412,22 +412,84 @@ impl Shared {
         .await;
     }
 
-    /// Runs the task's executor and returns its output as JSON text.
+    /// Runs the task's executor and returns its output as JSON text; the output and an error's
+    /// message come back with the task's secrets masked (an API echoing a header, say).
     async fn execute(
         &self,
         task: &pb::Task,
         cancel: CancellationToken,
     ) -> Result<String, StepError> {
+        let secrets = self.open_secrets(task)?;
+        let masker = rpaflow_core::secrets::Masker::new(secrets.values().map(String::as_str));
+        self.run_executor(task, cancel, &secrets, &masker)
+            .await
+            .map_err(|mut err| {
+                err.message = masker.mask_str(&err.message);
+                err
+            })
+    }
+
+    /// The values of the task's secrets, opened, by their markers' text.
+    fn open_secrets(&self, task: &pb::Task) -> Result<HashMap<String, String>, StepError> {
+        let missing = |message: String| StepError::permanent(crate::codes::SECRET_MISSING, message);
+        let mut opened = HashMap::with_capacity(task.secrets.len());
+        for (marker, sealed) in &task.secrets {
+            let name = rpaflow_core::secrets::markers(&Json::String(marker.clone()))
+                .into_iter()
+                .next()
+                .map(|m| m.name)
+                .unwrap_or_default();
+            if sealed.is_empty() {
+                return Err(missing(format!(
+                    "secret `{name}` is not set (set it with `rpaflow secret set {name}`)"
+                )));
+            }
+            let Some(key) = &self.config.secrets_key else {
+                return Err(missing(format!(
+                    "this worker has no secrets key to open secret `{name}` with (set secrets.key_file to the orchestrator's key)"
+                )));
+            };
+            let value = key
+                .open(&name, sealed)
+                .map_err(|e| missing(e.to_string()))?;
+            opened.insert(marker.clone(), value);
+        }
+        Ok(opened)
+    }
+
+    async fn run_executor(
+        &self,
+        task: &pb::Task,
+        cancel: CancellationToken,
+        secrets: &HashMap<String, String>,
+        masker: &rpaflow_core::secrets::Masker,
+    ) -> Result<String, StepError> {
         let Some(executor) = self.registry.get(&task.kind) else {
             return Err(StepError::unknown_kind(&task.kind, &self.registry.kinds()));
         };
         let mut input = parse_input(&task.input_json)?;
-        rpaflow_core::secrets::reveal(&mut input, &task.secrets).map_err(|name| {
+        // Only markers the orchestrator tagged for this attempt have values; any other came
+        // from data and is refused rather than passed on.
+        let refused = |marker: rpaflow_core::secrets::Marker| {
             StepError::permanent(
-                crate::codes::SECRET_MISSING,
-                format!("secret `{name}` is not set (set it with `rpaflow secret set {name}`)"),
+                crate::codes::SECRET_REFUSED,
+                format!(
+                    "the input holds a marker for secret `{}` that the step's `with` did not make (markers in run inputs or step outputs are refused)",
+                    marker.name
+                ),
             )
-        })?;
+        };
+        if executor.receives_secrets() {
+            rpaflow_core::secrets::reveal(&mut input, secrets).map_err(refused)?;
+        } else {
+            if let Some(unknown) = rpaflow_core::secrets::markers(&input)
+                .into_iter()
+                .find(|m| !secrets.contains_key(&m.text))
+            {
+                return Err(refused(unknown));
+            }
+            rpaflow_core::secrets::conceal(&mut input);
+        }
         let ctx = TaskContext::from_task(
             task,
             self.config.default_timeout,
@@ -454,7 +516,7 @@ impl Shared {
             },
         };
         let mut output = output;
-        rpaflow_core::secrets::redact(&mut output, &task.secrets);
+        masker.mask(&mut output);
         encode_output(&output, ctx.max_output_bytes)
     }
 }

@@ -32,10 +32,25 @@ pub enum SecretCommand {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Write a new secrets key to FILE (mode 0600), for `secrets.key_file`. To rotate: point
+    /// `secrets.key_file` at the new file and list the old one in `secrets.previous_key_files`
+    /// (orchestrator and workers), restart the orchestrator, which seals every stored secret
+    /// under the new key as it starts; drop the old key once workers have restarted too.
+    GenerateKey {
+        /// Where to write the key; an existing file is never replaced.
+        file: std::path::PathBuf,
+    },
 }
 
 pub async fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        SecretCommand::GenerateKey { file } => {
+            rpaflow_core::secrets::write_key_file(
+                &file,
+                &rpaflow_core::secrets::generate_key_text(),
+            )?;
+            println!("wrote a new secrets key to {}", file.display());
+        }
         SecretCommand::Set { name, value, opts } => {
             let value = match value {
                 Some(v) => v,

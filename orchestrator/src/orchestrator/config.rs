@@ -53,6 +53,10 @@ pub struct OrchestratorConfig {
     /// a slow evaluation never holds up a run actor's thread or a gRPC handler (0: one per
     /// CPU).
     pub eval_threads: usize,
+    /// What seals secret values in the store and in tasks: set by the binary from `[secrets]`;
+    /// without it, the data directory's own key (`DATA_DIR/secrets.key`, made on first start).
+    #[serde(skip)]
+    pub secrets_key: Option<rpaflow_core::secrets::SecretsKey>,
     /// A testing aid: when set, "now" for the scheduler is read from this file (Unix
     /// milliseconds or an RFC 3339 time, re-read every 100 ms), so tests move time by
     /// rewriting it. Unset (the default): the system clock.
@@ -102,6 +106,7 @@ impl Default for OrchestratorConfig {
             expr_fuel: rpaflow_core::expr::DEFAULT_FUEL,
             expr_max_output_bytes: rpaflow_core::expr::DEFAULT_MAX_OUTPUT_BYTES,
             eval_threads: 0,
+            secrets_key: None,
             clock_file: None,
         }
     }

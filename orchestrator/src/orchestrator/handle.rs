@@ -91,6 +91,11 @@ impl OrchestratorHandle {
         self.shared.evaluator.run(work).await
     }
 
+    /// The key that seals secret values: what an embedded worker opens them with.
+    pub fn secrets_key(&self) -> Option<rpaflow_core::secrets::SecretsKey> {
+        self.shared.store.secrets_key_cloned()
+    }
+
     pub(crate) fn store(&self) -> &Store {
         &self.shared.store
     }

@@ -52,6 +52,64 @@ impl std::fmt::Debug for Orchestrator {
     }
 }
 
+/// Creates the data directory readable by its owner only (0700), and makes an existing one so.
+fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    let failed = |e: std::io::Error| {
+        Error::Internal(format!(
+            "cannot create data directory {}: {e}",
+            dir.display()
+        ))
+    };
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(failed)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// Makes everything under the data directory its owner's only: directories 0700, files 0600
+/// (sled creates its files with the process's umask).
+fn restrict_permissions(dir: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(dir) = todo.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                let mode = if kind.is_dir() {
+                    todo.push(path.clone());
+                    0o700
+                } else if kind.is_file() {
+                    0o600
+                } else {
+                    continue;
+                };
+                if let Err(err) =
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                {
+                    warn!(path = %path.display(), error = %err, "cannot restrict the permissions of a data file");
+                }
+            }
+        }
+    }
+}
+
 /// A rebuilt run: its state, the events recovery added, its summary and what to do first.
 type Rebuilt = (RunState, Vec<RunEvent>, RunSummary, Vec<Action>);
 
@@ -78,16 +136,28 @@ fn rebuild_active_runs(shared: &Shared) -> Result<Vec<Rebuilt>> {
 impl Orchestrator {
     /// Opens storage, starts the actor system and rebuilds every unfinished run.
     pub async fn start(config: OrchestratorConfig, bus: Arc<dyn StepBus>) -> Result<Self> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            Error::Internal(format!(
-                "cannot create data directory {}: {e}",
-                config.data_dir.display()
-            ))
-        })?;
+        create_private_dir(&config.data_dir)?;
         // Process-wide: the run state machine evaluates expressions without a config at hand;
         // the first orchestrator of a process sets it (see `rpaflow_core::expr::set_limits`).
         rpaflow_core::expr::set_limits(config.expr_limits());
         let store = Store::open(&config.data_dir)?;
+        let secrets_key = match config.secrets_key.clone() {
+            Some(key) => key,
+            None => rpaflow_core::secrets::SecretsConfig::default()
+                .load(Some(&config.data_dir))
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .ok_or_else(|| Error::Internal("no secrets key".into()))?,
+        };
+        store.use_secrets_key(secrets_key);
+        match store.reseal_secrets().await {
+            Ok(0) => {}
+            Ok(n) => info!(secrets = n, "sealed secrets under the current secrets key"),
+            Err(err) => {
+                warn!(error = %err, "some secrets cannot be opened with the configured keys; steps using them will fail")
+            }
+        }
+        rpaflow_core::secrets::set_marker_key(store.marker_key().await?);
+        restrict_permissions(&config.data_dir);
         let registry = Registry::new(store.clone(), config.flow_limits());
         let system = ActorSystem::start(config.arbiters)?;
         let (events, _) = broadcast::channel(64 * 1024);

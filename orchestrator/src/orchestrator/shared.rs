@@ -133,19 +133,35 @@ impl Shared {
         self.backlog.run_ended(run_id);
     }
 
-    pub(crate) fn task(&self, state: &RunState, spec: TaskSpec) -> pb::Task {
-        // The values of the secrets the input refers to; a missing one is reported by the
-        // worker, naming it, when it puts the values in place.
-        let secrets = rpaflow_core::secrets::referenced(&spec.input)
+    /// The sealed values of the secrets whose markers in the task's input were made for this
+    /// attempt (by the marker's whole text; empty for a secret that is not set, which the
+    /// worker reports by name). Markers that came from data get nothing: the worker refuses
+    /// them.
+    fn task_secrets(&self, state: &RunState, spec: &TaskSpec) -> HashMap<String, String> {
+        let this = rpaflow_core::secrets::Attempt {
+            run_id: &state.run_id,
+            step: &spec.step,
+            item: spec.item,
+            attempt: spec.attempt,
+        };
+        rpaflow_core::secrets::markers(&spec.input)
             .into_iter()
-            .filter_map(|name| match self.store.secret(&name) {
-                Ok(value) => value.map(|v| (name, v)),
-                Err(err) => {
-                    warn!(run_id = %state.run_id, secret = %name, error = %err, "cannot read secret");
-                    None
-                }
+            .filter(|marker| this.is_valid(marker))
+            .map(|marker| {
+                let sealed = match self.store.sealed_secret(&marker.name) {
+                    Ok(sealed) => sealed.unwrap_or_default(),
+                    Err(err) => {
+                        warn!(run_id = %state.run_id, secret = %marker.name, error = %err, "cannot read secret");
+                        String::new()
+                    }
+                };
+                (marker.text, sealed)
             })
-            .collect();
+            .collect()
+    }
+
+    pub(crate) fn task(&self, state: &RunState, spec: TaskSpec) -> pb::Task {
+        let secrets = self.task_secrets(state, &spec);
         let traceparent =
             rpaflow_core::kafka::traceparent(&state.run_id, &spec.step, spec.item, spec.attempt);
         pb::Task {

@@ -60,6 +60,10 @@ struct Inner {
     secrets: sled::Tree,
     /// Schedule state by `flow \0 trigger`.
     schedules: sled::Tree,
+    /// The store's own settings, such as the key secret markers are tagged with.
+    meta: sled::Tree,
+    /// What seals and opens secret values; set once by [`Store::use_secrets_key`].
+    secrets_key: std::sync::OnceLock<rpaflow_core::secrets::SecretsKey>,
     flusher: Option<std_mpsc::Sender<oneshot::Sender<Result<()>>>>,
     flusher_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -130,6 +134,7 @@ impl Store {
         );
         let secrets = tree("secrets")?;
         let schedules = tree("schedules")?;
+        let meta = tree("meta")?;
         let flusher_thread = std::thread::Builder::new()
             .name("rpaflow-flusher".into())
             .spawn(move || flush::group_flush(&db, &requests))
@@ -143,6 +148,8 @@ impl Store {
             approvals,
             secrets,
             schedules,
+            meta,
+            secrets_key: std::sync::OnceLock::new(),
             flusher: Some(flusher),
             flusher_thread: Some(flusher_thread),
         };

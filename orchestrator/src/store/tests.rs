@@ -134,3 +134,44 @@ async fn schedules_persist_across_reopening() {
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.schedules().unwrap(), vec![record]);
 }
+
+#[tokio::test]
+async fn secrets_are_stored_sealed_and_resealed_under_a_rotated_key() {
+    use rpaflow_core::secrets::SecretsKey;
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (SecretsKey::random_bytes(), SecretsKey::random_bytes());
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.use_secrets_key(SecretsKey::new(old, Vec::new()));
+        store.put_secret("TOKEN", "s3cr3t-value").await.unwrap();
+        let sealed = store.sealed_secret("TOKEN").unwrap().unwrap();
+        assert!(SecretsKey::is_sealed(&sealed) && !sealed.contains("s3cr3t"));
+        assert_eq!(store.secret("TOKEN").unwrap().unwrap(), "s3cr3t-value");
+        assert_eq!(store.reseal_secrets().await.unwrap(), 0);
+    }
+    // The new key, with the old one still able to open.
+    let rotated = SecretsKey::new(new, vec![old]);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.use_secrets_key(rotated.clone());
+        assert_eq!(store.reseal_secrets().await.unwrap(), 1);
+        let sealed = store.sealed_secret("TOKEN").unwrap().unwrap();
+        assert!(rotated.is_current(&sealed));
+    }
+    // Once resealed, the new key alone opens it; the old one alone does not.
+    let store = Store::open(dir.path()).unwrap();
+    store.use_secrets_key(SecretsKey::new(new, Vec::new()));
+    assert_eq!(store.secret("TOKEN").unwrap().unwrap(), "s3cr3t-value");
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    store.use_secrets_key(SecretsKey::new(old, Vec::new()));
+    assert!(store.secret("TOKEN").is_err());
+    assert!(
+        store
+            .reseal_secrets()
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("neither the current secrets key")
+    );
+}

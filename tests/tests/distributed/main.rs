@@ -408,3 +408,102 @@ async fn services_authenticate_with_sasl_and_a_wrong_password_is_named() {
         "the password was printed:\n{refused}"
     );
 }
+
+/// Secrets cross Kafka sealed: the orchestrator and a worker share the secrets key (a file made
+/// by `rpaflow secret generate-key`); the API gets the value; no message on any rpaflow topic
+/// holds it; a worker without the key fails the step saying what is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_cross_kafka_sealed_and_only_workers_with_the_key_open_them() {
+    const SECRET: &str = "kafka-s3cr3t-Wm42-never-in-a-topic";
+    const FLOW: &str = r#"
+name: calls-api
+inputs:
+  api: { type: string }
+steps:
+  - id: call
+    uses: http
+    with:
+      url: "{{ inputs.api }}/echo/x"
+      headers: { Authorization: "Bearer {{ secrets.API_TOKEN }}" }
+"#;
+    let _serial = serial().lock().await;
+    let broker = Broker::start().await.expect("cannot start the broker");
+    let keys = tempfile::tempdir().expect("a temporary directory");
+    let key_file = keys.path().join("secrets.key");
+    let key = key_file.to_str().expect("a UTF-8 path");
+    rpaflow_tests::rpaflow(&["secret", "generate-key", key], Duration::from_secs(30))
+        .await
+        .expect_success();
+    let with_key = [("RPAFLOW_SECRETS__KEY_FILE", key), ENV[0]];
+    let orchestrator = Dev::orchestrator(&broker.brokers(), &[], &with_key).await;
+    let mut holder =
+        WorkerProcess::start(&broker.brokers(), "holder", WORKER_ARGS, &with_key).await;
+    let api = rpaflow_tests::HttpServer::start();
+    rpaflow_tests::rpaflow(
+        &[
+            "secret",
+            "set",
+            "API_TOKEN",
+            "--value",
+            SECRET,
+            "--server",
+            &orchestrator.url(),
+        ],
+        Duration::from_secs(30),
+    )
+    .await
+    .expect_success();
+    orchestrator.register(FLOW).await;
+    let id = orchestrator
+        .run("calls-api", json!({"api": api.url()}))
+        .await;
+    orchestrator
+        .wait_succeeded(&id, Duration::from_secs(60))
+        .await;
+    let seen = api.requests_to("/echo/");
+    assert_eq!(
+        seen[0].headers.get("authorization").map(String::as_str),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+
+    let tasks = broker
+        .read_all("rpaflow.tasks.default", Duration::from_secs(30))
+        .await;
+    assert!(
+        tasks
+            .iter()
+            .any(|m| String::from_utf8_lossy(&m.payload).contains("rpaflow-sealed:v1:")),
+        "the task carries the value sealed"
+    );
+    for topic in ["rpaflow.tasks.default", "rpaflow.results", "rpaflow.dlq"] {
+        for message in broker.read_all(topic, Duration::from_secs(30)).await {
+            let text = String::from_utf8_lossy(&message.payload);
+            assert!(!text.contains(SECRET), "{topic} holds the secret: {text}");
+            for (name, value) in &message.headers {
+                assert!(
+                    !value.contains(SECRET),
+                    "{topic} header {name} holds the secret"
+                );
+            }
+        }
+    }
+
+    // A worker that was not given the key cannot open it.
+    holder.kill9();
+    let _keyless = WorkerProcess::start(&broker.brokers(), "keyless", WORKER_ARGS, ENV).await;
+    let id = orchestrator
+        .run("calls-api", json!({"api": api.url()}))
+        .await;
+    let run = orchestrator
+        .wait_finished(&id, Duration::from_secs(90))
+        .await;
+    assert_eq!(
+        run.status(),
+        pb::RunStatus::Failed,
+        "{}",
+        describe_run(&run)
+    );
+    let error = run.error.expect("an error");
+    assert_eq!(error.code, "secret_missing", "{error:?}");
+    assert!(error.message.contains("no secrets key"), "{error:?}");
+}

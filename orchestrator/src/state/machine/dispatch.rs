@@ -119,7 +119,23 @@ pub(super) fn dispatch(tx: &mut Tx<'_>, index: usize, item: Option<u32>) {
             .cloned()
     });
     let rendered = if expr::has_templates(&def.with) {
-        let base = tx.context();
+        // Secrets render to markers tagged for this attempt: their values never enter a run's
+        // events, and a marker that reaches an input from data is not honoured (core::secrets).
+        let this = rpaflow_core::secrets::Attempt {
+            run_id: &tx.state.run_id,
+            step: &def.id,
+            item,
+            attempt,
+        };
+        let secrets: serde_json::Map<String, Json> = tx
+            .state
+            .flow
+            .secrets
+            .iter()
+            .map(|name| (name.clone(), Json::String(this.marker(name))))
+            .collect();
+        let secrets = Json::Object(secrets);
+        let base = tx.context().with(&[("secrets", &secrets)]);
         let ctx = match (&item_json, item) {
             (Some(value), Some(i)) => base.with(&[("item", value), ("index", &json!(i))]),
             _ => base,

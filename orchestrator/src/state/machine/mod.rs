@@ -170,23 +170,10 @@ impl RunState {
                 (def.id.clone(), entry)
             })
             .collect();
-        // Secrets render to markers; their values never enter a run's events (see core::secrets).
-        let secrets: serde_json::Map<String, Json> = self
-            .flow
-            .secrets
-            .iter()
-            .map(|name| {
-                (
-                    name.clone(),
-                    Json::String(rpaflow_core::secrets::marker(name)),
-                )
-            })
-            .collect();
         json!({
             "inputs": self.inputs,
             "steps": steps,
             "run": { "id": self.run_id, "flow": self.flow.name, "version": self.flow_version },
-            "secrets": secrets,
         })
     }
 

@@ -126,6 +126,10 @@ impl Executor for NotifyExecutor {
         "notify"
     }
 
+    fn receives_secrets(&self) -> bool {
+        true
+    }
+
     async fn execute(&self, ctx: &TaskContext, input: Json) -> Result<Json, StepError> {
         let fields = Input::new(&input)?;
         let work = async {
