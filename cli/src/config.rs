@@ -17,6 +17,7 @@ use rpaflow_core::secrets::SecretsConfig;
 use rpaflow_core::telemetry::TelemetryConfig;
 use rpaflow_orchestrator::OrchestratorConfig;
 use rpaflow_orchestrator::hooks::HooksConfig;
+use rpaflow_orchestrator::tls::TlsConfig;
 use rpaflow_worker::WorkerConfig;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -114,6 +115,8 @@ pub struct DevConfig {
     pub telemetry: TelemetryConfig,
     /// The key that seals secrets (`[secrets]`, `docs/security.md`).
     pub secrets: SecretsConfig,
+    /// TLS on the gRPC and webhook listeners (`[tls]`, `docs/security.md`); off by default.
+    pub tls: TlsConfig,
 }
 
 impl Default for DevConfig {
@@ -136,6 +139,7 @@ impl Default for DevConfig {
                 ..TelemetryConfig::default()
             },
             secrets: SecretsConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -151,11 +155,13 @@ impl Layered for DevConfig {
         "kafka",
         "telemetry",
         "secrets",
+        "tls",
     ];
 
     fn validate(&self) -> anyhow::Result<()> {
         validate_orchestrator(&self.orchestrator)?;
         self.hooks.validate()?;
+        self.tls.validate()?;
         validate_telemetry(&self.telemetry)?;
         if self.kafka.is_enabled() {
             self.kafka.validate()?;
@@ -179,6 +185,8 @@ pub struct OrchestratorServiceConfig {
     pub telemetry: TelemetryConfig,
     /// The key that seals secrets; workers need the same (`docs/security.md`).
     pub secrets: SecretsConfig,
+    /// TLS on the gRPC and webhook listeners (`[tls]`, `docs/security.md`).
+    pub tls: TlsConfig,
 }
 
 impl Default for OrchestratorServiceConfig {
@@ -191,6 +199,7 @@ impl Default for OrchestratorServiceConfig {
             kafka: KafkaConfig::default(),
             telemetry: TelemetryConfig::default(),
             secrets: SecretsConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -204,11 +213,13 @@ impl Layered for OrchestratorServiceConfig {
         "kafka",
         "telemetry",
         "secrets",
+        "tls",
     ];
 
     fn validate(&self) -> anyhow::Result<()> {
         validate_orchestrator(&self.orchestrator)?;
         self.hooks.validate()?;
+        self.tls.validate()?;
         validate_telemetry(&self.telemetry)?;
         self.kafka
             .validate()
@@ -467,6 +478,35 @@ mod tests {
             )
             .unwrap_err();
             assert!(err.to_string().contains("egress.deny_hosts"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tls_settings_come_from_the_environment_and_half_a_key_pair_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            let dev = DevConfig::load(None, Figment::new()).map_err(|e| e.to_string())?;
+            assert!(!dev.tls.is_enabled());
+            jail.set_env("RPAFLOW_TLS__CERT_FILE", "/etc/rpaflow/server.pem");
+            let err = DevConfig::load(None, Figment::new()).unwrap_err();
+            assert!(format!("{err:#}").contains("tls.key_file"), "{err:#}");
+            jail.set_env("RPAFLOW_TLS__KEY_FILE", "/etc/rpaflow/server.key");
+            jail.set_env("RPAFLOW_TLS__CLIENT_CA_FILE", "/etc/rpaflow/clients.pem");
+            jail.set_env("RPAFLOW_TLS__RELOAD_INTERVAL", "30s");
+            let cfg = OrchestratorServiceConfig::load(
+                None,
+                Figment::from(Serialized::default("kafka.brokers", "k:9092")),
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(
+                cfg.tls.key_file.as_deref(),
+                Some(Path::new("/etc/rpaflow/server.key"))
+            );
+            assert_eq!(
+                cfg.tls.client_ca_file.as_deref(),
+                Some(Path::new("/etc/rpaflow/clients.pem"))
+            );
+            assert_eq!(cfg.tls.reload_interval, std::time::Duration::from_secs(30));
             Ok(())
         });
     }

@@ -15,6 +15,7 @@ use rpaflow_core::bus::{InProcessBus, StepBus, TaskSource};
 use rpaflow_core::kafka::{KafkaStepBus, KafkaTaskSource};
 use rpaflow_orchestrator::kafka_triggers::KafkaTriggers;
 use rpaflow_orchestrator::state::{EventKind, RunStatus};
+use rpaflow_orchestrator::tls::ServerTls;
 use rpaflow_orchestrator::{Orchestrator, OrchestratorHandle, StartRun, api};
 use rpaflow_worker::{Registry, Worker};
 use tokio_util::sync::CancellationToken;
@@ -226,16 +227,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let tls = ServerTls::load(&config.tls).context("cannot set up tls")?;
     let mut embedded = Embedded::start(&config).await?;
     if let Some(hooks_addr) = config.hooks_listen {
-        let hooks = crate::services::serve_hooks(
-            &embedded.handle,
-            hooks_addr,
-            config.hooks.clone(),
-            &embedded.shutdown,
-            "dev",
-        )
-        .await?;
+        let listen = crate::services::HooksListener {
+            addr: hooks_addr,
+            config: config.hooks.clone(),
+            tls: tls.clone(),
+        };
+        let hooks =
+            crate::services::serve_hooks(&embedded.handle, listen, &embedded.shutdown, "dev")
+                .await?;
         embedded.tasks.push(hooks);
     }
     if config.kafka.is_enabled() {
@@ -250,11 +252,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let serve_stop = embedded.shutdown.clone();
     let handle = embedded.handle.clone();
     let server = tokio::spawn(async move {
-        if let Err(err) = api::serve(
-            handle,
-            listener,
-            async move { serve_stop.cancelled().await },
-        )
+        if let Err(err) = api::serve(handle, listener, tls.as_ref(), async move {
+            serve_stop.cancelled().await
+        })
         .await
         {
             tracing::error!(error = %err, "gRPC server stopped with an error");

@@ -13,6 +13,7 @@ use figment::Figment;
 use rpaflow_core::flow::DEFAULT_QUEUE;
 use rpaflow_core::kafka::{KafkaStepBus, KafkaTaskSource};
 use rpaflow_orchestrator::kafka_triggers::KafkaTriggers;
+use rpaflow_orchestrator::tls::ServerTls;
 use rpaflow_orchestrator::{Orchestrator, OrchestratorHandle, api, hooks};
 use rpaflow_worker::{Registry, Worker};
 use tokio::sync::broadcast;
@@ -92,6 +93,7 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     let handle = orchestrator.handle();
+    let tls = ServerTls::load(&config.tls).context("cannot set up tls")?;
     let (listener, addr) = api::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -99,8 +101,10 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
     let forwarder = tokio::spawn(forward_events(handle.subscribe(), Arc::clone(&bus)));
     let serve_stop = shutdown.clone();
     let api_handle = handle.clone();
+    let api_tls = tls.clone();
     let server = tokio::spawn(async move {
-        if let Err(err) = api::serve(api_handle, listener, serve_stop.cancelled_owned()).await {
+        let stop = serve_stop.cancelled_owned();
+        if let Err(err) = api::serve(api_handle, listener, api_tls.as_ref(), stop).await {
             error!(error = %err, "gRPC server stopped with an error");
         }
     });
@@ -109,7 +113,12 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
     let hooks = match config.hooks_listen {
         Some(hooks_addr) => {
             let hooks_config = config.hooks.clone();
-            Some(serve_hooks(&handle, hooks_addr, hooks_config, &intake, "orchestrator").await?)
+            let hooks = HooksListener {
+                addr: hooks_addr,
+                config: hooks_config,
+                tls: tls.clone(),
+            };
+            Some(serve_hooks(&handle, hooks, &intake, "orchestrator").await?)
         }
         None => None,
     };
@@ -137,23 +146,33 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Binds the webhook endpoint, prints `rpaflow WHO: webhooks on http://ADDR` and serves it until
-/// `shutdown`.
+/// Where and how the webhook endpoint listens.
+pub struct HooksListener {
+    pub addr: SocketAddr,
+    pub config: hooks::HooksConfig,
+    /// HTTPS with the API's certificate.
+    pub tls: Option<ServerTls>,
+}
+
+/// Binds the webhook endpoint, prints `rpaflow WHO: webhooks on http[s]://ADDR` and serves it
+/// until `shutdown`.
 pub async fn serve_hooks(
     handle: &OrchestratorHandle,
-    addr: SocketAddr,
-    config: hooks::HooksConfig,
+    listen: HooksListener,
     shutdown: &CancellationToken,
     who: &str,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let HooksListener { addr, config, tls } = listen;
     let (listener, local) = hooks::bind(addr)
         .await
         .with_context(|| format!("cannot listen for webhooks on {addr}"))?;
-    println!("rpaflow {who}: webhooks on http://{local}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("rpaflow {who}: webhooks on {scheme}://{local}");
     let handle = handle.clone();
     let stop = shutdown.clone();
     Ok(tokio::spawn(async move {
-        if let Err(err) = hooks::serve(handle, config, listener, stop.cancelled_owned()).await {
+        let stop = stop.cancelled_owned();
+        if let Err(err) = hooks::serve(handle, config, listener, tls.as_ref(), stop).await {
             error!(error = %err, "webhook server stopped with an error");
         }
     }))

@@ -14,11 +14,13 @@ use crate::convert;
 use crate::error::Error;
 use crate::orchestrator::{OrchestratorHandle, StartRun};
 use crate::state::RunStatus;
+use crate::tls::ServerTls;
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves; over TLS when `tls` is given.
 pub async fn serve(
     handle: OrchestratorHandle,
     listener: TcpListener,
+    tls: Option<&ServerTls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -32,14 +34,25 @@ pub async fn serve(
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .build_v1()
         .expect("the descriptor sets compiled into the binary are valid");
-    // Without TCP_NODELAY every streamed reply waits ~40 ms for Nagle's algorithm.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(FlowServiceServer::new(Api { handle }))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .add_service(FlowServiceServer::new(Api { handle }));
+    match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(tls.grpc(listener), shutdown)
+                .await
+        }
+        None => {
+            // Without TCP_NODELAY every streamed reply waits ~40 ms for Nagle's algorithm.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    }
 }
 
 /// Binds `addr` (port 0 picks a free port) and returns the listener with its real address.

@@ -12,6 +12,7 @@
 //! - `subflow`: steps that run another flow and wait for it.
 //! - [`api`]: the gRPC service, health and reflection; `convert`: proto conversions.
 //! - [`hooks`]: the webhook endpoint, `POST /hooks/{namespace}/{flow}`, that starts runs.
+//! - [`tls`]: TLS on the gRPC and webhook listeners, with certificate reload and mTLS.
 //! - [`kafka_triggers`]: one consumer per Kafka trigger, one run per message.
 //! - [`error`]: the crate's error and its mapping to gRPC codes.
 
@@ -30,6 +31,7 @@ pub mod schedule;
 pub mod state;
 pub mod store;
 mod subflow;
+pub mod tls;
 
 pub use convert::{event as event_to_pb, run as run_to_pb};
 pub use error::{Error, Result};

@@ -50,6 +50,7 @@ use tracing::{debug, info, warn};
 use self::auth::{Admitted, Delivery, Denied};
 use crate::error::Error;
 use crate::orchestrator::{OrchestratorHandle, StartRun};
+use crate::tls::ServerTls;
 
 /// The only namespace there is for now.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -109,16 +110,28 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     crate::api::bind(addr).await
 }
 
-/// Serves the webhook endpoint on `listener` until `shutdown` resolves.
+/// Serves the webhook endpoint on `listener` until `shutdown` resolves; over TLS when `tls` is
+/// given.
 pub async fn serve(
     handle: OrchestratorHandle,
     config: HooksConfig,
     listener: TcpListener,
+    tls: Option<&ServerTls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(handle, config))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let router = router(handle, config);
+    match tls {
+        Some(tls) => {
+            axum::serve(tls.hooks(listener), router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 /// The webhook routes over an orchestrator.
