@@ -22,7 +22,7 @@ pub enum ApprovalsCommand {
 
 pub async fn approvals(cmd: ApprovalsCommand) -> anyhow::Result<ExitCode> {
     let ApprovalsCommand::List { flow, opts } = cmd;
-    let mut client = connect(&opts.server).await?;
+    let mut client = connect(&opts).await?;
     let approvals = client
         .list_approvals(pb::ListApprovalsRequest { flow })
         .await

@@ -106,7 +106,7 @@ pub async fn flow(cmd: FlowCommand) -> anyhow::Result<ExitCode> {
                     }
                 }
             } else {
-                let mut client = connect(&opts.server).await?;
+                let mut client = connect(&opts).await?;
                 let stored = client
                     .get_flow(pb::GetFlowRequest {
                         name: flow,
@@ -127,7 +127,7 @@ pub async fn flow(cmd: FlowCommand) -> anyhow::Result<ExitCode> {
         FlowCommand::Register { file, opts } => {
             let source = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let mut client = connect(&opts.server).await?;
+            let mut client = connect(&opts).await?;
             let req = pb::RegisterFlowRequest {
                 source,
                 file_name: file.display().to_string(),
@@ -157,7 +157,7 @@ pub async fn flow(cmd: FlowCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         FlowCommand::List { opts } => {
-            let mut client = connect(&opts.server).await?;
+            let mut client = connect(&opts).await?;
             let flows = client
                 .list_flows(pb::ListFlowsRequest {})
                 .await
@@ -193,7 +193,7 @@ pub async fn flow(cmd: FlowCommand) -> anyhow::Result<ExitCode> {
             version,
             opts,
         } => {
-            let mut client = connect(&opts.server).await?;
+            let mut client = connect(&opts).await?;
             let flow = client
                 .get_flow(pb::GetFlowRequest { name, version })
                 .await

@@ -7,12 +7,14 @@
 //! - `approvals`: `rpaflow approvals ...` ([`ApprovalsCommand`]).
 //! - `secrets`: `rpaflow secret ...` ([`SecretCommand`]).
 //! - `schedules`: `rpaflow schedule ...` ([`ScheduleCommand`]).
+//! - `tls`: `https://` servers, `--ca-cert`, and client certificates.
 
 mod approvals;
 mod flows;
 mod runs;
 mod schedules;
 mod secrets;
+mod tls;
 mod watch;
 
 pub use self::approvals::{ApprovalsCommand, approvals};
@@ -21,7 +23,6 @@ pub use self::runs::{RunCommand, run};
 pub use self::schedules::{ScheduleCommand, schedule};
 pub use self::secrets::{SecretCommand, secret};
 
-use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use rpaflow_proto::v1 as pb;
 use rpaflow_proto::v1::flow_service_client::FlowServiceClient;
@@ -48,21 +49,20 @@ pub struct ClientOpts {
     /// Human-readable text or JSON.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub output: OutputFormat,
+    #[command(flatten)]
+    pub tls: tls::TlsOpts,
 }
 
-async fn connect(server: &str) -> anyhow::Result<FlowServiceClient<Channel>> {
-    let uri = if server.contains("://") {
-        server.to_owned()
-    } else {
-        format!("http://{server}")
-    };
-    FlowServiceClient::connect(uri.clone())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot reach the orchestrator at {uri} (is `rpaflow dev` running? set --server)"
-            )
-        })
+async fn connect(opts: &ClientOpts) -> anyhow::Result<FlowServiceClient<Channel>> {
+    let endpoint = tls::endpoint(&opts.server, &opts.tls)?;
+    let uri = endpoint.uri().clone();
+    let channel = endpoint.connect().await.map_err(|err| {
+        let hint = tls::hint(&err)
+            .unwrap_or("is `rpaflow dev` running? set --server")
+            .to_owned();
+        anyhow::Error::new(err).context(format!("cannot reach the orchestrator at {uri} ({hint})"))
+    })?;
+    Ok(FlowServiceClient::new(channel))
 }
 
 /// A gRPC error as a person should read it.

@@ -111,7 +111,7 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
             opts,
         } => {
             let inputs = crate::parse_inputs(&inputs, inputs_json.as_deref())?;
-            let mut client = connect(&opts.server).await?;
+            let mut client = connect(&opts).await?;
             let req = pb::StartRunRequest {
                 flow,
                 version,
@@ -153,7 +153,7 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         RunCommand::Get { run_id, opts } => {
-            let mut client = connect(&opts.server).await?;
+            let mut client = connect(&opts).await?;
             answered_run(
                 client.get_run(pb::GetRunRequest { run_id }).await,
                 opts.output,
@@ -166,7 +166,7 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
             page_token,
             opts,
         } => {
-            let mut client = connect(&opts.server).await?;
+            let mut client = connect(&opts).await?;
             let req = pb::ListRunsRequest {
                 flow,
                 status,
@@ -211,7 +211,7 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         RunCommand::Watch { run_id, opts } => {
-            let mut client = connect(&opts.server).await?;
+            let mut client = connect(&opts).await?;
             watch_run(&mut client, &run_id, opts.output).await
         }
         RunCommand::Cancel {
@@ -219,7 +219,7 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
             reason,
             opts,
         } => {
-            let mut client = connect(&opts.server).await?;
+            let mut client = connect(&opts).await?;
             answered_run(
                 client
                     .cancel_run(pb::CancelRunRequest { run_id, reason })
@@ -228,7 +228,7 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
             )
         }
         RunCommand::Retry { run_id, opts } => {
-            let mut client = connect(&opts.server).await?;
+            let mut client = connect(&opts).await?;
             answered_run(
                 client.retry_run(pb::RetryRunRequest { run_id }).await,
                 opts.output,
@@ -243,7 +243,7 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<ExitCode> {
             by,
             opts,
         } => {
-            let mut client = connect(&opts.server).await?;
+            let mut client = connect(&opts).await?;
             let req = pb::SignalRunRequest {
                 run_id,
                 step_id: step,

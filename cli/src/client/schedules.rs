@@ -54,7 +54,7 @@ fn print_schedules(schedules: &[pb::ScheduleInfo], format: OutputFormat) {
 pub async fn schedule(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ScheduleCommand::List { flow, opts } => {
-            let mut client = connect(&opts.server).await?;
+            let mut client = connect(&opts).await?;
             let schedules = client
                 .list_schedules(pb::ListSchedulesRequest { flow })
                 .await
@@ -78,7 +78,7 @@ pub async fn schedule(cmd: ScheduleCommand) -> anyhow::Result<ExitCode> {
             trigger,
             opts,
         } => {
-            let mut client = connect(&opts.server).await?;
+            let mut client = connect(&opts).await?;
             let answer = client
                 .trigger_schedule(pb::ScheduleRef { flow, trigger })
                 .await
@@ -97,7 +97,7 @@ async fn set_paused(
     opts: &ClientOpts,
     pause: bool,
 ) -> anyhow::Result<()> {
-    let mut client = connect(&opts.server).await?;
+    let mut client = connect(opts).await?;
     let answer = if pause {
         client.pause_schedule(schedule).await
     } else {

@@ -61,7 +61,7 @@ pub async fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
                     v.trim_end_matches(['\r', '\n']).to_owned()
                 }
             };
-            let mut client = connect(&opts.server).await?;
+            let mut client = connect(&opts).await?;
             let secret = client
                 .set_secret(pb::SetSecretRequest { name, value })
                 .await
@@ -76,7 +76,7 @@ pub async fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
             }
         }
         SecretCommand::List { opts } => {
-            let mut client = connect(&opts.server).await?;
+            let mut client = connect(&opts).await?;
             let secrets = client
                 .list_secrets(pb::ListSecretsRequest {})
                 .await
@@ -102,7 +102,7 @@ pub async fn secret(cmd: SecretCommand) -> anyhow::Result<ExitCode> {
             }
         }
         SecretCommand::Delete { name, opts } => {
-            let mut client = connect(&opts.server).await?;
+            let mut client = connect(&opts).await?;
             let deleted = client
                 .delete_secret(pb::DeleteSecretRequest { name: name.clone() })
                 .await
