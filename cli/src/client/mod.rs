@@ -67,7 +67,10 @@ async fn connect(opts: &ClientOpts) -> anyhow::Result<FlowServiceClient<Channel>
 
 /// A gRPC error as a person should read it.
 fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+    match tls::status_hint(&status) {
+        Some(hint) => anyhow::anyhow!("{} ({:?}): {hint}", status.message(), status.code()),
+        None => anyhow::anyhow!("{} ({:?})", status.message(), status.code()),
+    }
 }
 
 fn print_run(run: &pb::Run, format: OutputFormat) {

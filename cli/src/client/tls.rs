@@ -73,6 +73,26 @@ fn read(path: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{flag}: cannot read {}", path.display()))
 }
 
+/// A hint for a failed call whose connection the server closed: with TLS 1.3 a server that
+/// requires client certificates refuses one without a certificate only after the client finished
+/// its part of the handshake, so the refusal reaches the client as a closed connection.
+pub fn status_hint(status: &tonic::Status) -> Option<&'static str> {
+    let mut next = std::error::Error::source(status);
+    while let Some(cause) = next {
+        if let Some(hint) = hint(cause) {
+            return Some(hint);
+        }
+        if cause.to_string().contains("connection closed") {
+            return Some(
+                "the server closed the connection; if it requires client certificates, \
+                 give --client-cert and --client-key",
+            );
+        }
+        next = cause.source();
+    }
+    None
+}
+
 /// A hint for a connection error that a person can act on, when its cause is TLS.
 pub fn hint(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     let mut chain = String::new();
