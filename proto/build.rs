@@ -7,6 +7,7 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/rpaflow/v1/flow.proto",
+        "proto/rpaflow/v1/auth.proto",
         "proto/rpaflow/v1/task.proto",
         "proto/rpaflow/v1/inference.proto",
     ];

@@ -16,6 +16,7 @@ use rpaflow_core::kafka::KafkaConfig;
 use rpaflow_core::secrets::SecretsConfig;
 use rpaflow_core::telemetry::TelemetryConfig;
 use rpaflow_orchestrator::OrchestratorConfig;
+use rpaflow_orchestrator::auth::AuthConfig;
 use rpaflow_orchestrator::hooks::HooksConfig;
 use rpaflow_orchestrator::tls::TlsConfig;
 use rpaflow_worker::WorkerConfig;
@@ -117,6 +118,8 @@ pub struct DevConfig {
     pub secrets: SecretsConfig,
     /// TLS on the gRPC and webhook listeners (`[tls]`, `docs/security.md`); off by default.
     pub tls: TlsConfig,
+    /// API tokens (`[auth]`): off by default for `rpaflow dev`.
+    pub auth: AuthConfig,
 }
 
 impl Default for DevConfig {
@@ -140,6 +143,7 @@ impl Default for DevConfig {
             },
             secrets: SecretsConfig::default(),
             tls: TlsConfig::default(),
+            auth: AuthConfig { enabled: false },
         }
     }
 }
@@ -156,6 +160,7 @@ impl Layered for DevConfig {
         "telemetry",
         "secrets",
         "tls",
+        "auth",
     ];
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -187,6 +192,8 @@ pub struct OrchestratorServiceConfig {
     pub secrets: SecretsConfig,
     /// TLS on the gRPC and webhook listeners (`[tls]`, `docs/security.md`).
     pub tls: TlsConfig,
+    /// API tokens (`[auth]`): on by default.
+    pub auth: AuthConfig,
 }
 
 impl Default for OrchestratorServiceConfig {
@@ -200,6 +207,7 @@ impl Default for OrchestratorServiceConfig {
             telemetry: TelemetryConfig::default(),
             secrets: SecretsConfig::default(),
             tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -214,6 +222,7 @@ impl Layered for OrchestratorServiceConfig {
         "telemetry",
         "secrets",
         "tls",
+        "auth",
     ];
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -325,6 +334,12 @@ fn validate_telemetry(telemetry: &TelemetryConfig) -> anyhow::Result<()> {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_tokens_are_on_for_the_orchestrator_service_and_off_for_dev() {
+        assert!(OrchestratorServiceConfig::default().auth.enabled);
+        assert!(!DevConfig::default().auth.enabled);
+    }
 
     #[test]
     fn layers_apply_in_order() {

@@ -113,6 +113,7 @@ impl Embedded {
                 (Arc::new(bus), with_worker.then_some(source))
             };
         let mut orchestrator_config = config.orchestrator.clone();
+        orchestrator_config.auth = config.auth.clone();
         orchestrator_config.secrets_key = config
             .secrets
             .load(Some(&orchestrator_config.data_dir))
@@ -126,6 +127,7 @@ impl Embedded {
                 )
             })?;
         let handle = orchestrator.handle();
+        crate::services::show_bootstrap_token(&handle, &config.orchestrator.data_dir).await?;
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         if let Some(source) = source {

@@ -59,6 +59,11 @@ enum Command {
     /// The flows' schedule triggers: list, pause, resume, fire now.
     #[command(subcommand)]
     Schedule(client::ScheduleCommand),
+    /// API tokens: create, list, revoke, whoami (with `[auth] enabled`).
+    #[command(subcommand)]
+    Token(client::TokenCommand),
+    /// Changes made through the API: who, which call, when, with what outcome.
+    Audit(client::AuditCommand),
     /// Measure the embedded orchestrator: N runs of K no-op steps, C at a time.
     Bench(bench::BenchArgs),
     /// Serve a GPT-2 model (ONNX, Hugging Face Optimum layout) over gRPC.
@@ -96,6 +101,8 @@ fn main() -> ExitCode {
             Command::Run(cmd) => client::run(cmd).await,
             Command::Approvals(cmd) => client::approvals(cmd).await,
             Command::Secret(cmd) => client::secret(cmd).await,
+            Command::Token(cmd) => client::token(cmd).await,
+            Command::Audit(cmd) => client::audit(cmd).await,
             Command::Schedule(cmd) => client::schedule(cmd).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Inference(args) => inference(args).await,

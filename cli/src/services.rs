@@ -80,6 +80,7 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
     );
     bus.ensure_queue(DEFAULT_QUEUE).await?;
     let mut orchestrator_config = config.orchestrator.clone();
+    orchestrator_config.auth = config.auth.clone();
     orchestrator_config.secrets_key = config
         .secrets
         .load(Some(&orchestrator_config.data_dir))
@@ -93,6 +94,7 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     let handle = orchestrator.handle();
+    show_bootstrap_token(&handle, &config.orchestrator.data_dir).await?;
     let tls = ServerTls::load(&config.tls).context("cannot set up tls")?;
     let (listener, addr) = api::bind(config.listen)
         .await
@@ -250,4 +252,23 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .context("worker stopped with an error")?;
     println!("rpaflow worker {}: stopped", config.worker.id);
     Ok(ExitCode::SUCCESS)
+}
+
+/// On the first start with authentication on: makes the admin token and shows it this once (it
+/// is also in `DATA_DIR/admin.token`, mode 0600).
+pub async fn show_bootstrap_token(
+    handle: &rpaflow_orchestrator::OrchestratorHandle,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    if let Some(token) = handle
+        .bootstrap_admin_token()
+        .await
+        .context("cannot make the first admin token")?
+    {
+        eprintln!(
+            "authentication is on and there was no token: made an admin token (also written to {}):\n  RPAFLOW_TOKEN={token}",
+            data_dir.join("admin.token").display()
+        );
+    }
+    Ok(())
 }

@@ -29,14 +29,23 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(rpaflow_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .with_service_name("rpaflow.v1.FlowService")
+        .with_service_name("rpaflow.v1.AuthService")
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .with_service_name("grpc.health.v1.Health")
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .build_v1()
         .expect("the descriptor sets compiled into the binary are valid");
+    // Every call is authenticated and authorized (crate::auth) before it reaches a service.
+    let auth = handle.authenticator();
     let router = tonic::transport::Server::builder()
+        .layer(crate::auth::AuthLayer::new(auth.clone()))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(
+            rpaflow_proto::v1::auth_service_server::AuthServiceServer::new(
+                crate::auth::AuthApi::new(auth),
+            ),
+        )
         .add_service(FlowServiceServer::new(Api { handle }));
     match tls {
         Some(tls) => {
@@ -235,16 +244,17 @@ impl FlowService for Api {
         &self,
         req: Request<pb::SignalRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
+        // With a token, the answer records the token's name, whatever the request says.
+        let token_name = req
+            .extensions()
+            .get::<crate::auth::Identity>()
+            .filter(|who| !who.token_id.is_empty())
+            .map(|who| who.name.clone());
         let req = req.into_inner();
+        let by = token_name.unwrap_or(req.by);
         let state = self
             .handle
-            .signal_run(
-                &req.run_id,
-                &req.step_id,
-                req.approve,
-                &req.comment,
-                &req.by,
-            )
+            .signal_run(&req.run_id, &req.step_id, req.approve, &req.comment, &by)
             .await?;
         Ok(Response::new(convert::run(&state)))
     }

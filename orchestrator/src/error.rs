@@ -37,6 +37,10 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
     ResourceExhausted(String),
     #[error("{0} is not running")]
     NotRunning(&'static str),
@@ -117,6 +121,8 @@ impl From<Error> for tonic::Status {
                 tonic::Status::failed_precondition(message)
             }
             Error::ResourceExhausted(_) => tonic::Status::resource_exhausted(message),
+            Error::AlreadyExists(_) => tonic::Status::already_exists(message),
+            Error::NotFound(_) => tonic::Status::not_found(message),
             Error::NotRunning(_) | Error::Bus(_) => tonic::Status::unavailable(message),
             Error::Open { .. } | Error::Storage { .. } | Error::Internal(_) => {
                 tonic::Status::internal(message)

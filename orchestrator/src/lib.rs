@@ -20,6 +20,7 @@ mod actors;
 mod backlog;
 pub use actors::Published;
 pub mod api;
+pub mod auth;
 mod convert;
 pub mod error;
 mod evaluation;

@@ -143,6 +143,9 @@ impl Dev {
             .args(&self.extra)
             .env("RPAFLOW_TELEMETRY__LOG_LEVEL", "info")
             .env("NO_COLOR", "1")
+            // `rpaflow orchestrator` turns API tokens on by default; the scenarios that test
+            // them (tests/tests/auth.rs) turn them on again through `env`.
+            .env("RPAFLOW_AUTH__ENABLED", "false")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -426,6 +429,11 @@ impl Dev {
 
     /// Waits until the run finished, asserts it failed, and returns the run's error message.
     pub async fn wait_failed(&self, run_id: &str, timeout: Duration) -> String {
+        self.wait_failed_error(run_id, timeout).await.message
+    }
+
+    /// Waits until the run finished, asserts it failed, and returns the run's error.
+    pub async fn wait_failed_error(&self, run_id: &str, timeout: Duration) -> pb::StepError {
         let run = self.wait_finished(run_id, timeout).await;
         if run.status() != pb::RunStatus::Failed {
             self.fail(&format!(
@@ -433,7 +441,8 @@ impl Dev {
                 describe_run(&run)
             ));
         }
-        run.error.map(|e| e.message).unwrap_or_default()
+        run.error
+            .unwrap_or_else(|| self.fail(&format!("run {run_id} failed without an error")))
     }
 
     /// Waits until step `step` of the run has `status`.

@@ -113,14 +113,7 @@ async fn a_missing_secret_fails_the_step_naming_it() {
     let dev = Dev::launch().await;
     dev.register(MISSING).await;
     let id = dev.run("missing-secret", json!({})).await;
-    let run = dev.wait_finished(&id, TIMEOUT).await;
-    assert_eq!(
-        run.status(),
-        pb::RunStatus::Failed,
-        "{}",
-        rpaflow_tests::describe_run(&run)
-    );
-    let error = run.error.expect("a failed run has an error");
+    let error = dev.wait_failed_error(&id, TIMEOUT).await;
     assert_eq!(error.code, "secret_missing", "{error:?}");
     assert!(error.message.contains("NOT_SET"), "{error:?}");
 }
@@ -237,14 +230,7 @@ async fn a_secret_marker_in_run_inputs_gets_no_secret() {
         let id = dev
             .run("echo-path", json!({"api": api.url(), "path": forged}))
             .await;
-        let run = dev.wait_finished(&id, TIMEOUT).await;
-        assert_eq!(
-            run.status(),
-            pb::RunStatus::Failed,
-            "{}",
-            rpaflow_tests::describe_run(&run)
-        );
-        let error = run.error.expect("an error");
+        let error = dev.wait_failed_error(&id, TIMEOUT).await;
         assert_eq!(error.code, "secret_refused", "{error:?}");
         assert!(error.message.contains("API_TOKEN"), "{error:?}");
     }

@@ -15,6 +15,7 @@ mod runs;
 mod schedules;
 mod secrets;
 mod tls;
+mod tokens;
 mod watch;
 
 pub use self::approvals::{ApprovalsCommand, approvals};
@@ -22,10 +23,13 @@ pub use self::flows::{FlowCommand, flow};
 pub use self::runs::{RunCommand, run};
 pub use self::schedules::{ScheduleCommand, schedule};
 pub use self::secrets::{SecretCommand, secret};
+pub use self::tokens::{AuditCommand, TokenCommand, audit, token};
 
 use clap::{Args, ValueEnum};
 use rpaflow_proto::v1 as pb;
+use rpaflow_proto::v1::auth_service_client::AuthServiceClient;
 use rpaflow_proto::v1::flow_service_client::FlowServiceClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::output;
@@ -49,11 +53,70 @@ pub struct ClientOpts {
     /// Human-readable text or JSON.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub output: OutputFormat,
+    /// The API token to call with (`rpaflow token create`; the first admin token is in the
+    /// orchestrator's DATA_DIR/admin.token).
+    #[arg(long, global = true, env = "RPAFLOW_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(flatten)]
     pub tls: tls::TlsOpts,
 }
 
-async fn connect(opts: &ClientOpts) -> anyhow::Result<FlowServiceClient<Channel>> {
+/// A FlowService client that sends the caller's token.
+pub type Client = FlowServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every call when there is a token.
+#[derive(Debug, Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+fn bearer(opts: &ClientOpts) -> anyhow::Result<Bearer> {
+    match opts
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        None => Ok(Bearer(None)),
+        Some(token) => format!("Bearer {token}")
+            .parse()
+            .map(|v| Bearer(Some(v)))
+            .map_err(|_| {
+                anyhow::anyhow!("the token (--token, RPAFLOW_TOKEN) is not visible ASCII text")
+            }),
+    }
+}
+
+async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
+    Ok(FlowServiceClient::with_interceptor(
+        channel(opts).await?,
+        bearer(opts)?,
+    ))
+}
+
+/// An AuthService client that sends the caller's token.
+async fn connect_auth(
+    opts: &ClientOpts,
+) -> anyhow::Result<AuthServiceClient<InterceptedService<Channel, Bearer>>> {
+    Ok(AuthServiceClient::with_interceptor(
+        channel(opts).await?,
+        bearer(opts)?,
+    ))
+}
+
+async fn channel(opts: &ClientOpts) -> anyhow::Result<Channel> {
     let endpoint = tls::endpoint(&opts.server, &opts.tls)?;
     let uri = endpoint.uri().clone();
     let channel = endpoint.connect().await.map_err(|err| {
@@ -62,7 +125,7 @@ async fn connect(opts: &ClientOpts) -> anyhow::Result<FlowServiceClient<Channel>
             .to_owned();
         anyhow::Error::new(err).context(format!("cannot reach the orchestrator at {uri} ({hint})"))
     })?;
-    Ok(FlowServiceClient::new(channel))
+    Ok(channel)
 }
 
 /// A gRPC error as a person should read it.

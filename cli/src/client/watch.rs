@@ -5,14 +5,12 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use rpaflow_proto::v1 as pb;
-use rpaflow_proto::v1::flow_service_client::FlowServiceClient;
-use tonic::transport::Channel;
 
 use super::{OutputFormat, status_error};
 use crate::output;
 
 pub(super) async fn watch_run(
-    client: &mut FlowServiceClient<Channel>,
+    client: &mut super::Client,
     run_id: &str,
     format: OutputFormat,
 ) -> anyhow::Result<ExitCode> {

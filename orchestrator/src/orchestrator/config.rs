@@ -53,6 +53,9 @@ pub struct OrchestratorConfig {
     /// a slow evaluation never holds up a run actor's thread or a gRPC handler (0: one per
     /// CPU).
     pub eval_threads: usize,
+    /// Whether API calls need a token: set by the binary from `[auth]` (on unless turned off).
+    #[serde(skip)]
+    pub auth: crate::auth::AuthConfig,
     /// What seals secret values in the store and in tasks: set by the binary from `[secrets]`;
     /// without it, the data directory's own key (`DATA_DIR/secrets.key`, made on first start).
     #[serde(skip)]
@@ -107,6 +110,7 @@ impl Default for OrchestratorConfig {
             expr_max_output_bytes: rpaflow_core::expr::DEFAULT_MAX_OUTPUT_BYTES,
             eval_threads: 0,
             secrets_key: None,
+            auth: crate::auth::AuthConfig::default(),
             clock_file: None,
         }
     }

@@ -91,6 +91,18 @@ impl OrchestratorHandle {
         self.shared.evaluator.run(work).await
     }
 
+    /// What checks the API's tokens ([`crate::auth`]).
+    pub fn authenticator(&self) -> crate::auth::Authenticator {
+        crate::auth::Authenticator::new(self.shared.store.clone(), &self.shared.config.auth)
+    }
+
+    /// On the first start of a store with authentication on and no token: an admin token, to
+    /// show once; also written to `DATA_DIR/admin.token` (mode 0600).
+    pub async fn bootstrap_admin_token(&self) -> Result<Option<String>> {
+        let path = self.shared.config.data_dir.join("admin.token");
+        self.authenticator().bootstrap(&path).await
+    }
+
     /// The key that seals secret values: what an embedded worker opens them with.
     pub fn secrets_key(&self) -> Option<rpaflow_core::secrets::SecretsKey> {
         self.shared.store.secrets_key_cloned()

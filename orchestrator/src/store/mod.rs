@@ -21,12 +21,14 @@ mod schedules;
 mod secrets;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 pub use self::approvals::PendingApproval;
 pub use self::flows::FlowRecord;
 pub use self::runs::{Created, RunSummary};
 pub use self::schedules::ScheduleRecord;
 pub use self::secrets::SecretInfo;
+pub use self::tokens::{AuditRecord, TokenRecord};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -62,6 +64,10 @@ struct Inner {
     schedules: sled::Tree,
     /// The store's own settings, such as the key secret markers are tagged with.
     meta: sled::Tree,
+    /// API tokens by id (hashes, never the secrets).
+    tokens: sled::Tree,
+    /// The audit log: changes made through the API, by time.
+    audit: sled::Tree,
     /// What seals and opens secret values; set once by [`Store::use_secrets_key`].
     secrets_key: std::sync::OnceLock<rpaflow_core::secrets::SecretsKey>,
     flusher: Option<std_mpsc::Sender<oneshot::Sender<Result<()>>>>,
@@ -135,6 +141,8 @@ impl Store {
         let secrets = tree("secrets")?;
         let schedules = tree("schedules")?;
         let meta = tree("meta")?;
+        let tokens = tree("tokens")?;
+        let audit = tree("audit")?;
         let flusher_thread = std::thread::Builder::new()
             .name("rpaflow-flusher".into())
             .spawn(move || flush::group_flush(&db, &requests))
@@ -149,6 +157,8 @@ impl Store {
             secrets,
             schedules,
             meta,
+            tokens,
+            audit,
             secrets_key: std::sync::OnceLock::new(),
             flusher: Some(flusher),
             flusher_thread: Some(flusher_thread),

@@ -1,0 +1,458 @@
+//! Authentication and roles on the gRPC API.
+//!
+//! Every call names its caller with `authorization: Bearer <token>`. A token is
+//! `rpf_<id>_<secret>`: the id finds its record, the secret is checked against the SHA-256 the
+//! store keeps (the secret itself is shown once, when the token is made, and never stored).
+//! A token has a role; every RPC needs a permission ([`required`]), and each role grants a set of
+//! them ([`Role::grants`]). An RPC missing from that table is refused to every caller, so a new
+//! RPC cannot be left open by forgetting it. Health checks and reflection need no token.
+//!
+//! With `[auth] enabled = false` (the `rpaflow dev` default) every call is the `anonymous`
+//! admin. Changes (every call that needs more than `read`) are written to the audit log.
+//!
+//! # Layout
+//! - this file: roles, permissions, the RPC table, tokens, [`Authenticator`].
+//! - `layer`: the tower layer in front of the gRPC services.
+//! - `service`: `rpaflow.v1.AuthService` (tokens, who am I, the audit log).
+
+mod layer;
+mod service;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use tonic::Status;
+
+pub use layer::AuthLayer;
+pub use service::AuthApi;
+
+use crate::error::{Error, Result};
+use crate::store::{Store, TokenRecord};
+
+/// The one namespace there is for now (see `docs/security.md`).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// `[auth]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Whether calls must carry a token (`RPAFLOW_AUTH__ENABLED`). On by default; `rpaflow dev`
+    /// turns it off.
+    pub enabled: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// What a call may need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Read flows, runs, approvals, schedules.
+    Read,
+    /// Answer approvals.
+    Approve,
+    /// Start, cancel and retry runs; pause, resume and fire schedules.
+    Operate,
+    /// Register flows.
+    Develop,
+    /// Secrets, tokens, the audit log.
+    Admin,
+}
+
+/// A token's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Developer,
+    Operator,
+    Approver,
+    Viewer,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::Developer,
+        Role::Operator,
+        Role::Approver,
+        Role::Viewer,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Developer => "developer",
+            Role::Operator => "operator",
+            Role::Approver => "approver",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// Whether the role may do what `permission` covers.
+    pub fn grants(self, permission: Permission) -> bool {
+        use Permission::*;
+        match self {
+            Role::Admin => true,
+            Role::Developer => matches!(permission, Read | Operate | Develop),
+            Role::Operator => matches!(permission, Read | Operate),
+            Role::Approver => matches!(permission, Read | Approve),
+            Role::Viewer => matches!(permission, Read),
+        }
+    }
+}
+
+/// The permission each RPC needs, by its path; `None` for a path that is not an rpaflow RPC
+/// (refused to everyone) and for the health and reflection services (open to everyone: see
+/// [`is_open`]).
+pub fn required(path: &str) -> Option<Permission> {
+    use Permission::*;
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    Some(match (service, method) {
+        (
+            "rpaflow.v1.FlowService",
+            "GetFlow" | "ListFlows" | "GetRun" | "ListRuns" | "WatchRun" | "ListApprovals"
+            | "ListSchedules" | "ValidateFlow",
+        ) => Read,
+        ("rpaflow.v1.FlowService", "SignalRun") => Approve,
+        (
+            "rpaflow.v1.FlowService",
+            "StartRun" | "CancelRun" | "RetryRun" | "PauseSchedule" | "ResumeSchedule"
+            | "TriggerSchedule",
+        ) => Operate,
+        ("rpaflow.v1.FlowService", "RegisterFlow") => Develop,
+        ("rpaflow.v1.FlowService", "SetSecret" | "DeleteSecret" | "ListSecrets") => Admin,
+        ("rpaflow.v1.AuthService", "WhoAmI") => Read,
+        ("rpaflow.v1.AuthService", "CreateToken" | "ListTokens" | "RevokeToken" | "ListAudit") => {
+            Admin
+        }
+        _ => return None,
+    })
+}
+
+/// Services any caller may use: health checks (probes) and reflection (the API's shape, no
+/// data).
+pub fn is_open(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+        || path.starts_with("/grpc.reflection.v1.ServerReflection/")
+        || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The token's name (`anonymous` with authentication off).
+    pub name: String,
+    /// The token's id; empty with authentication off.
+    pub token_id: String,
+    pub namespace: String,
+    pub role: Role,
+}
+
+impl Identity {
+    pub fn anonymous() -> Self {
+        Self {
+            name: "anonymous".into(),
+            token_id: String::new(),
+            namespace: DEFAULT_NAMESPACE.into(),
+            role: Role::Admin,
+        }
+    }
+}
+
+const TOKEN_PREFIX: &str = "rpf_";
+
+/// A new token: (its id, the whole token to hand out, the hash to store).
+pub fn new_token() -> (String, String, String) {
+    let id = hex::encode(&rpaflow_core::secrets::SecretsKey::random_bytes()[..6]);
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(rpaflow_core::secrets::SecretsKey::random_bytes());
+    let token = format!("{TOKEN_PREFIX}{id}_{secret}");
+    let hash = hash_secret(&secret);
+    (id, token, hash)
+}
+
+fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Checks tokens against the store.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    store: Store,
+    enabled: bool,
+}
+
+impl Authenticator {
+    pub fn new(store: Store, config: &AuthConfig) -> Self {
+        Self {
+            store,
+            enabled: config.enabled,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The caller of a request to `path` with these headers, or the status to answer.
+    /// `Ok(None)`: an open service, no identity needed.
+    pub fn check(
+        &self,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> std::result::Result<Option<Identity>, Status> {
+        if is_open(path) {
+            return Ok(None);
+        }
+        let identity = if self.enabled {
+            self.identify(headers)?
+        } else {
+            Identity::anonymous()
+        };
+        match required(path) {
+            Some(permission) if identity.role.grants(permission) => Ok(Some(identity)),
+            Some(_) => Err(Status::permission_denied(format!(
+                "the `{}` role may not call {path}",
+                identity.role.name()
+            ))),
+            None => Err(Status::permission_denied(format!(
+                "{path} is not an rpaflow API call"
+            ))),
+        }
+    }
+
+    /// The identity of a bearer token; every failure reads the same to the caller (the reason
+    /// is logged at debug).
+    fn identify(&self, headers: &http::HeaderMap) -> std::result::Result<Identity, Status> {
+        let refused = |reason: &str| {
+            tracing::debug!(reason, "call refused: no valid token");
+            Status::unauthenticated(
+                "a valid API token is required (authorization: Bearer <token>; RPAFLOW_TOKEN for the CLI)",
+            )
+        };
+        let given = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| refused("no bearer token"))?;
+        let (id, secret) = given
+            .trim()
+            .strip_prefix(TOKEN_PREFIX)
+            .and_then(|rest| rest.split_once('_'))
+            .ok_or_else(|| refused("not an rpaflow token"))?;
+        let record = match self.store.token(id) {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(refused("unknown token id")),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read tokens");
+                return Err(Status::unavailable("cannot check the token now"));
+            }
+        };
+        let hash = hash_secret(secret);
+        if !rpaflow_core::signature::same_secret(hash.as_bytes(), record.hash.as_bytes()) {
+            return Err(refused("wrong secret"));
+        }
+        let now = rpaflow_core::time::now_ms();
+        if record.revoked_at_ms.is_some() {
+            return Err(refused("revoked"));
+        }
+        if record.expires_at_ms.is_some_and(|at| at <= now) {
+            return Err(refused("expired"));
+        }
+        let role = Role::parse(&record.role).ok_or_else(|| refused("unknown role"))?;
+        Ok(Identity {
+            name: record.name,
+            token_id: record.id,
+            namespace: record.namespace,
+            role,
+        })
+    }
+
+    /// Makes a token and stores its hash; returns the record and the token to hand out once.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: Role,
+        expires_in: Option<Duration>,
+        created_by: &str,
+    ) -> Result<(TokenRecord, String)> {
+        if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(
+                "a token's name must be 1 to 100 visible characters".into(),
+            ));
+        }
+        let live = self.store.tokens()?;
+        if live
+            .iter()
+            .any(|t| t.name == name && t.revoked_at_ms.is_none())
+        {
+            return Err(Error::AlreadyExists(format!(
+                "a live token is already named `{name}`"
+            )));
+        }
+        let (id, token, hash) = new_token();
+        let now = rpaflow_core::time::now_ms();
+        let record = TokenRecord {
+            id,
+            name: name.to_owned(),
+            namespace: DEFAULT_NAMESPACE.into(),
+            role: role.name().into(),
+            hash,
+            created_at_ms: now,
+            expires_at_ms: expires_in
+                .map(|d| now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))),
+            revoked_at_ms: None,
+            created_by: created_by.to_owned(),
+        };
+        self.store.put_token(&record).await?;
+        Ok((record, token))
+    }
+
+    /// On the first start of a store with authentication on and no token: an admin token,
+    /// returned to be shown once and written to `path` (mode 0600).
+    pub async fn bootstrap(&self, path: &std::path::Path) -> Result<Option<String>> {
+        if !self.enabled || !self.store.tokens()?.is_empty() {
+            return Ok(None);
+        }
+        let (_, token) = self
+            .create_token("bootstrap-admin", Role::Admin, None, "rpaflow")
+            .await?;
+        rpaflow_core::secrets::write_key_file(path, &token)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(Some(token))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    /// Every RPC of the services the orchestrator serves is in the table: a new RPC cannot be
+    /// left open (or closed to everyone) by forgetting it.
+    #[test]
+    fn every_rpc_of_the_served_services_has_a_permission() {
+        let set =
+            prost_types::FileDescriptorSet::decode(rpaflow_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut seen = 0;
+        for file in &set.file {
+            for service in &file.service {
+                let full = format!("{}.{}", file.package(), service.name());
+                if !matches!(
+                    full.as_str(),
+                    "rpaflow.v1.FlowService" | "rpaflow.v1.AuthService"
+                ) {
+                    continue;
+                }
+                for method in &service.method {
+                    let path = format!("/{full}/{}", method.name());
+                    assert!(required(&path).is_some(), "{path} has no permission");
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen > 20, "{seen}");
+        assert_eq!(required("/rpaflow.v1.FlowService/Nope"), None);
+        assert_eq!(required("/rpaflow.v1.InferenceService/Generate"), None);
+    }
+
+    #[test]
+    fn roles_grant_what_docs_say() {
+        use Permission::*;
+        let table: [(Role, &[Permission]); 5] = [
+            (Role::Admin, &[Read, Approve, Operate, Develop, Admin]),
+            (Role::Developer, &[Read, Operate, Develop]),
+            (Role::Operator, &[Read, Operate]),
+            (Role::Approver, &[Read, Approve]),
+            (Role::Viewer, &[Read]),
+        ];
+        for (role, granted) in table {
+            for p in [Read, Approve, Operate, Develop, Admin] {
+                assert_eq!(role.grants(p), granted.contains(&p), "{role:?} {p:?}");
+            }
+            assert_eq!(Role::parse(role.name()), Some(role));
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_are_checked_by_hash_expiry_and_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let auth = Authenticator::new(store.clone(), &AuthConfig { enabled: true });
+        let path = "/rpaflow.v1.FlowService/StartRun";
+        let headers = |token: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().unwrap(),
+            );
+            h
+        };
+        let (record, token) = auth
+            .create_token("ci", Role::Operator, None, "test")
+            .await
+            .unwrap();
+        assert!(!record.hash.contains(token.rsplit('_').next().unwrap()));
+        let who = auth.check(path, &headers(&token)).unwrap().unwrap();
+        assert_eq!((who.name.as_str(), who.role), ("ci", Role::Operator));
+        let denied = auth
+            .check("/rpaflow.v1.FlowService/SetSecret", &headers(&token))
+            .unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        let mut wrong = token.clone();
+        wrong.push('x');
+        for bad in [wrong.as_str(), "rpf_000000000000_abc", "nonsense", ""] {
+            let err = auth.check(path, &headers(bad)).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad}");
+        }
+        assert_eq!(
+            auth.check(path, &http::HeaderMap::new())
+                .unwrap_err()
+                .code(),
+            tonic::Code::Unauthenticated
+        );
+        // Open services need nothing.
+        assert!(matches!(
+            auth.check("/grpc.health.v1.Health/Check", &http::HeaderMap::new()),
+            Ok(None)
+        ));
+        // Expired and revoked tokens are refused like unknown ones.
+        let (_, short) = auth
+            .create_token(
+                "short",
+                Role::Viewer,
+                Some(Duration::from_millis(1)),
+                "test",
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let err = auth
+            .check("/rpaflow.v1.FlowService/ListRuns", &headers(&short))
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let mut revoked = record.clone();
+        revoked.revoked_at_ms = Some(1);
+        store.put_token(&revoked).await.unwrap();
+        let err = auth.check(path, &headers(&token)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        // Names of live tokens are unique.
+        auth.create_token("ci", Role::Viewer, None, "test")
+            .await
+            .unwrap();
+        assert!(
+            auth.create_token("ci", Role::Viewer, None, "test")
+                .await
+                .is_err()
+        );
+    }
+}
