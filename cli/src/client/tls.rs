@@ -90,6 +90,16 @@ pub fn status_hint(status: &tonic::Status) -> Option<&'static str> {
         }
         next = cause.source();
     }
+    // The same refusal, when the connection dropped while the call was in flight: the client
+    // sees the call cancelled, or a bare transport error, with no cause that says more.
+    let dropped = status.code() == tonic::Code::Cancelled
+        || (status.code() == tonic::Code::Unknown && status.message() == "transport error");
+    if dropped {
+        return Some(
+            "the server closed the connection; if it requires client certificates, \
+             give --client-cert and --client-key",
+        );
+    }
     None
 }
 
