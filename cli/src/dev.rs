@@ -16,7 +16,7 @@ use rpaflow_core::kafka::{KafkaStepBus, KafkaTaskSource};
 use rpaflow_orchestrator::kafka_triggers::KafkaTriggers;
 use rpaflow_orchestrator::state::{EventKind, RunStatus};
 use rpaflow_orchestrator::tls::ServerTls;
-use rpaflow_orchestrator::{Orchestrator, OrchestratorHandle, StartRun, api};
+use rpaflow_orchestrator::{OrchestratorHandle, StartRun, api};
 use rpaflow_worker::{Registry, Worker};
 use tokio_util::sync::CancellationToken;
 
@@ -112,22 +112,14 @@ impl Embedded {
                 let source: Arc<dyn TaskSource> = Arc::new(bus.clone());
                 (Arc::new(bus), with_worker.then_some(source))
             };
-        let mut orchestrator_config = config.orchestrator.clone();
-        orchestrator_config.auth = config.auth.clone();
-        orchestrator_config.secrets_key = config
-            .secrets
-            .load(Some(&orchestrator_config.data_dir))
-            .context("cannot load the secrets key")?;
-        let orchestrator = Orchestrator::start(orchestrator_config, bus)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot start the orchestrator on {}",
-                    config.orchestrator.data_dir.display()
-                )
-            })?;
+        let orchestrator = crate::services::start_orchestrator(
+            &config.orchestrator,
+            &config.auth,
+            &config.secrets,
+            bus,
+        )
+        .await?;
         let handle = orchestrator.handle();
-        crate::services::show_bootstrap_token(&handle, &config.orchestrator.data_dir).await?;
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         if let Some(source) = source {

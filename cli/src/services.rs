@@ -79,22 +79,14 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
             .context("the orchestrator cannot use Kafka")?,
     );
     bus.ensure_queue(DEFAULT_QUEUE).await?;
-    let mut orchestrator_config = config.orchestrator.clone();
-    orchestrator_config.auth = config.auth.clone();
-    orchestrator_config.secrets_key = config
-        .secrets
-        .load(Some(&orchestrator_config.data_dir))
-        .context("cannot load the secrets key")?;
-    let orchestrator = Orchestrator::start(orchestrator_config, bus.clone())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot start the orchestrator on {}",
-                config.orchestrator.data_dir.display()
-            )
-        })?;
+    let orchestrator = start_orchestrator(
+        &config.orchestrator,
+        &config.auth,
+        &config.secrets,
+        bus.clone(),
+    )
+    .await?;
     let handle = orchestrator.handle();
-    show_bootstrap_token(&handle, &config.orchestrator.data_dir).await?;
     let tls = ServerTls::load(&config.tls).context("cannot set up tls")?;
     let (listener, addr) = api::bind(config.listen)
         .await
@@ -254,13 +246,27 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// On the first start with authentication on: makes the admin token and shows it this once (it
-/// is also in `DATA_DIR/admin.token`, mode 0600).
-pub async fn show_bootstrap_token(
-    handle: &rpaflow_orchestrator::OrchestratorHandle,
-    data_dir: &std::path::Path,
-) -> anyhow::Result<()> {
-    if let Some(token) = handle
+/// Starts the orchestrator with what the process-level sections give it (`[auth]`, and the key
+/// of `[secrets]`, the data directory's own when none is configured); on the first start with
+/// authentication on, makes the admin token and shows it this once (it is also in
+/// `DATA_DIR/admin.token`, mode 0600). Shared by `rpaflow dev` and `rpaflow orchestrator`.
+pub async fn start_orchestrator(
+    orchestrator: &rpaflow_orchestrator::OrchestratorConfig,
+    auth: &rpaflow_orchestrator::auth::AuthConfig,
+    secrets: &rpaflow_core::secrets::SecretsConfig,
+    bus: Arc<dyn rpaflow_core::bus::StepBus>,
+) -> anyhow::Result<Orchestrator> {
+    let data_dir = orchestrator.data_dir.clone();
+    let mut config = orchestrator.clone();
+    config.auth = auth.clone();
+    config.secrets_key = secrets
+        .load(Some(&data_dir))
+        .context("cannot load the secrets key")?;
+    let orchestrator = Orchestrator::start(config, bus)
+        .await
+        .with_context(|| format!("cannot start the orchestrator on {}", data_dir.display()))?;
+    if let Some(token) = orchestrator
+        .handle()
         .bootstrap_admin_token()
         .await
         .context("cannot make the first admin token")?
@@ -270,5 +276,5 @@ pub async fn show_bootstrap_token(
             data_dir.join("admin.token").display()
         );
     }
-    Ok(())
+    Ok(orchestrator)
 }

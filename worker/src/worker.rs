@@ -434,9 +434,7 @@ impl Shared {
         let missing = |message: String| StepError::permanent(crate::codes::SECRET_MISSING, message);
         let mut opened = HashMap::with_capacity(task.secrets.len());
         for (marker, sealed) in &task.secrets {
-            let name = rpaflow_core::secrets::markers(&Json::String(marker.clone()))
-                .into_iter()
-                .next()
+            let name = rpaflow_core::secrets::Marker::parse(marker)
                 .map(|m| m.name)
                 .unwrap_or_default();
             if sealed.is_empty() {

@@ -140,6 +140,15 @@ fn markers_in(text: &str, found: &mut BTreeSet<Marker>) {
     }
 }
 
+impl Marker {
+    /// The marker that is the whole of `text`, if it is one.
+    pub fn parse(text: &str) -> Option<Marker> {
+        let mut found = BTreeSet::new();
+        markers_in(text, &mut found);
+        found.into_iter().next().filter(|m| m.text == text)
+    }
+}
+
 /// Every marker in `value`'s strings and keys, valid or not.
 pub fn markers(value: &Json) -> BTreeSet<Marker> {
     let mut found = BTreeSet::new();
@@ -282,6 +291,19 @@ mod tests {
         let err = reveal(&mut forged, &values).unwrap_err();
         assert_eq!(err.name, "TOKEN");
         assert_eq!(err.text, "⟦secret:TOKEN⟧");
+    }
+
+    #[test]
+    fn a_marker_is_parsed_only_from_its_whole_text() {
+        let marker = ATTEMPT.marker("TOKEN");
+        let parsed = Marker::parse(&marker).expect("a marker");
+        assert_eq!(
+            (parsed.name.as_str(), parsed.text.as_str()),
+            ("TOKEN", marker.as_str())
+        );
+        assert!(ATTEMPT.is_valid(&parsed));
+        assert_eq!(Marker::parse(&format!("x{marker}")), None);
+        assert_eq!(Marker::parse("plain"), None);
     }
 
     #[test]
