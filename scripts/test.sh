@@ -18,9 +18,12 @@ scripts/setup-postgres.sh >/dev/null
 scripts/setup-browser.sh >/dev/null
 scripts/kafka.sh install >/dev/null
 
-# The end-to-end tests run the rpaflow binary as a separate process: build it first.
-cargo build --locked -p rpaflow-cli --bin rpaflow
-cargo test --locked --workspace --no-fail-fast "$@"
+# The end-to-end tests run the rpaflow binary as a separate process. `cargo test --workspace`
+# builds it (rpaflow-cli has integration tests) with the same features as everything else, so
+# every dependency is compiled once; the tests are pointed at that binary.
+cargo test --locked --workspace --no-run
+RPAFLOW_BIN="${RPAFLOW_BIN:-${CARGO_TARGET_DIR:-$PWD/target}/debug/rpaflow}" \
+    cargo test --locked --workspace --no-fail-fast "$@"
 
 # A short run of each fuzzer over a throwaway copy of its corpus (docs/fuzzing.md). It needs
 # cargo-fuzz and a toolchain that accepts libFuzzer's flags (RUSTC_BOOTSTRAP=1 on stable): when
