@@ -143,7 +143,10 @@ impl Default for DevConfig {
             },
             secrets: SecretsConfig::default(),
             tls: TlsConfig::default(),
-            auth: AuthConfig { enabled: false },
+            auth: AuthConfig {
+                enabled: false,
+                ..AuthConfig::default()
+            },
         }
     }
 }
@@ -167,6 +170,7 @@ impl Layered for DevConfig {
         validate_orchestrator(&self.orchestrator)?;
         self.hooks.validate()?;
         self.tls.validate()?;
+        self.auth.validate(&self.tls)?;
         validate_telemetry(&self.telemetry)?;
         if self.kafka.is_enabled() {
             self.kafka.validate()?;
@@ -229,6 +233,7 @@ impl Layered for OrchestratorServiceConfig {
         validate_orchestrator(&self.orchestrator)?;
         self.hooks.validate()?;
         self.tls.validate()?;
+        self.auth.validate(&self.tls)?;
         validate_telemetry(&self.telemetry)?;
         self.kafka
             .validate()

@@ -1,10 +1,16 @@
 //! [`AuthLayer`]: checks every gRPC call before it reaches a service, and records changes in the
 //! audit log after they are answered.
+//!
+//! The client certificate of an mTLS connection is read here, from the connection information
+//! tonic puts in every request's extensions ([`TlsConnectInfo`]; the gRPC listener's connections
+//! are `tokio_rustls` streams over TCP, see `crate::tls`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::{Authenticator, Identity, Permission, required};
 use crate::store::AuditRecord;
@@ -61,7 +67,16 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let path = request.uri().path().to_owned();
-        match self.auth.check(&path, request.headers()) {
+        let client_certificates = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs);
+        // The leaf comes first; the TLS handshake verified it against `tls.client_ca_file`.
+        let leaf = client_certificates
+            .as_deref()
+            .and_then(|chain| chain.first())
+            .map(|der| der.as_ref());
+        match self.auth.check(&path, request.headers(), leaf) {
             Err(status) => Box::pin(async move { Ok(status.into_http()) }),
             Ok(None) => Box::pin(self.inner.call(request)),
             Ok(Some(identity)) => {

@@ -13,17 +13,24 @@
 //! # Layout
 //! - this file: roles, permissions, the RPC table, tokens, [`Authenticator`].
 //! - `layer`: the tower layer in front of the gRPC services.
+//! - `certs`: client certificates as identities (`[[auth.client_certificates]]`).
+//! - `jwt`: OIDC bearer tokens checked against a JWKS file (`[auth.oidc]`).
 //! - `service`: `rpaflow.v1.AuthService` (tokens, who am I, the audit log).
 
+mod certs;
+mod jwt;
 mod layer;
 mod service;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
+pub use certs::CertificateMapping;
+pub use jwt::OidcConfig;
 pub use layer::AuthLayer;
 pub use service::AuthApi;
 
@@ -40,11 +47,38 @@ pub struct AuthConfig {
     /// Whether calls must carry a token (`RPAFLOW_AUTH__ENABLED`). On by default; `rpaflow dev`
     /// turns it off.
     pub enabled: bool,
+    /// `[[auth.client_certificates]]`: identities of verified client certificates (mTLS,
+    /// `tls.client_ca_file`), for calls without an `authorization` header.
+    pub client_certificates: Vec<CertificateMapping>,
+    /// `[auth.oidc]`: bearer tokens of an OpenID Connect issuer, besides API tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcConfig>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            client_certificates: Vec::new(),
+            oidc: None,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Refuses certificate entries and OIDC settings that cannot name a caller, and certificate
+    /// entries without the client CA that makes clients present certificates.
+    pub fn validate(&self, tls: &crate::tls::TlsConfig) -> Result<()> {
+        if !self.client_certificates.is_empty() && tls.client_ca_file.is_none() {
+            return Err(Error::InvalidArgument(
+                "auth.client_certificates needs tls.client_ca_file".into(),
+            ));
+        }
+        self.client_certificates
+            .iter()
+            .try_for_each(CertificateMapping::validate)
+            .and_then(|()| self.oidc.as_ref().map_or(Ok(()), OidcConfig::validate))
+            .map_err(Error::InvalidArgument)
     }
 }
 
@@ -157,6 +191,23 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// A caller named by a client certificate or an OIDC token; `id` says which
+    /// (`cert:<name>`, `jwt:<sub>`).
+    pub fn external(name: &str, id: &str, namespace: &str, role: Role) -> Self {
+        Self {
+            name: name.to_owned(),
+            token_id: id.to_owned(),
+            namespace: namespace.to_owned(),
+            role,
+        }
+    }
+
+    /// Whether the caller is an API token of the store (not anonymous, a certificate or an
+    /// OIDC token).
+    pub fn is_api_token(&self) -> bool {
+        !self.token_id.is_empty() && !self.token_id.contains(':')
+    }
+
     pub fn anonymous() -> Self {
         Self {
             name: "anonymous".into(),
@@ -183,11 +234,14 @@ fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-/// Checks tokens against the store.
+/// Checks API tokens against the store, client certificates against
+/// `[[auth.client_certificates]]` and other bearer tokens against `[auth.oidc]`.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     store: Store,
     enabled: bool,
+    certificates: Arc<[CertificateMapping]>,
+    oidc: Option<Arc<jwt::OidcVerifier>>,
 }
 
 impl Authenticator {
@@ -195,6 +249,11 @@ impl Authenticator {
         Self {
             store,
             enabled: config.enabled,
+            certificates: config.client_certificates.clone().into(),
+            oidc: config
+                .oidc
+                .clone()
+                .map(|oidc| Arc::new(jwt::OidcVerifier::new(oidc))),
         }
     }
 
@@ -202,18 +261,20 @@ impl Authenticator {
         self.enabled
     }
 
-    /// The caller of a request to `path` with these headers, or the status to answer.
+    /// The caller of a request to `path` with these headers, on a connection whose client
+    /// presented `client_certificate` (DER, verified by TLS), or the status to answer.
     /// `Ok(None)`: an open service, no identity needed.
     pub fn check(
         &self,
         path: &str,
         headers: &http::HeaderMap,
+        client_certificate: Option<&[u8]>,
     ) -> std::result::Result<Option<Identity>, Status> {
         if is_open(path) {
             return Ok(None);
         }
         let identity = if self.enabled {
-            self.identify(headers)?
+            self.identify(headers, client_certificate)?
         } else {
             Identity::anonymous()
         };
@@ -229,24 +290,43 @@ impl Authenticator {
         }
     }
 
-    /// The identity of a bearer token; every failure reads the same to the caller (the reason
-    /// is logged at debug).
-    fn identify(&self, headers: &http::HeaderMap) -> std::result::Result<Identity, Status> {
+    /// The identity of a bearer token (an API token, or an OIDC token with `[auth.oidc]`), or
+    /// without an `authorization` header of the client certificate; every failure reads the
+    /// same to the caller (the reason is logged at debug).
+    fn identify(
+        &self,
+        headers: &http::HeaderMap,
+        client_certificate: Option<&[u8]>,
+    ) -> std::result::Result<Identity, Status> {
         let refused = |reason: &str| {
             tracing::debug!(reason, "call refused: no valid token");
             Status::unauthenticated(
                 "a valid API token is required (authorization: Bearer <token>; RPAFLOW_TOKEN for the CLI)",
             )
         };
-        let given = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+        let Some(authorization) = headers.get(http::header::AUTHORIZATION) else {
+            return match client_certificate {
+                Some(der) => certs::identify(&self.certificates, der)
+                    .map_err(|reason| refused(&reason.to_string())),
+                None => Err(refused("no bearer token")),
+            };
+        };
+        let given = authorization
+            .to_str()
+            .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
             .ok_or_else(|| refused("no bearer token"))?;
-        let (id, secret) = given
-            .trim()
-            .strip_prefix(TOKEN_PREFIX)
-            .and_then(|rest| rest.split_once('_'))
+        let Some(rest) = given.strip_prefix(TOKEN_PREFIX) else {
+            return match &self.oidc {
+                Some(oidc) => oidc
+                    .verify(given)
+                    .map_err(|reason| refused(&reason.describe())),
+                None => Err(refused("not an rpaflow token")),
+            };
+        };
+        let (id, secret) = rest
+            .split_once('_')
             .ok_or_else(|| refused("not an rpaflow token"))?;
         let record = match self.store.token(id) {
             Ok(Some(record)) => record,
@@ -387,7 +467,7 @@ mod tests {
     async fn tokens_are_checked_by_hash_expiry_and_revocation() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let auth = Authenticator::new(store.clone(), &AuthConfig { enabled: true });
+        let auth = Authenticator::new(store.clone(), &AuthConfig::default());
         let path = "/rpaflow.v1.FlowService/StartRun";
         let headers = |token: &str| {
             let mut h = http::HeaderMap::new();
@@ -402,27 +482,31 @@ mod tests {
             .await
             .unwrap();
         assert!(!record.hash.contains(token.rsplit('_').next().unwrap()));
-        let who = auth.check(path, &headers(&token)).unwrap().unwrap();
+        let who = auth.check(path, &headers(&token), None).unwrap().unwrap();
         assert_eq!((who.name.as_str(), who.role), ("ci", Role::Operator));
         let denied = auth
-            .check("/rpaflow.v1.FlowService/SetSecret", &headers(&token))
+            .check("/rpaflow.v1.FlowService/SetSecret", &headers(&token), None)
             .unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
         let mut wrong = token.clone();
         wrong.push('x');
         for bad in [wrong.as_str(), "rpf_000000000000_abc", "nonsense", ""] {
-            let err = auth.check(path, &headers(bad)).unwrap_err();
+            let err = auth.check(path, &headers(bad), None).unwrap_err();
             assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad}");
         }
         assert_eq!(
-            auth.check(path, &http::HeaderMap::new())
+            auth.check(path, &http::HeaderMap::new(), None)
                 .unwrap_err()
                 .code(),
             tonic::Code::Unauthenticated
         );
         // Open services need nothing.
         assert!(matches!(
-            auth.check("/grpc.health.v1.Health/Check", &http::HeaderMap::new()),
+            auth.check(
+                "/grpc.health.v1.Health/Check",
+                &http::HeaderMap::new(),
+                None
+            ),
             Ok(None)
         ));
         // Expired and revoked tokens are refused like unknown ones.
@@ -437,13 +521,13 @@ mod tests {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         let err = auth
-            .check("/rpaflow.v1.FlowService/ListRuns", &headers(&short))
+            .check("/rpaflow.v1.FlowService/ListRuns", &headers(&short), None)
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         let mut revoked = record.clone();
         revoked.revoked_at_ms = Some(1);
         store.put_token(&revoked).await.unwrap();
-        let err = auth.check(path, &headers(&token)).unwrap_err();
+        let err = auth.check(path, &headers(&token), None).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         // Names of live tokens are unique.
         auth.create_token("ci", Role::Viewer, None, "test")
@@ -454,5 +538,100 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn a_client_certificate_names_a_caller_without_a_token_and_a_token_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config = AuthConfig {
+            client_certificates: vec![CertificateMapping {
+                subject_cn: Some("ci-bot".into()),
+                dns_name: None,
+                uri: None,
+                namespace: DEFAULT_NAMESPACE.into(),
+                role: "viewer".into(),
+                name: None,
+            }],
+            ..AuthConfig::default()
+        };
+        let auth = Authenticator::new(store, &config);
+        let cert = |cn: &str| {
+            let mut params = rcgen::CertificateParams::default();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        let (bot, stranger) = (cert("ci-bot"), cert("stranger"));
+        let list = "/rpaflow.v1.FlowService/ListRuns";
+        let start = "/rpaflow.v1.FlowService/StartRun";
+        let no_headers = http::HeaderMap::new();
+
+        let who = auth.check(list, &no_headers, Some(&bot)).unwrap().unwrap();
+        assert_eq!(
+            (who.name.as_str(), who.token_id.as_str(), who.role),
+            ("ci-bot", "cert:ci-bot", Role::Viewer)
+        );
+        assert!(!who.is_api_token());
+        let denied = auth.check(start, &no_headers, Some(&bot)).unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        // A certificate no entry names reads like no token at all.
+        let unmapped = auth.check(list, &no_headers, Some(&stranger)).unwrap_err();
+        let anonymous = auth.check(list, &no_headers, None).unwrap_err();
+        assert_eq!(unmapped.code(), tonic::Code::Unauthenticated);
+        assert_eq!(unmapped.message(), anonymous.message());
+
+        // A bearer token wins over the certificate, and a bad one does not fall back to it.
+        let (_, token) = auth
+            .create_token("ci", Role::Operator, None, "test")
+            .await
+            .unwrap();
+        let bearer = |token: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().unwrap(),
+            );
+            h
+        };
+        let who = auth
+            .check(start, &bearer(&token), Some(&bot))
+            .unwrap()
+            .unwrap();
+        assert_eq!((who.name.as_str(), who.role), ("ci", Role::Operator));
+        assert!(who.is_api_token());
+        for bad in ["rpf_000000000000_abc", "eyJhbGciOiJub25lIn0.e30.", ""] {
+            let err = auth.check(list, &bearer(bad), Some(&bot)).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad}");
+        }
+    }
+
+    #[test]
+    fn certificate_entries_need_a_client_ca_and_a_known_role() {
+        let mut tls = crate::tls::TlsConfig::default();
+        let entry = CertificateMapping {
+            subject_cn: Some("ci-bot".into()),
+            dns_name: None,
+            uri: None,
+            namespace: DEFAULT_NAMESPACE.into(),
+            role: "viewer".into(),
+            name: None,
+        };
+        let mut config = AuthConfig {
+            client_certificates: vec![entry.clone()],
+            ..AuthConfig::default()
+        };
+        let err = config.validate(&tls).unwrap_err();
+        assert!(err.to_string().contains("tls.client_ca_file"), "{err}");
+        tls.client_ca_file = Some("ca.pem".into());
+        config.validate(&tls).unwrap();
+        config.client_certificates.push(CertificateMapping {
+            role: "root".into(),
+            ..entry
+        });
+        assert!(config.validate(&tls).is_err());
+        assert!(AuthConfig::default().validate(&tls).is_ok());
     }
 }

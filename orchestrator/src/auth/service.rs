@@ -110,7 +110,7 @@ impl AuthService for AuthApi {
         request: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::TokenInfo>, Status> {
         let who = caller(&request);
-        if who.token_id.is_empty() {
+        if !who.is_api_token() {
             return Ok(Response::new(pb::TokenInfo {
                 name: who.name,
                 namespace: who.namespace,
