@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Args;
+use rpaflow_core::namespace::DEFAULT as DEFAULT_NAMESPACE;
 use rpaflow_orchestrator::state::{EventKind, RunStatus};
 use rpaflow_orchestrator::{OrchestratorHandle, StartRun};
 use tokio::sync::{broadcast, oneshot};
@@ -133,7 +134,9 @@ async fn throughput(handle: &OrchestratorHandle, args: &BenchArgs) -> anyhow::Re
         }
         yaml.push_str(" }\n");
     }
-    let registered = handle.register_flow("bench.yaml", &yaml).await?;
+    let registered = handle
+        .register_flow(DEFAULT_NAMESPACE, "bench.yaml", &yaml)
+        .await?;
     let version = registered.record.version;
 
     let tracker = Arc::new(Mutex::new(Tracker::default()));
@@ -247,7 +250,7 @@ async fn wait(
             Ok(Ok(status)) => return Ok(status),
             Ok(Err(_)) => anyhow::bail!("tracker dropped run {run_id}"),
             Err(_) => {
-                let state = handle.get_run(run_id).await?;
+                let state = handle.get_run(DEFAULT_NAMESPACE, run_id).await?;
                 if state.status.is_finished() {
                     if let Ok(mut t) = tracker.lock() {
                         t.runs.remove(run_id);
@@ -316,7 +319,9 @@ fn percentile(values: &mut [Duration], q: f64) -> f64 {
 
 async fn waiting(handle: &OrchestratorHandle, n: usize) -> anyhow::Result<()> {
     let yaml = "name: bench-waiting\nsteps:\n  - { id: approve, uses: approval, with: { message: 'ok?' } }\n  - { id: after, uses: echo, needs: approve }\n";
-    handle.register_flow("bench-waiting.yaml", yaml).await?;
+    handle
+        .register_flow(DEFAULT_NAMESPACE, "bench-waiting.yaml", yaml)
+        .await?;
     // Warm up the allocator and the actor system.
     for _ in 0..100 {
         handle

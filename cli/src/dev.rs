@@ -13,6 +13,7 @@ use figment::Figment;
 use futures::StreamExt;
 use rpaflow_core::bus::{InProcessBus, StepBus, TaskSource};
 use rpaflow_core::kafka::{KafkaStepBus, KafkaTaskSource};
+use rpaflow_core::namespace::DEFAULT as DEFAULT_NAMESPACE;
 use rpaflow_orchestrator::kafka_triggers::KafkaTriggers;
 use rpaflow_orchestrator::state::{EventKind, RunStatus};
 use rpaflow_orchestrator::tls::ServerTls;
@@ -262,7 +263,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let mut code = ExitCode::SUCCESS;
     if let Some((file, source)) = flow_source {
         let handle = &embedded.handle;
-        let registered = handle.register_flow(&file, &source).await?;
+        let registered = handle
+            .register_flow(DEFAULT_NAMESPACE, &file, &source)
+            .await?;
         let flow = registered.record.name.clone();
         println!("flow {flow} v{} registered", registered.record.version);
         let (run, _) = handle
@@ -275,7 +278,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             .await?;
         println!("run {} started", run.run_id);
         let status = follow(handle, &run.run_id).await?;
-        let finished = handle.get_run(&run.run_id).await?;
+        let finished = handle.get_run(DEFAULT_NAMESPACE, &run.run_id).await?;
         println!(
             "{}",
             output::run_text(&rpaflow_orchestrator::run_to_pb(&finished))
@@ -312,14 +315,14 @@ async fn stop(
 pub async fn follow(handle: &OrchestratorHandle, run_id: &str) -> anyhow::Result<RunStatus> {
     let started = Instant::now();
     // What `log` steps say is shown in the progress, as a person running a flow expects.
-    let flow = handle.get_run(run_id).await?.flow;
+    let flow = handle.get_run(DEFAULT_NAMESPACE, run_id).await?.flow;
     let log_steps: std::collections::HashSet<&str> = flow
         .steps
         .iter()
         .filter(|s| s.uses == "log")
         .map(|s| s.id.as_str())
         .collect();
-    let mut events = Box::pin(handle.watch_run(run_id, 1)?);
+    let mut events = Box::pin(handle.watch_run(DEFAULT_NAMESPACE, run_id, 1)?);
     let mut status = RunStatus::Running;
     while let Some(event) = events.next().await {
         let event = event?;

@@ -62,6 +62,9 @@ enum Command {
     /// API tokens: create, list, revoke, whoami (with `[auth] enabled`).
     #[command(subcommand)]
     Token(client::TokenCommand),
+    /// Namespaces: create, list. Flows, runs, schedules, approvals and secrets belong to one.
+    #[command(subcommand)]
+    Namespace(client::NamespaceCommand),
     /// Changes made through the API: who, which call, when, with what outcome.
     Audit(client::AuditCommand),
     /// Measure the embedded orchestrator: N runs of K no-op steps, C at a time.
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
             Command::Approvals(cmd) => client::approvals(cmd).await,
             Command::Secret(cmd) => client::secret(cmd).await,
             Command::Token(cmd) => client::token(cmd).await,
+            Command::Namespace(cmd) => client::namespace(cmd).await,
             Command::Audit(cmd) => client::audit(cmd).await,
             Command::Schedule(cmd) => client::schedule(cmd).await,
             Command::Bench(args) => bench::run(args).await,

@@ -6,6 +6,7 @@
 //! - [`expr`]: the expression language (MiniJinja) for templates, conditions and transforms.
 //! - [`bus`]: the [`bus::StepBus`] / [`bus::TaskSource`] contract and the in-process bus.
 //! - [`kafka`]: the step bus over Kafka (`rdkafka`).
+//! - [`namespace`]: namespaces, and the full names flows and secrets are kept under.
 //! - [`secrets`]: secret markers in step inputs, revealing and masking them.
 //! - [`signature`]: the HMAC signature of webhooks, sent and checked.
 //! - [`telemetry`]: logging set-up.
@@ -15,6 +16,7 @@ pub mod bus;
 pub mod expr;
 pub mod flow;
 pub mod kafka;
+pub mod namespace;
 pub mod secrets;
 pub mod signature;
 pub mod telemetry;

@@ -260,7 +260,9 @@ impl RunActor {
             match action {
                 Action::Dispatch(spec) if spec.kind == "subflow" => {
                     let (shared, run_id) = (self.shared.clone(), self.state.run_id.clone());
-                    actix_rt::spawn(crate::subflow::start_child(shared, run_id, spec));
+                    // A subflow runs in its parent's namespace.
+                    let namespace = rpaflow_core::namespace::of(&self.state.flow.name).to_owned();
+                    actix_rt::spawn(crate::subflow::start_child(shared, namespace, run_id, spec));
                 }
                 Action::Dispatch(spec) => {
                     let task = self.shared.task(&self.state, spec);

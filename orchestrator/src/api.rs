@@ -1,5 +1,6 @@
 //! The `rpaflow.v1.FlowService` gRPC API over an [`OrchestratorHandle`], plus health and
-//! reflection.
+//! reflection. Every call acts in its caller's namespace (the [`crate::auth::Identity`] the auth
+//! layer put on the request) and sees nothing of any other.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -75,6 +76,15 @@ pub struct Api {
     handle: OrchestratorHandle,
 }
 
+/// The namespace a call acts in: its caller's. A request that did not pass the auth layer has
+/// none, and is refused.
+fn namespace<T>(req: &Request<T>) -> Result<String, Status> {
+    req.extensions()
+        .get::<crate::auth::Identity>()
+        .map(|who| who.namespace.clone())
+        .ok_or_else(|| Status::unauthenticated("the call has no authenticated caller"))
+}
+
 fn file_name(name: &str) -> &str {
     if name.is_empty() { "flow.yaml" } else { name }
 }
@@ -87,14 +97,17 @@ impl FlowService for Api {
         &self,
         req: Request<pb::RegisterFlowRequest>,
     ) -> Result<Response<pb::RegisterFlowResponse>, Status> {
+        let ns = namespace(&req)?;
         let req = req.into_inner();
         let registered = self
             .handle
-            .register_flow(file_name(&req.file_name), &req.source)
+            .register_flow(&ns, file_name(&req.file_name), &req.source)
             .await?;
-        let view = self
-            .handle
-            .get_flow(&registered.record.name, registered.record.version)?;
+        let view = self.handle.get_flow(
+            &ns,
+            rpaflow_core::namespace::local(&registered.record.name),
+            registered.record.version,
+        )?;
         Ok(Response::new(pb::RegisterFlowResponse {
             flow: Some(convert::flow(&view)),
             created: registered.created,
@@ -135,19 +148,22 @@ impl FlowService for Api {
         &self,
         req: Request<pb::GetFlowRequest>,
     ) -> Result<Response<pb::Flow>, Status> {
+        let ns = namespace(&req)?;
         let req = req.into_inner();
-        Ok(Response::new(convert::flow(
-            &self.handle.get_flow(&req.name, req.version)?,
-        )))
+        Ok(Response::new(convert::flow(&self.handle.get_flow(
+            &ns,
+            &req.name,
+            req.version,
+        )?)))
     }
 
     async fn list_flows(
         &self,
-        _: Request<pb::ListFlowsRequest>,
+        req: Request<pb::ListFlowsRequest>,
     ) -> Result<Response<pb::ListFlowsResponse>, Status> {
         let flows = self
             .handle
-            .list_flows()?
+            .list_flows(&namespace(&req)?)?
             .iter()
             .map(convert::flow)
             .collect();
@@ -158,7 +174,11 @@ impl FlowService for Api {
         &self,
         req: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::StartRunResponse>, Status> {
+        let ns = namespace(&req)?;
         let req = req.into_inner();
+        let flow = rpaflow_core::namespace::full_name(&ns, &req.flow).ok_or_else(|| {
+            Status::from(Error::NotFound(format!("no flow named `{}`", req.flow)))
+        })?;
         let inputs = if req.inputs_json.trim().is_empty() {
             serde_json::Map::new()
         } else {
@@ -180,7 +200,7 @@ impl FlowService for Api {
         let (state, created) = self
             .handle
             .start_run(StartRun {
-                flow: req.flow,
+                flow,
                 version: req.version,
                 inputs,
                 idempotency_key: req.idempotency_key,
@@ -194,8 +214,9 @@ impl FlowService for Api {
     }
 
     async fn get_run(&self, req: Request<pb::GetRunRequest>) -> Result<Response<pb::Run>, Status> {
+        let ns = namespace(&req)?;
         Ok(Response::new(convert::run(
-            &self.handle.get_run(&req.into_inner().run_id).await?,
+            &self.handle.get_run(&ns, &req.into_inner().run_id).await?,
         )))
     }
 
@@ -203,6 +224,7 @@ impl FlowService for Api {
         &self,
         req: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let ns = namespace(&req)?;
         let req = req.into_inner();
         let status = match req.status.as_str() {
             "" => None,
@@ -212,9 +234,13 @@ impl FlowService for Api {
                 ))
             })?),
         };
-        let (runs, next) =
-            self.handle
-                .list_runs(&req.flow, status, req.page_size as usize, &req.page_token)?;
+        let (runs, next) = self.handle.list_runs(
+            &ns,
+            &req.flow,
+            status,
+            req.page_size as usize,
+            &req.page_token,
+        )?;
         Ok(Response::new(pb::ListRunsResponse {
             runs: runs.iter().map(convert::run_summary).collect(),
             next_page_token: next,
@@ -225,9 +251,13 @@ impl FlowService for Api {
         &self,
         req: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
+        let ns = namespace(&req)?;
         let req = req.into_inner();
         Ok(Response::new(convert::run(
-            &self.handle.cancel_run(&req.run_id, &req.reason).await?,
+            &self
+                .handle
+                .cancel_run(&ns, &req.run_id, &req.reason)
+                .await?,
         )))
     }
 
@@ -235,8 +265,9 @@ impl FlowService for Api {
         &self,
         req: Request<pb::RetryRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
+        let ns = namespace(&req)?;
         Ok(Response::new(convert::run(
-            &self.handle.retry_run(&req.into_inner().run_id).await?,
+            &self.handle.retry_run(&ns, &req.into_inner().run_id).await?,
         )))
     }
 
@@ -250,11 +281,19 @@ impl FlowService for Api {
             .get::<crate::auth::Identity>()
             .filter(|who| !who.token_id.is_empty())
             .map(|who| who.name.clone());
+        let ns = namespace(&req)?;
         let req = req.into_inner();
         let by = token_name.unwrap_or(req.by);
         let state = self
             .handle
-            .signal_run(&req.run_id, &req.step_id, req.approve, &req.comment, &by)
+            .signal_run(
+                &ns,
+                &req.run_id,
+                &req.step_id,
+                req.approve,
+                &req.comment,
+                &by,
+            )
             .await?;
         Ok(Response::new(convert::run(&state)))
     }
@@ -263,7 +302,8 @@ impl FlowService for Api {
         &self,
         req: Request<pb::ListApprovalsRequest>,
     ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
-        let approvals = self.handle.list_approvals(&req.into_inner().flow)?;
+        let ns = namespace(&req)?;
+        let approvals = self.handle.list_approvals(&ns, &req.into_inner().flow)?;
         Ok(Response::new(pb::ListApprovalsResponse {
             approvals: approvals.iter().map(convert::approval).collect(),
         }))
@@ -273,8 +313,9 @@ impl FlowService for Api {
         &self,
         req: Request<pb::SetSecretRequest>,
     ) -> Result<Response<pb::Secret>, Status> {
+        let ns = namespace(&req)?;
         let req = req.into_inner();
-        let info = self.handle.set_secret(&req.name, &req.value).await?;
+        let info = self.handle.set_secret(&ns, &req.name, &req.value).await?;
         Ok(Response::new(pb::Secret {
             name: info.name,
             updated_at_ms: info.updated_at_ms,
@@ -285,17 +326,21 @@ impl FlowService for Api {
         &self,
         req: Request<pb::DeleteSecretRequest>,
     ) -> Result<Response<pb::DeleteSecretResponse>, Status> {
-        let deleted = self.handle.delete_secret(&req.into_inner().name).await?;
+        let ns = namespace(&req)?;
+        let deleted = self
+            .handle
+            .delete_secret(&ns, &req.into_inner().name)
+            .await?;
         Ok(Response::new(pb::DeleteSecretResponse { deleted }))
     }
 
     async fn list_secrets(
         &self,
-        _: Request<pb::ListSecretsRequest>,
+        req: Request<pb::ListSecretsRequest>,
     ) -> Result<Response<pb::ListSecretsResponse>, Status> {
         let secrets = self
             .handle
-            .list_secrets()?
+            .list_secrets(&namespace(&req)?)?
             .into_iter()
             .map(|s| pb::Secret {
                 name: s.name,
@@ -311,9 +356,10 @@ impl FlowService for Api {
         &self,
         req: Request<pb::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
+        let ns = namespace(&req)?;
         let req = req.into_inner();
         let run_id = req.run_id.clone();
-        let stream = self.handle.watch_run(&req.run_id, req.from_seq)?;
+        let stream = self.handle.watch_run(&ns, &req.run_id, req.from_seq)?;
         let stream = stream.map(move |item| {
             item.map(|e| convert::event(&run_id, &e))
                 .map_err(Status::from)
@@ -325,7 +371,11 @@ impl FlowService for Api {
         &self,
         req: Request<pb::ListSchedulesRequest>,
     ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
-        let schedules = self.handle.list_schedules(&req.into_inner().flow).await?;
+        let ns = namespace(&req)?;
+        let schedules = self
+            .handle
+            .list_schedules(&ns, &req.into_inner().flow)
+            .await?;
         Ok(Response::new(pb::ListSchedulesResponse {
             schedules: schedules.iter().map(convert::schedule).collect(),
         }))
@@ -335,8 +385,12 @@ impl FlowService for Api {
         &self,
         req: Request<pb::ScheduleRef>,
     ) -> Result<Response<pb::ScheduleInfo>, Status> {
+        let ns = namespace(&req)?;
         let req = req.into_inner();
-        let view = self.handle.pause_schedule(&req.flow, &req.trigger).await?;
+        let view = self
+            .handle
+            .pause_schedule(&ns, &req.flow, &req.trigger)
+            .await?;
         Ok(Response::new(convert::schedule(&view)))
     }
 
@@ -344,8 +398,12 @@ impl FlowService for Api {
         &self,
         req: Request<pb::ScheduleRef>,
     ) -> Result<Response<pb::ScheduleInfo>, Status> {
+        let ns = namespace(&req)?;
         let req = req.into_inner();
-        let view = self.handle.resume_schedule(&req.flow, &req.trigger).await?;
+        let view = self
+            .handle
+            .resume_schedule(&ns, &req.flow, &req.trigger)
+            .await?;
         Ok(Response::new(convert::schedule(&view)))
     }
 
@@ -353,10 +411,11 @@ impl FlowService for Api {
         &self,
         req: Request<pb::ScheduleRef>,
     ) -> Result<Response<pb::StartRunResponse>, Status> {
+        let ns = namespace(&req)?;
         let req = req.into_inner();
         let (state, created) = self
             .handle
-            .trigger_schedule(&req.flow, &req.trigger)
+            .trigger_schedule(&ns, &req.flow, &req.trigger)
             .await?;
         Ok(Response::new(pb::StartRunResponse {
             run: Some(convert::run(&state)),

@@ -1,5 +1,9 @@
 //! Conversions between the orchestrator's types and the `rpaflow.v1` messages, in one place.
+//!
+//! Flows are kept under full names ([`rpaflow_core::namespace`]); a client sees a flow's own
+//! name, and its namespace where a message has a field for it.
 
+use rpaflow_core::namespace;
 use rpaflow_proto::v1 as pb;
 use serde_json::Value as Json;
 
@@ -46,7 +50,8 @@ fn json_text(v: Option<&Json>) -> String {
 pub fn run(state: &RunState) -> pb::Run {
     pb::Run {
         run_id: state.run_id.clone(),
-        flow: state.flow.name.clone(),
+        flow: local(&state.flow.name),
+        namespace: namespace::of(&state.flow.name).to_owned(),
         flow_version: state.flow_version,
         status: run_status(state.status) as i32,
         inputs_json: state.inputs.to_string(),
@@ -86,7 +91,7 @@ pub fn run(state: &RunState) -> pb::Run {
 
 pub fn schedule(view: &ScheduleView) -> pb::ScheduleInfo {
     pb::ScheduleInfo {
-        flow: view.flow.clone(),
+        flow: local(&view.flow),
         trigger: view.trigger.clone(),
         cron: view.cron.clone(),
         timezone: view.timezone.clone(),
@@ -99,7 +104,8 @@ pub fn schedule(view: &ScheduleView) -> pb::ScheduleInfo {
 pub fn run_summary(summary: &RunSummary) -> pb::Run {
     pb::Run {
         run_id: summary.run_id.clone(),
-        flow: summary.flow.clone(),
+        flow: local(&summary.flow),
+        namespace: namespace::of(&summary.flow).to_owned(),
         flow_version: summary.version,
         status: run_status(summary.status()) as i32,
         error: summary.error.as_ref().map(error),
@@ -113,7 +119,8 @@ pub fn run_summary(summary: &RunSummary) -> pb::Run {
 
 pub fn flow(view: &FlowView) -> pb::Flow {
     pb::Flow {
-        name: view.record.name.clone(),
+        name: local(&view.record.name),
+        namespace: namespace::of(&view.record.name).to_owned(),
         version: view.record.version,
         source: view.record.source.clone(),
         definition: Some(view.flow.as_ref().into()),
@@ -149,10 +156,14 @@ pub fn event(run_id: &str, e: &RunEvent) -> pb::RunEvent {
 fn describe(kind: &EventKind) -> String {
     match kind {
         EventKind::RunStarted(start) => {
-            format!("run of {} v{} started", start.flow, start.version)
+            format!("run of {} v{} started", local(&start.flow), start.version)
         }
         EventKind::RunQueued { start, reason } => {
-            format!("run of {} v{} queued: {reason}", start.flow, start.version)
+            format!(
+                "run of {} v{} queued: {reason}",
+                local(&start.flow),
+                start.version
+            )
         }
         EventKind::RunDequeued { waited_ms } => format!(
             "run left the queue after {:.1}s and started",
@@ -221,11 +232,16 @@ fn describe(kind: &EventKind) -> String {
 pub fn approval(a: &PendingApproval) -> pb::Approval {
     pb::Approval {
         run_id: a.run_id.clone(),
-        flow: a.flow.clone(),
+        flow: local(&a.flow),
         flow_version: a.version,
         step_id: a.step.clone(),
         message: a.message.clone(),
         requested_at_ms: a.requested_at_ms,
         deadline_ms: a.deadline_ms.unwrap_or(0),
     }
+}
+
+/// A flow's own name, from its full name.
+fn local(full: &str) -> String {
+    namespace::local(full).to_owned()
 }

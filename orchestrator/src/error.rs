@@ -20,13 +20,20 @@ pub enum Error {
     InvalidFlow(#[from] rpaflow_core::flow::Diagnostics),
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("flow `{name}` has no version {version}")]
+    // Flow names are full names ([`rpaflow_core::namespace`]); a caller sees its own names.
+    #[error(
+        "flow `{}` has no version {version}",
+        rpaflow_core::namespace::local(name)
+    )]
     FlowVersionNotFound { name: String, version: u32 },
-    #[error("no flow named `{0}`")]
+    #[error("no flow named `{}`", rpaflow_core::namespace::local(.0))]
     FlowNotFound(String),
     #[error("no run `{0}`")]
     RunNotFound(String),
-    #[error("flow `{flow}` has no schedule trigger `{trigger}`")]
+    #[error(
+        "flow `{}` has no schedule trigger `{trigger}`",
+        rpaflow_core::namespace::local(flow)
+    )]
     ScheduleNotFound { flow: String, trigger: String },
     #[error("run {run_id}: {rejection}")]
     Rejected {

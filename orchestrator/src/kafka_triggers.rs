@@ -164,7 +164,7 @@ impl KafkaTriggers {
     /// The kafka triggers of the latest version of every flow, by (flow, trigger id).
     fn wanted(&self) -> crate::Result<HashMap<(String, String), Spec>> {
         let mut wanted = HashMap::new();
-        for view in self.handle.list_flows()? {
+        for view in self.handle.all_flows()? {
             for trigger in &view.flow.triggers {
                 if let TriggerKind::Kafka(kafka) = &trigger.kind {
                     let spec = Spec {

@@ -1,9 +1,14 @@
 //! The flow registry: validates definitions, assigns versions, and keeps parsed flows at hand.
+//!
+//! A registered flow's `name` is its full name ([`rpaflow_core::namespace::qualify`]), so that
+//! everything keyed by flow downstream (runs, schedules, idempotency keys, queues) is keyed by
+//! namespace too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use rpaflow_core::flow::{self, Flow, FlowLimits};
+use rpaflow_core::namespace;
 
 use crate::error::{Error, Result};
 use crate::store::{FlowRecord, Store};
@@ -46,9 +51,16 @@ impl Registry {
         flow::parse_with(file_name, source, &self.limits)
     }
 
-    /// Validates and stores `source` as the flow's next version (or the version it declares).
-    pub async fn register(&self, file_name: &str, source: &str) -> Result<Registered> {
-        let parsed = self.parse(file_name, source)?;
+    /// Validates and stores `source` as the flow's next version (or the version it declares) in
+    /// `namespace`.
+    pub async fn register(
+        &self,
+        namespace: &str,
+        file_name: &str,
+        source: &str,
+    ) -> Result<Registered> {
+        let mut parsed = self.parse(file_name, source)?;
+        parsed.name = namespace::qualify(namespace, &parsed.name);
         let _guard = self.register_lock.lock().await;
         let versions = self.store.flow_versions(&parsed.name)?;
         let latest = versions.last().copied();
@@ -67,7 +79,7 @@ impl Registry {
             (Some(v), Some(latest)) if v <= latest => {
                 return Err(Error::FailedPrecondition(format!(
                     "flow `{}` already has version {latest}; a new definition needs a higher `version` (or none, to take {})",
-                    parsed.name,
+                    namespace::local(&parsed.name),
                     latest + 1
                 )));
             }
@@ -131,11 +143,13 @@ impl Registry {
             return Ok(flow);
         }
         let record = self.record(name, version)?;
-        let flow = Arc::new(self.parse(&record.file_name, &record.source).map_err(|e| {
+        let mut flow = self.parse(&record.file_name, &record.source).map_err(|e| {
             Error::Internal(format!(
                 "stored flow {name} v{version} no longer parses: {e}"
             ))
-        })?);
+        })?;
+        flow.name = record.name;
+        let flow = Arc::new(flow);
         self.cache_put(name, version, flow.clone());
         Ok(flow)
     }
@@ -154,8 +168,16 @@ impl Registry {
         self.store.flow_versions(name)
     }
 
+    /// The latest version of every flow of every namespace.
     pub fn latest(&self) -> Result<Vec<FlowRecord>> {
         self.store.latest_flows()
+    }
+
+    /// The latest version of every flow of `namespace`.
+    pub fn latest_in(&self, namespace: &str) -> Result<Vec<FlowRecord>> {
+        let mut flows = self.store.latest_flows()?;
+        flows.retain(|record| namespace::contains(namespace, &record.name));
+        Ok(flows)
     }
 }
 
@@ -168,17 +190,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let reg = Registry::new(Store::open(dir.path()).unwrap(), FlowLimits::default());
         let v1 = reg
-            .register("f.yaml", "name: f\nsteps: [{ id: a, uses: log }]\n")
+            .register(
+                namespace::DEFAULT,
+                "f.yaml",
+                "name: f\nsteps: [{ id: a, uses: log }]\n",
+            )
             .await
             .unwrap();
         assert_eq!((v1.record.version, v1.created), (1, true));
         let again = reg
-            .register("f.yaml", "name: f\nsteps: [{ id: a, uses: log }]\n")
+            .register(
+                namespace::DEFAULT,
+                "f.yaml",
+                "name: f\nsteps: [{ id: a, uses: log }]\n",
+            )
             .await
             .unwrap();
         assert_eq!((again.record.version, again.created), (1, false));
         let v2 = reg
-            .register("f.yaml", "name: f\nsteps: [{ id: b, uses: log }]\n")
+            .register(
+                namespace::DEFAULT,
+                "f.yaml",
+                "name: f\nsteps: [{ id: b, uses: log }]\n",
+            )
             .await
             .unwrap();
         assert_eq!(v2.record.version, 2);
@@ -186,6 +220,7 @@ mod tests {
         assert_eq!(reg.get("f", 0).unwrap().steps[0].id, "b");
         let stale = reg
             .register(
+                namespace::DEFAULT,
                 "f.yaml",
                 "name: f\nversion: 2\nsteps: [{ id: c, uses: log }]\n",
             )
@@ -196,5 +231,46 @@ mod tests {
             "{stale}"
         );
         assert!(matches!(reg.get("nope", 0), Err(Error::FlowNotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn a_flow_name_is_separate_in_each_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let reg = Registry::new(store.clone(), FlowLimits::default());
+        let source = "name: f\nsteps: [{ id: a, uses: log }]\n";
+        let plain = reg
+            .register(namespace::DEFAULT, "f.yaml", source)
+            .await
+            .unwrap();
+        let team = reg.register("team-a", "f.yaml", source).await.unwrap();
+        assert_eq!((plain.record.version, plain.created), (1, true));
+        // The same definition in another namespace is a new flow, not the same version again.
+        assert_eq!((team.record.version, team.created), (1, true));
+        assert_eq!(team.record.name, "team-a/f");
+        assert_eq!(team.flow.name, "team-a/f");
+        let other = reg
+            .register(
+                "team-a",
+                "f.yaml",
+                "name: f\nsteps: [{ id: b, uses: log }]\n",
+            )
+            .await
+            .unwrap();
+        assert_eq!(other.record.version, 2);
+        assert_eq!(reg.latest_version("f").unwrap(), 1);
+        let names = |ns| {
+            reg.latest_in(ns)
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.name, r.version))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(namespace::DEFAULT), [("f".to_owned(), 1)]);
+        assert_eq!(names("team-a"), [("team-a/f".to_owned(), 2)]);
+        assert!(names("team-b").is_empty());
+        // Parsed again from storage (a new registry), the flow keeps its full name.
+        let again = Registry::new(store, FlowLimits::default());
+        assert_eq!(again.get("team-a/f", 1).unwrap().name, "team-a/f");
     }
 }

@@ -28,8 +28,13 @@ fn child_key(parent: &ParentRef) -> String {
     }
 }
 
-/// Starts (or finds) the child run of a subflow attempt.
-pub(crate) async fn start_child(shared: Arc<Shared>, parent_run: String, spec: TaskSpec) {
+/// Starts (or finds) the child run of a subflow attempt, of a flow of the parent's namespace.
+pub(crate) async fn start_child(
+    shared: Arc<Shared>,
+    namespace: String,
+    parent_run: String,
+    spec: TaskSpec,
+) {
     let parent = ParentRef {
         run_id: parent_run,
         step: spec.step.clone(),
@@ -73,8 +78,18 @@ pub(crate) async fn start_child(shared: Arc<Shared>, parent_run: String, spec: T
         );
         return deliver(&shared, &parent, Err(error));
     }
+    // The name is the flow's own name in the parent's namespace; a name that would reach into
+    // another namespace is a flow that does not exist.
+    let Some(full) = rpaflow_core::namespace::full_name(&namespace, &flow) else {
+        let error = ErrorInfo::new(
+            SUBFLOW_FAILED,
+            format!("cannot start flow `{flow}`: no flow named `{flow}`"),
+            false,
+        );
+        return deliver(&shared, &parent, Err(error));
+    };
     let req = StartRun {
-        flow: flow.clone(),
+        flow: full,
         version,
         inputs,
         idempotency_key: child_key(&parent),
@@ -105,17 +120,13 @@ pub(crate) async fn start_child(shared: Arc<Shared>, parent_run: String, spec: T
 async fn nesting(shared: &Arc<Shared>, run_id: &str, limit: usize) -> usize {
     let handle = OrchestratorHandle::from_shared(shared.clone());
     let mut depth = 1;
-    let mut next = handle.get_run(run_id).await.ok().and_then(|r| r.parent);
+    let mut next = handle.run(run_id).await.ok().and_then(|r| r.parent);
     while let Some(parent) = next {
         depth += 1;
         if depth > limit {
             break;
         }
-        next = handle
-            .get_run(&parent.run_id)
-            .await
-            .ok()
-            .and_then(|r| r.parent);
+        next = handle.run(&parent.run_id).await.ok().and_then(|r| r.parent);
     }
     depth
 }
@@ -132,13 +143,21 @@ pub(crate) fn notify_parent(shared: &Shared, child: &RunState) {
             );
             Err(ErrorInfo::new(
                 SUBFLOW_FAILED,
-                format!("run {} of {} failed: {why}", child.run_id, child.flow.name),
+                format!(
+                    "run {} of {} failed: {why}",
+                    child.run_id,
+                    rpaflow_core::namespace::local(&child.flow.name)
+                ),
                 false,
             ))
         }
         RunStatus::Cancelled => Err(ErrorInfo::new(
             SUBFLOW_FAILED,
-            format!("run {} of {} was cancelled", child.run_id, child.flow.name),
+            format!(
+                "run {} of {} was cancelled",
+                child.run_id,
+                rpaflow_core::namespace::local(&child.flow.name)
+            ),
             false,
         )),
         RunStatus::Running | RunStatus::Queued => return,
@@ -185,7 +204,7 @@ pub(crate) async fn cancel_children(shared: Arc<Shared>, parent: RunState) {
             let Ok(Some(child)) = shared.store.run_for_key(flow, &key) else {
                 continue;
             };
-            if let Err(err) = handle.cancel_run(&child, "its parent run ended").await
+            if let Err(err) = handle.cancel(&child, "its parent run ended").await
                 && !matches!(
                     err,
                     crate::Error::Rejected { .. } | crate::Error::FailedPrecondition(_)

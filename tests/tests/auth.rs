@@ -25,7 +25,8 @@ fn expectation(method: &str) -> Option<&'static str> {
         | "/rpaflow.v1.FlowService/WatchRun"
         | "/rpaflow.v1.FlowService/ListApprovals"
         | "/rpaflow.v1.FlowService/ListSchedules"
-        | "/rpaflow.v1.AuthService/WhoAmI" => "read",
+        | "/rpaflow.v1.AuthService/WhoAmI"
+        | "/rpaflow.v1.AuthService/ListNamespaces" => "read",
         "/rpaflow.v1.FlowService/SignalRun" => "approve",
         "/rpaflow.v1.FlowService/StartRun"
         | "/rpaflow.v1.FlowService/CancelRun"
@@ -40,7 +41,10 @@ fn expectation(method: &str) -> Option<&'static str> {
         | "/rpaflow.v1.AuthService/CreateToken"
         | "/rpaflow.v1.AuthService/ListTokens"
         | "/rpaflow.v1.AuthService/RevokeToken"
-        | "/rpaflow.v1.AuthService/ListAudit" => "admin",
+        | "/rpaflow.v1.AuthService/ListAudit"
+        // An admin of `default` (every token here is of `default`); tests/tests/namespaces.rs
+        // checks that a team's admin may not.
+        | "/rpaflow.v1.AuthService/CreateNamespace" => "admin",
         _ => return None,
     })
 }

@@ -387,6 +387,7 @@ impl Shared {
                 }
             }
             let result = pb::TaskResult {
+                namespace: task.namespace,
                 run_id: task.run_id,
                 step_id: task.step_id,
                 item: task.item,
@@ -447,8 +448,11 @@ impl Shared {
                     "this worker has no secrets key to open secret `{name}` with (set secrets.key_file to the orchestrator's key)"
                 )));
             };
+            // Sealed for the secret's full name: a value of another namespace's secret of the
+            // same name does not open here.
+            let full = rpaflow_core::namespace::qualify(&task.namespace, &name);
             let value = key
-                .open(&name, sealed)
+                .open(&full, sealed)
                 .map_err(|e| missing(e.to_string()))?;
             opened.insert(marker.clone(), value);
         }

@@ -6,6 +6,7 @@
 //! - `runs`: `rpaflow run ...` ([`RunCommand`]); `watch`: following a run until it ends.
 //! - `approvals`: `rpaflow approvals ...` ([`ApprovalsCommand`]).
 //! - `secrets`: `rpaflow secret ...` ([`SecretCommand`]).
+//! - `tokens`: `rpaflow token ...`, `rpaflow namespace ...` and `rpaflow audit`.
 //! - `schedules`: `rpaflow schedule ...` ([`ScheduleCommand`]).
 //! - `tls`: `https://` servers, `--ca-cert`, and client certificates.
 
@@ -23,7 +24,7 @@ pub use self::flows::{FlowCommand, flow};
 pub use self::runs::{RunCommand, run};
 pub use self::schedules::{ScheduleCommand, schedule};
 pub use self::secrets::{SecretCommand, secret};
-pub use self::tokens::{AuditCommand, TokenCommand, audit, token};
+pub use self::tokens::{AuditCommand, NamespaceCommand, TokenCommand, audit, namespace, token};
 
 use clap::{Args, ValueEnum};
 use rpaflow_proto::v1 as pb;
@@ -57,62 +58,88 @@ pub struct ClientOpts {
     /// orchestrator's DATA_DIR/admin.token).
     #[arg(long, global = true, env = "RPAFLOW_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The namespace to act in, with authentication off (`default` without it); a token acts in
+    /// its own namespace, and naming another is refused.
+    #[arg(long = "ns", global = true, env = "RPAFLOW_NAMESPACE")]
+    pub ns: Option<String>,
     #[command(flatten)]
     pub tls: tls::TlsOpts,
 }
 
-/// A FlowService client that sends the caller's token.
-pub type Client = FlowServiceClient<InterceptedService<Channel, Bearer>>;
+/// A FlowService client that says who calls.
+pub type Client = FlowServiceClient<InterceptedService<Channel, Caller>>;
 
-/// Adds `authorization: Bearer <token>` to every call when there is a token.
+type Metadata = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+/// Adds `authorization: Bearer <token>` to every call when there is a token, and
+/// `rpaflow-namespace` when a namespace was named.
 #[derive(Debug, Clone)]
-pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+pub struct Caller {
+    token: Option<Metadata>,
+    namespace: Option<Metadata>,
+}
 
-impl tonic::service::Interceptor for Bearer {
+impl tonic::service::Interceptor for Caller {
     fn call(
         &mut self,
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
+        if let Some(value) = &self.token {
             request
                 .metadata_mut()
                 .insert("authorization", value.clone());
+        }
+        if let Some(value) = &self.namespace {
+            request
+                .metadata_mut()
+                .insert("rpaflow-namespace", value.clone());
         }
         Ok(request)
     }
 }
 
-fn bearer(opts: &ClientOpts) -> anyhow::Result<Bearer> {
-    match opts
-        .token
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
-        None => Ok(Bearer(None)),
-        Some(token) => format!("Bearer {token}")
-            .parse()
-            .map(|v| Bearer(Some(v)))
-            .map_err(|_| {
-                anyhow::anyhow!("the token (--token, RPAFLOW_TOKEN) is not visible ASCII text")
-            }),
-    }
+fn caller(opts: &ClientOpts) -> anyhow::Result<Caller> {
+    let given = |value: &Option<String>| {
+        value
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let token = match given(&opts.token) {
+        None => None,
+        Some(token) => Some(format!("Bearer {token}").parse().map_err(|_| {
+            anyhow::anyhow!("the token (--token, RPAFLOW_TOKEN) is not visible ASCII text")
+        })?),
+    };
+    let namespace = match given(&opts.ns) {
+        None => None,
+        Some(namespace) => {
+            if let Some(reason) = rpaflow_core::namespace::invalid_reason(&namespace) {
+                anyhow::bail!("--ns (RPAFLOW_NAMESPACE): {reason}");
+            }
+            Some(namespace.parse().map_err(|_| {
+                anyhow::anyhow!("--ns (RPAFLOW_NAMESPACE) is not visible ASCII text")
+            })?)
+        }
+    };
+    Ok(Caller { token, namespace })
 }
 
 async fn connect(opts: &ClientOpts) -> anyhow::Result<Client> {
     Ok(FlowServiceClient::with_interceptor(
         channel(opts).await?,
-        bearer(opts)?,
+        caller(opts)?,
     ))
 }
 
-/// An AuthService client that sends the caller's token.
+/// An AuthService client that says who calls.
 async fn connect_auth(
     opts: &ClientOpts,
-) -> anyhow::Result<AuthServiceClient<InterceptedService<Channel, Bearer>>> {
+) -> anyhow::Result<AuthServiceClient<InterceptedService<Channel, Caller>>> {
     Ok(AuthServiceClient::with_interceptor(
         channel(opts).await?,
-        bearer(opts)?,
+        caller(opts)?,
     ))
 }
 

@@ -1,4 +1,5 @@
-//! `rpaflow token ...` (make, list, revoke API tokens) and `rpaflow audit` (the change log).
+//! `rpaflow token ...` (make, list, revoke API tokens), `rpaflow namespace ...` and
+//! `rpaflow audit` (the change log).
 
 use std::process::ExitCode;
 
@@ -21,10 +22,15 @@ pub enum TokenCommand {
         /// How long it lives, as `30d` or `12h` (default: no expiry).
         #[arg(long)]
         expires: Option<String>,
+        /// The namespace the token acts in (default: the caller's own; another needs an admin
+        /// of `default`).
+        #[arg(long)]
+        namespace: Option<String>,
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Every token (never the secrets).
+    /// The tokens of the caller's namespace, or of every namespace for an admin of `default`
+    /// (never the secrets).
     List {
         #[command(flatten)]
         opts: ClientOpts,
@@ -37,6 +43,21 @@ pub enum TokenCommand {
     },
     /// The token this command runs with.
     Whoami {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NamespaceCommand {
+    /// Make a namespace (an admin of `default`): 1 to 63 lowercase letters, digits and `-`.
+    Create {
+        name: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// The namespaces the caller can see: every one for an admin of `default`, else its own.
+    List {
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -85,6 +106,7 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             role,
             name,
             expires,
+            namespace,
             opts,
         } => {
             let name = name.unwrap_or_else(|| {
@@ -99,6 +121,7 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                     name,
                     role,
                     expires_in: expires.unwrap_or_default(),
+                    namespace: namespace.unwrap_or_default(),
                 })
                 .await
                 .map_err(status_error)?
@@ -112,8 +135,8 @@ pub async fn token(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 }
                 OutputFormat::Text => {
                     println!(
-                        "token {} ({}, {}) made; it is shown this once:",
-                        info.id, info.name, info.role
+                        "token {} ({}, {} in namespace {}) made; it is shown this once:",
+                        info.id, info.name, info.role, info.namespace
                     );
                     println!("{}", made.token);
                 }
@@ -181,15 +204,62 @@ pub async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     "actor_token_id": e.actor_token_id,
                     "method": e.method,
                     "outcome": e.outcome,
+                    "namespace": e.namespace,
                 })
             ),
             OutputFormat::Text => println!(
-                "{}  {:<20} {:<45} {}",
+                "{}  {:<12} {:<20} {:<45} {}",
                 output::ms_to_rfc3339(e.at_ms),
+                e.namespace,
                 e.actor,
                 e.method,
                 e.outcome
             ),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn namespace(cmd: NamespaceCommand) -> anyhow::Result<ExitCode> {
+    let json = |ns: &pb::Namespace| {
+        serde_json::json!({
+            "name": ns.name,
+            "created_at": (ns.created_at_ms > 0).then(|| output::ms_to_rfc3339(ns.created_at_ms)),
+            "created_by": ns.created_by,
+        })
+    };
+    match cmd {
+        NamespaceCommand::Create { name, opts } => {
+            let made = connect_auth(&opts)
+                .await?
+                .create_namespace(pb::CreateNamespaceRequest { name })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            match opts.output {
+                OutputFormat::Json => println!("{}", json(&made)),
+                OutputFormat::Text => println!("namespace {} created", made.name),
+            }
+        }
+        NamespaceCommand::List { opts } => {
+            let namespaces = connect_auth(&opts)
+                .await?
+                .list_namespaces(pb::ListNamespacesRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .namespaces;
+            match opts.output {
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::Value::Array(namespaces.iter().map(json).collect())
+                ),
+                OutputFormat::Text => {
+                    for ns in &namespaces {
+                        println!("{}", ns.name);
+                    }
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -7,7 +7,7 @@ use super::model::{Backoff, Flow};
 impl From<&Flow> for pb::FlowDefinition {
     fn from(flow: &Flow) -> Self {
         Self {
-            name: flow.name.clone(),
+            name: crate::namespace::local(&flow.name).to_owned(),
             description: flow.description.clone(),
             inputs: flow
                 .inputs

@@ -91,7 +91,7 @@ impl CertificateMapping {
 
 /// Why a certificate names no one; the caller learns none of it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Refused {
+pub enum CertificateRefused {
     #[error("the client certificate cannot be read")]
     Unreadable,
     #[error("no auth.client_certificates entry matches the client certificate")]
@@ -111,8 +111,12 @@ struct Names<'a> {
 
 /// The identity of the certificate `der` (verified by the TLS layer), by the first entry of
 /// `mappings` that matches it.
-pub fn identify(mappings: &[CertificateMapping], der: &[u8]) -> Result<Identity, Refused> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| Refused::Unreadable)?;
+pub fn identify(
+    mappings: &[CertificateMapping],
+    der: &[u8],
+) -> Result<Identity, CertificateRefused> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|_| CertificateRefused::Unreadable)?;
     let mut names = Names::default();
     let mut cns = cert.subject().iter_common_name();
     if let (Some(cn), None) = (cns.next(), cns.next()) {
@@ -130,8 +134,8 @@ pub fn identify(mappings: &[CertificateMapping], der: &[u8]) -> Result<Identity,
     let (mapping, matched) = mappings
         .iter()
         .find_map(|m| m.matched(&names).map(|n| (m, n)))
-        .ok_or(Refused::NoMatch)?;
-    let role = Role::parse(&mapping.role).ok_or_else(|| Refused::UnknownRole {
+        .ok_or(CertificateRefused::NoMatch)?;
+    let role = Role::parse(&mapping.role).ok_or_else(|| CertificateRefused::UnknownRole {
         role: mapping.role.clone(),
     })?;
     Ok(Identity::external(
@@ -218,15 +222,18 @@ mod tests {
             // Two common names: which one counts is not guessed.
             cert(&["ci-bot", "admin"], vec![]),
         ] {
-            assert_eq!(identify(&mappings, &der).unwrap_err(), Refused::NoMatch);
+            assert_eq!(
+                identify(&mappings, &der).unwrap_err(),
+                CertificateRefused::NoMatch
+            );
         }
         assert_eq!(
             identify(&[], &cert(&["ci-bot"], vec![])).unwrap_err(),
-            Refused::NoMatch
+            CertificateRefused::NoMatch
         );
         assert_eq!(
             identify(&mappings, b"not a certificate").unwrap_err(),
-            Refused::Unreadable
+            CertificateRefused::Unreadable
         );
     }
 

@@ -120,6 +120,7 @@ fn audit(
         actor_token_id: identity.token_id.clone(),
         method: path.to_owned(),
         outcome,
+        namespace: identity.namespace.clone(),
     };
     if let Err(err) = auth.store.append_audit(&record) {
         tracing::error!(error = %err, method = %path, "cannot write the audit log");

@@ -37,8 +37,12 @@ pub use service::AuthApi;
 use crate::error::{Error, Result};
 use crate::store::{Store, TokenRecord};
 
-/// The one namespace there is for now (see `docs/security.md`).
-pub const DEFAULT_NAMESPACE: &str = "default";
+/// The namespace that always exists; its admins manage every namespace.
+pub const DEFAULT_NAMESPACE: &str = rpaflow_core::namespace::DEFAULT;
+
+/// The request header that names the namespace a call acts in. With authentication off it
+/// picks the namespace (`default` without it); with a token it may only repeat the token's.
+pub const NAMESPACE_HEADER: &str = "rpaflow-namespace";
 
 /// `[auth]`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -95,6 +99,8 @@ pub enum Permission {
     Develop,
     /// Secrets, tokens, the audit log.
     Admin,
+    /// Create namespaces and act across them: admins of the `default` namespace only.
+    Namespaces,
 }
 
 /// A token's role.
@@ -163,7 +169,8 @@ pub fn required(path: &str) -> Option<Permission> {
         ) => Operate,
         ("rpaflow.v1.FlowService", "RegisterFlow") => Develop,
         ("rpaflow.v1.FlowService", "SetSecret" | "DeleteSecret" | "ListSecrets") => Admin,
-        ("rpaflow.v1.AuthService", "WhoAmI") => Read,
+        ("rpaflow.v1.AuthService", "WhoAmI" | "ListNamespaces") => Read,
+        ("rpaflow.v1.AuthService", "CreateNamespace") => Namespaces,
         ("rpaflow.v1.AuthService", "CreateToken" | "ListTokens" | "RevokeToken" | "ListAudit") => {
             Admin
         }
@@ -208,12 +215,26 @@ impl Identity {
         !self.token_id.is_empty() && !self.token_id.contains(':')
     }
 
+    /// The caller with authentication off: an admin of `default`.
     pub fn anonymous() -> Self {
         Self {
             name: "anonymous".into(),
             token_id: String::new(),
             namespace: DEFAULT_NAMESPACE.into(),
             role: Role::Admin,
+        }
+    }
+
+    /// Whether this caller administers every namespace: an admin of `default`.
+    pub fn manages_namespaces(&self) -> bool {
+        self.role == Role::Admin && self.namespace == DEFAULT_NAMESPACE
+    }
+
+    /// Whether this caller may do what `permission` covers.
+    pub fn may(&self, permission: Permission) -> bool {
+        match permission {
+            Permission::Namespaces => self.manages_namespaces(),
+            permission => self.role.grants(permission),
         }
     }
 }
@@ -273,13 +294,19 @@ impl Authenticator {
         if is_open(path) {
             return Ok(None);
         }
-        let identity = if self.enabled {
+        let mut identity = if self.enabled {
             self.identify(headers, client_certificate)?
         } else {
             Identity::anonymous()
         };
+        self.choose_namespace(&mut identity, headers)?;
         match required(path) {
-            Some(permission) if identity.role.grants(permission) => Ok(Some(identity)),
+            Some(permission) if identity.may(permission) => Ok(Some(identity)),
+            Some(Permission::Namespaces) if identity.role == Role::Admin => {
+                Err(Status::permission_denied(format!(
+                    "only an admin of the `{DEFAULT_NAMESPACE}` namespace may call {path}"
+                )))
+            }
             Some(_) => Err(Status::permission_denied(format!(
                 "the `{}` role may not call {path}",
                 identity.role.name()
@@ -288,6 +315,41 @@ impl Authenticator {
                 "{path} is not an rpaflow API call"
             ))),
         }
+    }
+
+    /// Applies the [`NAMESPACE_HEADER`] of a call: with authentication off it picks the
+    /// namespace, which must exist; with an identity from a token or a certificate it may only
+    /// name the identity's own.
+    fn choose_namespace(
+        &self,
+        identity: &mut Identity,
+        headers: &http::HeaderMap,
+    ) -> std::result::Result<(), Status> {
+        let Some(wanted) = headers.get(NAMESPACE_HEADER) else {
+            return Ok(());
+        };
+        let wanted = wanted.to_str().unwrap_or_default().trim();
+        if wanted.is_empty() || wanted == identity.namespace {
+            return Ok(());
+        }
+        if self.enabled {
+            return Err(Status::permission_denied(format!(
+                "this caller acts in namespace `{}`, not `{wanted}`",
+                identity.namespace
+            )));
+        }
+        let exists = rpaflow_core::namespace::valid(wanted)
+            && self.store.namespace_exists(wanted).map_err(|err| {
+                tracing::error!(error = %err, "cannot read namespaces");
+                Status::unavailable("cannot check the namespace now")
+            })?;
+        if !exists {
+            return Err(Status::not_found(format!(
+                "no namespace `{wanted}` (rpaflow namespace create {wanted})"
+            )));
+        }
+        identity.namespace = wanted.to_owned();
+        Ok(())
     }
 
     /// The identity of a bearer token (an API token, or an OIDC token with `[auth.oidc]`), or
@@ -360,6 +422,7 @@ impl Authenticator {
     pub async fn create_token(
         &self,
         name: &str,
+        namespace: &str,
         role: Role,
         expires_in: Option<Duration>,
         created_by: &str,
@@ -369,13 +432,16 @@ impl Authenticator {
                 "a token's name must be 1 to 100 visible characters".into(),
             ));
         }
+        if !self.store.namespace_exists(namespace)? {
+            return Err(Error::NotFound(format!("no namespace `{namespace}`")));
+        }
         let live = self.store.tokens()?;
         if live
             .iter()
-            .any(|t| t.name == name && t.revoked_at_ms.is_none())
+            .any(|t| t.name == name && t.namespace == namespace && t.revoked_at_ms.is_none())
         {
             return Err(Error::AlreadyExists(format!(
-                "a live token is already named `{name}`"
+                "a live token of namespace `{namespace}` is already named `{name}`"
             )));
         }
         let (id, token, hash) = new_token();
@@ -383,7 +449,7 @@ impl Authenticator {
         let record = TokenRecord {
             id,
             name: name.to_owned(),
-            namespace: DEFAULT_NAMESPACE.into(),
+            namespace: namespace.to_owned(),
             role: role.name().into(),
             hash,
             created_at_ms: now,
@@ -403,7 +469,13 @@ impl Authenticator {
             return Ok(None);
         }
         let (_, token) = self
-            .create_token("bootstrap-admin", Role::Admin, None, "rpaflow")
+            .create_token(
+                "bootstrap-admin",
+                DEFAULT_NAMESPACE,
+                Role::Admin,
+                None,
+                "rpaflow",
+            )
             .await?;
         rpaflow_core::secrets::write_key_file(path, &token)
             .map_err(|e| Error::Internal(e.to_string()))?;
@@ -478,7 +550,7 @@ mod tests {
             h
         };
         let (record, token) = auth
-            .create_token("ci", Role::Operator, None, "test")
+            .create_token("ci", DEFAULT_NAMESPACE, Role::Operator, None, "test")
             .await
             .unwrap();
         assert!(!record.hash.contains(token.rsplit('_').next().unwrap()));
@@ -513,6 +585,7 @@ mod tests {
         let (_, short) = auth
             .create_token(
                 "short",
+                DEFAULT_NAMESPACE,
                 Role::Viewer,
                 Some(Duration::from_millis(1)),
                 "test",
@@ -530,11 +603,11 @@ mod tests {
         let err = auth.check(path, &headers(&token), None).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         // Names of live tokens are unique.
-        auth.create_token("ci", Role::Viewer, None, "test")
+        auth.create_token("ci", DEFAULT_NAMESPACE, Role::Viewer, None, "test")
             .await
             .unwrap();
         assert!(
-            auth.create_token("ci", Role::Viewer, None, "test")
+            auth.create_token("ci", DEFAULT_NAMESPACE, Role::Viewer, None, "test")
                 .await
                 .is_err()
         );
@@ -585,7 +658,7 @@ mod tests {
 
         // A bearer token wins over the certificate, and a bad one does not fall back to it.
         let (_, token) = auth
-            .create_token("ci", Role::Operator, None, "test")
+            .create_token("ci", DEFAULT_NAMESPACE, Role::Operator, None, "test")
             .await
             .unwrap();
         let bearer = |token: &str| {

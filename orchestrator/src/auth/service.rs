@@ -1,4 +1,8 @@
-//! `rpaflow.v1.AuthService`: tokens, who am I, the audit log.
+//! `rpaflow.v1.AuthService`: namespaces, tokens, who am I, the audit log.
+//!
+//! An admin manages the tokens and reads the audit log of its own namespace; an admin of
+//! `default` creates namespaces and manages every namespace's tokens. A token, a namespace or an
+//! audit entry of another namespace is, to anyone else, not there.
 
 use rpaflow_proto::v1 as pb;
 use rpaflow_proto::v1::auth_service_server::AuthService;
@@ -6,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Authenticator, Identity, Role};
 use crate::error::Error;
-use crate::store::TokenRecord;
+use crate::store::{NamespaceRecord, TokenRecord};
 
 /// The service, over the [`Authenticator`] of the API.
 #[derive(Debug, Clone)]
@@ -42,8 +46,68 @@ fn info(record: TokenRecord) -> pb::TokenInfo {
     }
 }
 
+fn namespace_info(record: NamespaceRecord) -> pb::Namespace {
+    pb::Namespace {
+        name: record.name,
+        created_at_ms: record.created_at_ms,
+        created_by: record.created_by,
+    }
+}
+
+/// Whether `who` may see and manage what belongs to `namespace`.
+fn reaches(who: &Identity, namespace: &str) -> bool {
+    who.namespace == namespace || who.manages_namespaces()
+}
+
 #[tonic::async_trait]
 impl AuthService for AuthApi {
+    async fn create_namespace(
+        &self,
+        request: Request<pb::CreateNamespaceRequest>,
+    ) -> Result<Response<pb::Namespace>, Status> {
+        let by = caller(&request);
+        let name = request.into_inner().name;
+        if let Some(reason) = rpaflow_core::namespace::invalid_reason(&name) {
+            return Err(Status::invalid_argument(reason));
+        }
+        let record = NamespaceRecord {
+            name: name.clone(),
+            created_at_ms: rpaflow_core::time::now_ms(),
+            created_by: by.name,
+        };
+        let created = name != rpaflow_core::namespace::DEFAULT
+            && self
+                .auth
+                .store
+                .create_namespace(&record)
+                .await
+                .map_err(Status::from)?;
+        if !created {
+            return Err(Status::from(Error::AlreadyExists(format!(
+                "namespace `{name}` exists already"
+            ))));
+        }
+        Ok(Response::new(namespace_info(record)))
+    }
+
+    async fn list_namespaces(
+        &self,
+        request: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        let who = caller(&request);
+        let default = NamespaceRecord {
+            name: rpaflow_core::namespace::DEFAULT.to_owned(),
+            created_at_ms: 0,
+            created_by: String::new(),
+        };
+        let mut all = vec![default];
+        all.extend(self.auth.store.namespaces().map_err(Status::from)?);
+        all.retain(|ns| reaches(&who, &ns.name));
+        Ok(Response::new(pb::ListNamespacesResponse {
+            namespaces: all.into_iter().map(namespace_info).collect(),
+        }))
+    }
+
     async fn create_token(
         &self,
         request: Request<pb::CreateTokenRequest>,
@@ -62,9 +126,19 @@ impl AuthService for AuthApi {
                 Status::invalid_argument(format!("expires_in `{text}` is not a duration: {e}"))
             })?),
         };
+        let namespace = match req.namespace.trim() {
+            "" => by.namespace.clone(),
+            namespace => namespace.to_owned(),
+        };
+        if !reaches(&by, &namespace) {
+            return Err(Status::permission_denied(format!(
+                "an admin of namespace `{}` may not make tokens of namespace `{namespace}`",
+                by.namespace
+            )));
+        }
         let (record, token) = self
             .auth
-            .create_token(&req.name, role, expires_in, &by.name)
+            .create_token(&req.name, &namespace, role, expires_in, &by.name)
             .await
             .map_err(Status::from)?;
         Ok(Response::new(pb::CreateTokenResponse {
@@ -75,9 +149,11 @@ impl AuthService for AuthApi {
 
     async fn list_tokens(
         &self,
-        _: Request<pb::ListTokensRequest>,
+        request: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
-        let tokens = self.auth.store.tokens().map_err(Status::from)?;
+        let who = caller(&request);
+        let mut tokens = self.auth.store.tokens().map_err(Status::from)?;
+        tokens.retain(|t| reaches(&who, &t.namespace));
         Ok(Response::new(pb::ListTokensResponse {
             tokens: tokens.into_iter().map(info).collect(),
         }))
@@ -87,12 +163,14 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::TokenInfo>, Status> {
+        let who = caller(&request);
         let id = request.into_inner().id;
         let mut record = self
             .auth
             .store
             .token(&id)
             .map_err(Status::from)?
+            .filter(|t| reaches(&who, &t.namespace))
             .ok_or_else(|| Status::from(Error::NotFound(format!("no token `{id}`"))))?;
         if record.revoked_at_ms.is_none() {
             record.revoked_at_ms = Some(rpaflow_core::time::now_ms());
@@ -131,11 +209,16 @@ impl AuthService for AuthApi {
         &self,
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let who = caller(&request);
         let limit = match request.into_inner().limit {
             0 => 100,
             n => n.min(1000) as usize,
         };
-        let entries = self.auth.store.audit(limit).map_err(Status::from)?;
+        let entries = self
+            .auth
+            .store
+            .audit(limit, |e| reaches(&who, &e.namespace))
+            .map_err(Status::from)?;
         Ok(Response::new(pb::ListAuditResponse {
             entries: entries
                 .into_iter()
@@ -145,6 +228,7 @@ impl AuthService for AuthApi {
                     actor_token_id: e.actor_token_id,
                     method: e.method,
                     outcome: e.outcome,
+                    namespace: e.namespace,
                 })
                 .collect(),
         }))

@@ -12,8 +12,6 @@ use rpaflow_core::signature;
 use crate::error::Error;
 use crate::orchestrator::{FlowView, OrchestratorHandle};
 
-use super::DEFAULT_NAMESPACE;
-
 /// Why a delivery was not let in: logged, never answered.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum Denied {
@@ -96,10 +94,12 @@ pub(super) fn admit(
             return Err(denied);
         }
     };
+    // The flow's own namespace's secrets.
+    let namespace = rpaflow_core::namespace::of(&view.record.name).to_owned();
     let secret = |name: &str| -> Result<String, Denied> {
         handle
             .store()
-            .secret(name)
+            .secret(&rpaflow_core::namespace::qualify(&namespace, name))
             .map_err(Denied::Lookup)?
             .ok_or_else(|| Denied::SecretNotSet(name.to_owned()))
     };
@@ -137,12 +137,14 @@ fn find(
     handle: &OrchestratorHandle,
     delivery: &Delivery<'_>,
 ) -> Result<(FlowView, String, WebhookTrigger), Denied> {
-    if delivery.namespace != DEFAULT_NAMESPACE {
-        return Err(Denied::UnknownNamespace);
+    match handle.store().namespace_exists(delivery.namespace) {
+        Ok(true) => {}
+        Ok(false) => return Err(Denied::UnknownNamespace),
+        Err(err) => return Err(Denied::Lookup(err)),
     }
-    let view = match handle.get_flow(delivery.flow, 0) {
+    let view = match handle.get_flow(delivery.namespace, delivery.flow, 0) {
         Ok(view) => view,
-        Err(Error::FlowNotFound(_) | Error::FlowVersionNotFound { .. }) => {
+        Err(Error::FlowNotFound(_) | Error::FlowVersionNotFound { .. } | Error::NotFound(_)) => {
             return Err(Denied::UnknownFlow);
         }
         Err(err) => return Err(Denied::Lookup(err)),

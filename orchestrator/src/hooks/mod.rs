@@ -2,7 +2,7 @@
 //! one of its `webhook` triggers, on an HTTP address of its own (`hooks_listen`).
 //!
 //! A delivery is checked in this order, and the first failure answers:
-//! 1. Authentication ([`auth`]): the namespace (only `default` for now), the flow, its webhook
+//! 1. Authentication ([`auth`]): the namespace, the flow (of that namespace), its webhook
 //!    trigger (`?trigger=ID` picks one when the flow declares several), and every credential the
 //!    trigger names, against rpaflow secrets: `signature_secret` keys `X-Rpaflow-Signature:
 //!    t=<unix seconds>,v1=<hex>` over the timestamp, `X-Rpaflow-Delivery` and the raw body
@@ -52,8 +52,6 @@ use crate::error::Error;
 use crate::orchestrator::{OrchestratorHandle, StartRun};
 use crate::tls::ServerTls;
 
-/// The only namespace there is for now.
-pub const DEFAULT_NAMESPACE: &str = "default";
 pub const SIGNATURE_HEADER: &str = signature::HEADER;
 pub const DELIVERY_HEADER: &str = signature::DELIVERY_HEADER;
 /// What a 429 asks the sender to wait, in seconds.
@@ -300,7 +298,7 @@ async fn accept(
         .map_err(|message| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, message))?;
 
     let req = StartRun {
-        flow: flow_name.to_owned(),
+        flow: view.record.name.clone(),
         version: view.record.version,
         inputs,
         idempotency_key,

@@ -31,6 +31,11 @@ struct FlowSlots {
 }
 
 impl FlowRuns {
+    /// The flow (full name) of a run in memory.
+    pub(super) fn flow_of(&self, run_id: &str) -> Option<&str> {
+        self.flow_of.get(run_id).map(|(flow, _)| flow.as_str())
+    }
+
     pub(super) fn add(&mut self, run_id: &str, flow: &str, created_at_ms: i64, queued: bool) {
         let slots = self.by_flow.entry(flow.to_owned()).or_default();
         let set = if queued {
@@ -276,7 +281,7 @@ impl OrchestratorHandle {
                     let reason = format!(
                         "cancelled to make room for a new run of {flow} (concurrency: cancel_oldest, max_runs {max})"
                     );
-                    match self.cancel_run(run_id, &reason).await {
+                    match self.cancel(run_id, &reason).await {
                         Ok(_) => info!(run_id = %run_id, flow, "run cancelled to make room"),
                         // It ended meanwhile: room made all the same.
                         Err(Error::Rejected { .. } | Error::FailedPrecondition(_)) => {}

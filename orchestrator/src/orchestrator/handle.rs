@@ -1,9 +1,15 @@
 //! [`OrchestratorHandle`]: what the API, the triggers and `rpaflow dev` call: flows,
 //! schedules, runs and their commands, secrets and approvals.
+//!
+//! Namespaces ([`rpaflow_core::namespace`]): a method that names a flow by what a caller typed,
+//! lists, or acts on a run or a secret takes the caller's namespace and never sees past it (a run
+//! of another namespace is "not found", as one that does not exist). [`StartRun::flow`] is a full
+//! name: the API qualifies what its caller named, triggers and subflows know their flow's.
 
 use std::sync::Arc;
 
 use rpaflow_core::flow::{Flow, TriggerKind};
+use rpaflow_core::namespace;
 use rpaflow_core::time::now_ms;
 use serde_json::Value as Json;
 use tokio::sync::broadcast;
@@ -23,6 +29,7 @@ const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_millis(200)
 /// A request to start a run.
 #[derive(Debug, Clone, Default)]
 pub struct StartRun {
+    /// The flow's full name ([`namespace::full_name`]).
     pub flow: String,
     /// 0 for the latest version.
     pub version: u32,
@@ -60,8 +67,18 @@ impl OrchestratorHandle {
         Self { shared }
     }
 
-    pub async fn register_flow(&self, file_name: &str, source: &str) -> Result<Registered> {
-        let registered = self.shared.registry.register(file_name, source).await?;
+    /// Registers a flow version in `namespace`.
+    pub async fn register_flow(
+        &self,
+        namespace: &str,
+        file_name: &str,
+        source: &str,
+    ) -> Result<Registered> {
+        let registered = self
+            .shared
+            .registry
+            .register(namespace, file_name, source)
+            .await?;
         if registered.created {
             self.shared.registrations.send_modify(|n| *n += 1);
             // A new version may allow more runs at once.
@@ -112,24 +129,55 @@ impl OrchestratorHandle {
         &self.shared.store
     }
 
-    /// Schedule triggers of the latest flow versions (of `flow` when not empty), with their
-    /// next fire times.
-    pub async fn list_schedules(&self, flow: &str) -> Result<Vec<ScheduleView>> {
-        self.shared.scheduler.list(flow).await
+    /// Schedule triggers of the latest flow versions of `namespace` (of `flow` when not empty),
+    /// with their next fire times.
+    pub async fn list_schedules(&self, namespace: &str, flow: &str) -> Result<Vec<ScheduleView>> {
+        let mut views = match flow {
+            "" => self.shared.scheduler.list("").await?,
+            flow => {
+                self.shared
+                    .scheduler
+                    .list(&full_flow(namespace, flow)?)
+                    .await?
+            }
+        };
+        views.retain(|view| namespace::contains(namespace, &view.flow));
+        Ok(views)
     }
 
     /// Pauses a schedule: fire times pass without runs until it is resumed.
-    pub async fn pause_schedule(&self, flow: &str, trigger: &str) -> Result<ScheduleView> {
-        self.shared.scheduler.set_paused(flow, trigger, true).await
+    pub async fn pause_schedule(
+        &self,
+        namespace: &str,
+        flow: &str,
+        trigger: &str,
+    ) -> Result<ScheduleView> {
+        let flow = full_flow(namespace, flow)?;
+        self.shared.scheduler.set_paused(&flow, trigger, true).await
     }
 
-    pub async fn resume_schedule(&self, flow: &str, trigger: &str) -> Result<ScheduleView> {
-        self.shared.scheduler.set_paused(flow, trigger, false).await
+    pub async fn resume_schedule(
+        &self,
+        namespace: &str,
+        flow: &str,
+        trigger: &str,
+    ) -> Result<ScheduleView> {
+        let flow = full_flow(namespace, flow)?;
+        self.shared
+            .scheduler
+            .set_paused(&flow, trigger, false)
+            .await
     }
 
     /// Starts a run of a schedule now, outside its cron.
-    pub async fn trigger_schedule(&self, flow: &str, trigger: &str) -> Result<(RunState, bool)> {
-        self.shared.scheduler.fire_now(flow, trigger).await
+    pub async fn trigger_schedule(
+        &self,
+        namespace: &str,
+        flow: &str,
+        trigger: &str,
+    ) -> Result<(RunState, bool)> {
+        let flow = full_flow(namespace, flow)?;
+        self.shared.scheduler.fire_now(&flow, trigger).await
     }
 
     /// Parses and validates a flow within this orchestrator's limits, storing nothing.
@@ -141,7 +189,9 @@ impl OrchestratorHandle {
         self.shared.registry.parse(file_name, source)
     }
 
-    pub fn get_flow(&self, name: &str, version: u32) -> Result<FlowView> {
+    /// A flow version of `namespace` (0: the latest).
+    pub fn get_flow(&self, namespace: &str, name: &str, version: u32) -> Result<FlowView> {
+        let name = &full_flow(namespace, name)?;
         let registry = &self.shared.registry;
         let record = registry.get_record(name, version)?;
         let flow = registry.get(name, record.version)?;
@@ -152,10 +202,19 @@ impl OrchestratorHandle {
         })
     }
 
-    pub fn list_flows(&self) -> Result<Vec<FlowView>> {
+    /// The latest version of every flow of `namespace`.
+    pub fn list_flows(&self, namespace: &str) -> Result<Vec<FlowView>> {
+        self.views(self.shared.registry.latest_in(namespace)?)
+    }
+
+    /// The latest version of every flow of every namespace (for the triggers).
+    pub(crate) fn all_flows(&self) -> Result<Vec<FlowView>> {
+        self.views(self.shared.registry.latest()?)
+    }
+
+    fn views(&self, records: Vec<FlowRecord>) -> Result<Vec<FlowView>> {
         let registry = &self.shared.registry;
-        registry
-            .latest()?
+        records
             .into_iter()
             .map(|record| {
                 Ok(FlowView {
@@ -241,7 +300,7 @@ impl OrchestratorHandle {
             .create_run(&shared.summary(&state), &events)
             .await?
         {
-            Created::Existing(existing) => return Ok((self.get_run(&existing).await?, false)),
+            Created::Existing(existing) => return Ok((self.run(&existing).await?, false)),
             Created::New => {}
         }
         let actions = state.actions_for(&events);
@@ -260,15 +319,30 @@ impl OrchestratorHandle {
 
     async fn existing_for_key(&self, flow: &str, key: &str) -> Result<Option<RunState>> {
         match self.shared.store.run_for_key(flow, key)? {
-            Some(run_id) => Ok(Some(self.get_run(&run_id).await?)),
+            Some(run_id) => Ok(Some(self.run(&run_id).await?)),
             None => Ok(None),
+        }
+    }
+
+    /// A run of `namespace` (see [`Self::run`]); a run of another namespace is not found.
+    pub async fn get_run(&self, namespace: &str, run_id: &str) -> Result<RunState> {
+        self.check_run(namespace, run_id)?;
+        self.run(run_id).await
+    }
+
+    /// Whether `run_id` is a run of `namespace`: [`Error::RunNotFound`] when it is not, exactly
+    /// as when there is no such run.
+    pub fn check_run(&self, namespace: &str, run_id: &str) -> Result<()> {
+        match self.shared.store.run(run_id)? {
+            Some(run) if namespace::contains(namespace, &run.flow) => Ok(()),
+            _ => Err(Error::RunNotFound(run_id.to_owned())),
         }
     }
 
     /// The run as its actor holds it; from storage when it has none, or when the actor is busy
     /// for longer than [`SNAPSHOT_WAIT`] (deciding a step whose templates are slow to render):
     /// storage has everything the actor made durable, which is all a client could have seen.
-    pub async fn get_run(&self, run_id: &str) -> Result<RunState> {
+    pub(crate) async fn run(&self, run_id: &str) -> Result<RunState> {
         if let Some(addr) = self.shared.actor(run_id)
             && let Ok(Ok(state)) = tokio::time::timeout(SNAPSHOT_WAIT, addr.send(Snapshot)).await
         {
@@ -277,9 +351,11 @@ impl OrchestratorHandle {
         self.shared.load(run_id)
     }
 
-    /// Runs newest first; returns the page and the token for the next one (empty at the end).
+    /// Runs of `namespace` newest first (of `flow` when not empty); returns the page and the
+    /// token for the next one (empty at the end).
     pub fn list_runs(
         &self,
+        namespace: &str,
         flow: &str,
         status: Option<RunStatus>,
         page_size: usize,
@@ -290,10 +366,14 @@ impl OrchestratorHandle {
         } else {
             page_size.min(1000)
         };
+        let flow = match flow {
+            "" => String::new(),
+            flow => full_flow(namespace, flow)?,
+        };
         let runs = self
             .shared
             .store
-            .list_runs(flow, status, page_token, size + 1)?;
+            .list_runs(namespace, &flow, status, page_token, size + 1)?;
         let next = if runs.len() > size {
             runs[size - 1].run_id.clone()
         } else {
@@ -302,7 +382,18 @@ impl OrchestratorHandle {
         Ok((runs.into_iter().take(size).collect(), next))
     }
 
-    pub async fn cancel_run(&self, run_id: &str, reason: &str) -> Result<RunState> {
+    pub async fn cancel_run(
+        &self,
+        namespace: &str,
+        run_id: &str,
+        reason: &str,
+    ) -> Result<RunState> {
+        self.check_run(namespace, run_id)?;
+        self.cancel(run_id, reason).await
+    }
+
+    /// Cancels a run of any namespace (a parent's children).
+    pub(crate) async fn cancel(&self, run_id: &str, reason: &str) -> Result<RunState> {
         let reason = if reason.is_empty() {
             "cancelled by request".to_owned()
         } else {
@@ -311,18 +402,21 @@ impl OrchestratorHandle {
         self.command(run_id, Input::Cancel { reason }).await
     }
 
-    pub async fn retry_run(&self, run_id: &str) -> Result<RunState> {
+    pub async fn retry_run(&self, namespace: &str, run_id: &str) -> Result<RunState> {
+        self.check_run(namespace, run_id)?;
         self.command(run_id, Input::Retry).await
     }
 
     pub async fn signal_run(
         &self,
+        namespace: &str,
         run_id: &str,
         step: &str,
         approve: bool,
         comment: &str,
         by: &str,
     ) -> Result<RunState> {
+        self.check_run(namespace, run_id)?;
         let input = Input::Signal {
             step: step.to_owned(),
             approve,
@@ -361,11 +455,11 @@ impl OrchestratorHandle {
                 )));
             }
         }
-        self.get_run(run_id).await
+        self.run(run_id).await
     }
 
-    /// Stores a secret (flows read it as `{{ secrets.NAME }}` in `with`).
-    pub async fn set_secret(&self, name: &str, value: &str) -> Result<SecretInfo> {
+    /// Stores a secret of `namespace` (its flows read it as `{{ secrets.NAME }}` in `with`).
+    pub async fn set_secret(&self, namespace: &str, name: &str, value: &str) -> Result<SecretInfo> {
         if !rpaflow_core::secrets::valid_name(name) {
             return Err(Error::InvalidArgument(format!(
                 "secret name `{name}` must start with a letter or `_` and use only letters, digits and `_`"
@@ -376,21 +470,40 @@ impl OrchestratorHandle {
                 "secret `{name}` needs a value"
             )));
         }
-        self.shared.store.put_secret(name, value).await
+        let mut info = self
+            .shared
+            .store
+            .put_secret(&namespace::qualify(namespace, name), value)
+            .await?;
+        info.name = name.to_owned();
+        Ok(info)
     }
 
-    pub async fn delete_secret(&self, name: &str) -> Result<bool> {
-        self.shared.store.delete_secret(name).await
+    pub async fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool> {
+        match namespace::full_name(namespace, name) {
+            Some(full) => self.shared.store.delete_secret(&full).await,
+            None => Ok(false),
+        }
     }
 
-    /// Secret names and update times, never values.
-    pub fn list_secrets(&self) -> Result<Vec<SecretInfo>> {
-        self.shared.store.secrets()
+    /// The names and update times of the secrets of `namespace`, never values.
+    pub fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretInfo>> {
+        let mut secrets = self.shared.store.secrets()?;
+        secrets.retain(|s| namespace::contains(namespace, &s.name));
+        for secret in &mut secrets {
+            secret.name = namespace::local(&secret.name).to_owned();
+        }
+        Ok(secrets)
     }
 
-    /// Approval steps waiting for a person, oldest run first.
-    pub fn list_approvals(&self, flow: &str) -> Result<Vec<PendingApproval>> {
-        self.shared.store.approvals(flow)
+    /// Approval steps of `namespace` waiting for a person (of `flow` when not empty), oldest
+    /// run first.
+    pub fn list_approvals(&self, namespace: &str, flow: &str) -> Result<Vec<PendingApproval>> {
+        let flow = match flow {
+            "" => String::new(),
+            flow => full_flow(namespace, flow)?,
+        };
+        self.shared.store.approvals(namespace, &flow)
     }
 
     /// Changes whenever a new flow version is registered (for components that follow the
@@ -404,4 +517,11 @@ impl OrchestratorHandle {
     pub fn subscribe(&self) -> broadcast::Receiver<Published> {
         self.shared.events.subscribe()
     }
+}
+
+/// The full name of the flow a caller in `namespace` named; a name that cannot be one of its
+/// flows is not found, like a flow that does not exist.
+fn full_flow(namespace: &str, name: &str) -> Result<String> {
+    namespace::full_name(namespace, name)
+        .ok_or_else(|| Error::NotFound(format!("no flow named `{name}`")))
 }

@@ -251,6 +251,16 @@ impl Orchestrator {
                 ack.ack();
                 continue;
             };
+            if !shared.result_namespace_matches(&result) {
+                // A result must come back for the namespace its task went out for; one that does
+                // not is dropped (the attempt times out and is retried as if lost).
+                warn!(
+                    run_id = %result.run_id, step = %result.step_id, namespace = %result.namespace,
+                    worker = %result.worker_id, "result names another namespace than its run's; dropped"
+                );
+                ack.ack();
+                continue;
+            }
             let outcome = match result.outcome {
                 Some(pb::task_result::Outcome::OutputJson(text)) => serde_json::from_str(&text)
                     .map_err(|e| {

@@ -144,11 +144,14 @@ impl Shared {
             item: spec.item,
             attempt: spec.attempt,
         };
+        let namespace = rpaflow_core::namespace::of(&state.flow.name);
         rpaflow_core::secrets::markers(&spec.input)
             .into_iter()
             .filter(|marker| this.is_valid(marker))
             .map(|marker| {
-                let sealed = match self.store.sealed_secret(&marker.name) {
+                // The run's own namespace's secret of that name, and no other.
+                let name = rpaflow_core::namespace::qualify(namespace, &marker.name);
+                let sealed = match self.store.sealed_secret(&name) {
                     Ok(sealed) => sealed.unwrap_or_default(),
                     Err(err) => {
                         warn!(run_id = %state.run_id, secret = %marker.name, error = %err, "cannot read secret");
@@ -166,6 +169,7 @@ impl Shared {
             rpaflow_core::kafka::traceparent(&state.run_id, &spec.step, spec.item, spec.attempt);
         pb::Task {
             secrets,
+            namespace: rpaflow_core::namespace::of(&state.flow.name).to_owned(),
             run_id: state.run_id.clone(),
             step_id: spec.step,
             item: spec.item,
@@ -182,6 +186,22 @@ impl Shared {
                 traceparent,
             )]),
         }
+    }
+
+    /// Whether a worker's result names the namespace of its run (an empty one is `default`).
+    pub(super) fn result_namespace_matches(&self, result: &pb::TaskResult) -> bool {
+        let named = match result.namespace.as_str() {
+            "" => rpaflow_core::namespace::DEFAULT,
+            named => named,
+        };
+        self.flow_runs
+            .lock()
+            .ok()
+            .and_then(|runs| {
+                runs.flow_of(&result.run_id)
+                    .map(|flow| rpaflow_core::namespace::contains(named, flow))
+            })
+            .unwrap_or(false)
     }
 
     pub(crate) fn actor(&self, run_id: &str) -> Option<Addr<RunActor>> {

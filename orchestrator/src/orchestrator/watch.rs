@@ -4,23 +4,21 @@ use futures::Stream;
 use tokio::sync::broadcast;
 
 use super::OrchestratorHandle;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::state::{EventKind, RunEvent};
 
 impl OrchestratorHandle {
-    /// The run's events from `from_seq`, then live ones until it finishes.
+    /// The events of a run of `namespace` from `from_seq`, then live ones until it finishes.
     pub fn watch_run(
         &self,
+        namespace: &str,
         run_id: &str,
         from_seq: u64,
     ) -> Result<impl Stream<Item = Result<RunEvent>> + Send + 'static> {
         let shared = self.shared.clone();
         let run_id = run_id.to_owned();
         let mut live = shared.events.subscribe();
-        shared
-            .store
-            .run(&run_id)?
-            .ok_or_else(|| Error::RunNotFound(run_id.clone()))?;
+        self.check_run(namespace, &run_id)?;
         Ok(async_stream(move |tx| async move {
             let mut next = from_seq.max(1);
             loop {

@@ -397,7 +397,7 @@ impl Scheduler {
             .map(|r| ((r.flow.clone(), r.trigger.clone()), r))
             .collect();
         let mut entries = BTreeMap::new();
-        for view in orchestrator.list_flows()? {
+        for view in orchestrator.all_flows()? {
             for trigger in &view.flow.triggers {
                 let TriggerKind::Schedule(schedule) = &trigger.kind else {
                     continue;

@@ -9,6 +9,7 @@ use crate::error::Result;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingApproval {
     pub run_id: String,
+    /// The flow's full name ([`rpaflow_core::namespace`]).
     pub flow: String,
     pub version: u32,
     pub step: String,
@@ -38,13 +39,16 @@ impl Store {
         Ok(())
     }
 
-    /// Pending approvals, oldest run first, of one flow or (with `""`) of all.
-    pub fn approvals(&self, flow: &str) -> Result<Vec<PendingApproval>> {
+    /// Pending approvals of a namespace, oldest run first, of one flow (its full name) or (with
+    /// `""`) of all.
+    pub fn approvals(&self, namespace: &str, flow: &str) -> Result<Vec<PendingApproval>> {
         let mut out = Vec::new();
         for entry in self.inner.approvals.iter() {
             let (_, value) = entry.map_err(storage("scan approvals"))?;
             let approval: PendingApproval = decode(&value, "approval")?;
-            if flow.is_empty() || approval.flow == flow {
+            if rpaflow_core::namespace::contains(namespace, &approval.flow)
+                && (flow.is_empty() || approval.flow == flow)
+            {
                 out.push(approval);
             }
         }

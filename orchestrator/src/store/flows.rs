@@ -1,4 +1,4 @@
-//! Flows: every version of every flow, by `name \0 version`.
+//! Flows: every version of every flow, by `full name \0 version`.
 
 use serde::{Deserialize, Serialize};
 
@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 /// A stored flow version.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FlowRecord {
+    /// The flow's full name ([`rpaflow_core::namespace`]).
     pub name: String,
     pub version: u32,
     pub source: String,

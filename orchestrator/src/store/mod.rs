@@ -7,11 +7,12 @@
 //!
 //! # Layout
 //! - `flush`: [`Store::commit`] and the flusher thread.
-//! - `flows`: [`FlowRecord`], every version of every flow.
+//! - `flows`: [`FlowRecord`], every version of every flow, by full name.
 //! - `runs`: [`RunSummary`], run events, idempotency keys ([`Created`]) and active runs.
 //! - `approvals`: [`PendingApproval`].
-//! - `secrets`: [`SecretInfo`] and the stored values.
+//! - `secrets`: [`SecretInfo`] and the stored values (by full name: [`rpaflow_core::namespace`]).
 //! - `schedules`: [`ScheduleRecord`].
+//! - `tokens`: [`NamespaceRecord`], [`TokenRecord`] and the audit log.
 
 mod approvals;
 mod flows;
@@ -28,7 +29,7 @@ pub use self::flows::FlowRecord;
 pub use self::runs::{Created, RunSummary};
 pub use self::schedules::ScheduleRecord;
 pub use self::secrets::SecretInfo;
-pub use self::tokens::{AuditRecord, TokenRecord};
+pub use self::tokens::{AuditRecord, NamespaceRecord, TokenRecord};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -64,6 +65,8 @@ struct Inner {
     schedules: sled::Tree,
     /// The store's own settings, such as the key secret markers are tagged with.
     meta: sled::Tree,
+    /// Namespaces other than `default`, by name.
+    namespaces: sled::Tree,
     /// API tokens by id (hashes, never the secrets).
     tokens: sled::Tree,
     /// The audit log: changes made through the API, by time.
@@ -141,6 +144,7 @@ impl Store {
         let secrets = tree("secrets")?;
         let schedules = tree("schedules")?;
         let meta = tree("meta")?;
+        let namespaces = tree("namespaces")?;
         let tokens = tree("tokens")?;
         let audit = tree("audit")?;
         let flusher_thread = std::thread::Builder::new()
@@ -157,6 +161,7 @@ impl Store {
             secrets,
             schedules,
             meta,
+            namespaces,
             tokens,
             audit,
             secrets_key: std::sync::OnceLock::new(),

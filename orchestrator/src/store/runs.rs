@@ -12,6 +12,7 @@ use crate::state::{ErrorInfo, RunEvent, RunStatus};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSummary {
     pub run_id: String,
+    /// The flow's full name ([`rpaflow_core::namespace`]).
     pub flow: String,
     pub version: u32,
     pub status: String,
@@ -169,9 +170,11 @@ impl Store {
             .collect()
     }
 
-    /// Runs newest first, after `page_token` (a run id), filtered.
+    /// Runs of a namespace newest first, after `page_token` (a run id), filtered by flow (its
+    /// full name; `""` for all) and status.
     pub fn list_runs(
         &self,
+        namespace: &str,
         flow: &str,
         status: Option<RunStatus>,
         after: &str,
@@ -186,7 +189,10 @@ impl Store {
         for entry in iter {
             let (_, value) = entry.map_err(storage("scan runs"))?;
             let run: RunSummary = decode(&value, "run")?;
-            if (flow.is_empty() || run.flow == flow) && status.is_none_or(|s| run.status() == s) {
+            if rpaflow_core::namespace::contains(namespace, &run.flow)
+                && (flow.is_empty() || run.flow == flow)
+                && status.is_none_or(|s| run.status() == s)
+            {
                 out.push(run);
                 if out.len() == limit {
                     break;

@@ -57,7 +57,13 @@ async fn runs_and_events_survive_a_reopen() {
         RunStatus::Succeeded
     );
     let listed = store
-        .list_runs("", Some(RunStatus::Running), "", 10)
+        .list_runs(
+            rpaflow_core::namespace::DEFAULT,
+            "",
+            Some(RunStatus::Running),
+            "",
+            10,
+        )
         .unwrap();
     assert_eq!(
         listed.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(),

@@ -1,4 +1,4 @@
-//! API tokens (their hashes) and the audit log.
+//! Namespaces, API tokens (their hashes) and the audit log.
 
 use serde::{Deserialize, Serialize};
 
@@ -28,9 +28,63 @@ pub struct AuditRecord {
     pub actor_token_id: String,
     pub method: String,
     pub outcome: String,
+    /// The namespace the call acted in.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+fn default_namespace() -> String {
+    rpaflow_core::namespace::DEFAULT.to_owned()
+}
+
+/// A namespace other than `default` (which always exists and is not stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceRecord {
+    pub name: String,
+    pub created_at_ms: i64,
+    pub created_by: String,
 }
 
 impl Store {
+    /// Creates a namespace, durably; `false` when it existed already (nothing changes then).
+    pub async fn create_namespace(&self, record: &NamespaceRecord) -> Result<bool> {
+        let created = self
+            .inner
+            .namespaces
+            .compare_and_swap(
+                record.name.as_bytes(),
+                None as Option<&[u8]>,
+                Some(encode(record)?),
+            )
+            .map_err(storage("create namespace"))?
+            .is_ok();
+        self.commit().await?;
+        Ok(created)
+    }
+
+    /// Whether a namespace exists (`default` always does).
+    pub fn namespace_exists(&self, name: &str) -> Result<bool> {
+        if name == rpaflow_core::namespace::DEFAULT {
+            return Ok(true);
+        }
+        self.inner
+            .namespaces
+            .contains_key(name.as_bytes())
+            .map_err(storage("get namespace"))
+    }
+
+    /// Every namespace but `default`, by name.
+    pub fn namespaces(&self) -> Result<Vec<NamespaceRecord>> {
+        self.inner
+            .namespaces
+            .iter()
+            .map(|entry| {
+                let (_, bytes) = entry.map_err(storage("scan namespaces"))?;
+                decode(&bytes, "namespace")
+            })
+            .collect()
+    }
+
     /// Stores a token, durably.
     pub async fn put_token(&self, token: &TokenRecord) -> Result<()> {
         self.inner
@@ -76,17 +130,23 @@ impl Store {
         Ok(())
     }
 
-    /// The newest `limit` audit entries, newest first.
-    pub fn audit(&self, limit: usize) -> Result<Vec<AuditRecord>> {
-        self.inner
-            .audit
-            .iter()
-            .rev()
-            .take(limit)
-            .map(|entry| {
-                let (_, bytes) = entry.map_err(storage("scan audit"))?;
-                decode(&bytes, "audit entry")
-            })
-            .collect()
+    /// The newest `limit` audit entries that `wanted` keeps, newest first.
+    pub fn audit(
+        &self,
+        limit: usize,
+        wanted: impl Fn(&AuditRecord) -> bool,
+    ) -> Result<Vec<AuditRecord>> {
+        let mut out = Vec::new();
+        for entry in self.inner.audit.iter().rev() {
+            let (_, bytes) = entry.map_err(storage("scan audit"))?;
+            let record: AuditRecord = decode(&bytes, "audit entry")?;
+            if wanted(&record) {
+                out.push(record);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -106,7 +106,7 @@ impl OidcConfig {
 
 /// Why a token was refused; the caller learns none of it (see [`super::Authenticator`]).
 #[derive(Debug, thiserror::Error)]
-pub enum Refused {
+pub enum TokenRefused {
     #[error("not a JWT")]
     Malformed(#[source] jsonwebtoken::errors::Error),
     #[error("the token names no key (kid)")]
@@ -123,7 +123,7 @@ pub enum Refused {
     UnknownRole { role: String },
 }
 
-impl Refused {
+impl TokenRefused {
     /// The reason with its cause, for the debug log.
     pub fn describe(&self) -> String {
         match std::error::Error::source(self) {
@@ -169,12 +169,12 @@ impl OidcVerifier {
     }
 
     /// The caller a token names.
-    pub fn verify(&self, token: &str) -> Result<Identity, Refused> {
-        let header = jsonwebtoken::decode_header(token).map_err(Refused::Malformed)?;
-        let kid = header.kid.ok_or(Refused::NoKeyId)?;
+    pub fn verify(&self, token: &str) -> Result<Identity, TokenRefused> {
+        let header = jsonwebtoken::decode_header(token).map_err(TokenRefused::Malformed)?;
+        let kid = header.kid.ok_or(TokenRefused::NoKeyId)?;
         let key = self.key(&kid)?;
         if !key.algorithms.contains(&header.alg) {
-            return Err(Refused::Algorithm {
+            return Err(TokenRefused::Algorithm {
                 kid,
                 algorithm: header.alg,
             });
@@ -190,14 +190,14 @@ impl OidcVerifier {
             &key.decoding,
             &validation,
         )
-        .map_err(Refused::Invalid)?
+        .map_err(TokenRefused::Invalid)?
         .claims;
         let claim = |name: &str| {
             claims
                 .get(name)
                 .and_then(Json::as_str)
                 .filter(|v| !v.trim().is_empty())
-                .ok_or_else(|| Refused::MissingClaim {
+                .ok_or_else(|| TokenRefused::MissingClaim {
                     claim: name.to_owned(),
                 })
         };
@@ -205,7 +205,7 @@ impl OidcVerifier {
         let name = claim(&self.config.name_claim)?;
         let namespace = claim(&self.config.namespace_claim)?;
         let role = claim(&self.config.role_claim)?;
-        let role = Role::parse(role).ok_or_else(|| Refused::UnknownRole {
+        let role = Role::parse(role).ok_or_else(|| TokenRefused::UnknownRole {
             role: role.to_owned(),
         })?;
         Ok(Identity::external(
@@ -217,7 +217,7 @@ impl OidcVerifier {
     }
 
     /// The key `kid`, reading the file again when it is due.
-    fn key(&self, kid: &str) -> Result<Key, Refused> {
+    fn key(&self, kid: &str) -> Result<Key, TokenRefused> {
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
         let since = keys.checked_at.map(|at| at.elapsed());
         let due = match since {
@@ -231,7 +231,7 @@ impl OidcVerifier {
         keys.by_id
             .get(kid)
             .cloned()
-            .ok_or_else(|| Refused::UnknownKey {
+            .ok_or_else(|| TokenRefused::UnknownKey {
                 kid: kid.to_owned(),
             })
     }

@@ -156,7 +156,7 @@ fn a_valid_token_names_its_caller_and_every_flaw_refuses_it() {
 
     let refused = |token: String| verify(&token).unwrap_err();
     let invalid = |token: String| match refused(token) {
-        Refused::Invalid(err) => err.into_kind(),
+        TokenRefused::Invalid(err) => err.into_kind(),
         other => panic!("expected a failed verification, got {other:?}"),
     };
     use jsonwebtoken::errors::ErrorKind;
@@ -196,7 +196,7 @@ fn a_valid_token_names_its_caller_and_every_flaw_refuses_it() {
     // A key the JWKS does not have, and a token naming none.
     assert!(matches!(
         refused(other.sign("other", &claims())),
-        Refused::UnknownKey { kid } if kid == "other"
+        TokenRefused::UnknownKey { kid } if kid == "other"
     ));
     // Signed by another key under a known id.
     assert!(matches!(
@@ -217,7 +217,7 @@ fn a_valid_token_names_its_caller_and_every_flaw_refuses_it() {
     // An RSA key used under the ES256 algorithm, and HMAC with the public key as secret.
     assert!(matches!(
         refused(ec.sign("rsa-1", &claims())),
-        Refused::Algorithm { .. }
+        TokenRefused::Algorithm { .. }
     ));
     let header = b64(json!({"alg": "HS256", "kid": "rsa-1"})
         .to_string()
@@ -225,37 +225,37 @@ fn a_valid_token_names_its_caller_and_every_flaw_refuses_it() {
     let body = b64(claims().to_string().as_bytes());
     assert!(matches!(
         refused(format!("{header}.{body}.c2ln")),
-        Refused::Algorithm { .. }
+        TokenRefused::Algorithm { .. }
     ));
     let no_kid = b64(json!({"alg": "ES256"}).to_string().as_bytes());
     assert!(matches!(
         refused(format!("{no_kid}.{body}.c2ln")),
-        Refused::NoKeyId
+        TokenRefused::NoKeyId
     ));
     assert!(matches!(
         refused("rpf_nonsense".into()),
-        Refused::Malformed(_)
+        TokenRefused::Malformed(_)
     ));
     // The claims that name the caller.
     let no_role = without(claims(), "rpaflow_role");
     assert!(matches!(
         refused(ec.sign("ec-1", &no_role)),
-        Refused::MissingClaim { claim } if claim == "rpaflow_role"
+        TokenRefused::MissingClaim { claim } if claim == "rpaflow_role"
     ));
     let no_namespace = without(claims(), "rpaflow_namespace");
     assert!(matches!(
         refused(ec.sign("ec-1", &no_namespace)),
-        Refused::MissingClaim { claim } if claim == "rpaflow_namespace"
+        TokenRefused::MissingClaim { claim } if claim == "rpaflow_namespace"
     ));
     let super_role = with(claims(), "rpaflow_role", json!("root"));
     assert!(matches!(
         refused(ec.sign("ec-1", &super_role)),
-        Refused::UnknownRole { role } if role == "root"
+        TokenRefused::UnknownRole { role } if role == "root"
     ));
     let listed_role = with(claims(), "rpaflow_role", json!(["admin"]));
     assert!(matches!(
         refused(ec.sign("ec-1", &listed_role)),
-        Refused::MissingClaim { .. }
+        TokenRefused::MissingClaim { .. }
     ));
 }
 
@@ -282,7 +282,7 @@ fn the_claims_naming_the_caller_are_configurable() {
     let token = ec.sign("k", &claims());
     assert!(matches!(
         issuer.verifier.verify(&token),
-        Err(Refused::MissingClaim { claim }) if claim == "email"
+        Err(TokenRefused::MissingClaim { claim }) if claim == "email"
     ));
 }
 

@@ -173,7 +173,12 @@ impl RunState {
         json!({
             "inputs": self.inputs,
             "steps": steps,
-            "run": { "id": self.run_id, "flow": self.flow.name, "version": self.flow_version },
+            "run": {
+                "id": self.run_id,
+                "flow": rpaflow_core::namespace::local(&self.flow.name),
+                "namespace": rpaflow_core::namespace::of(&self.flow.name),
+                "version": self.flow_version,
+            },
         })
     }
 
