@@ -305,7 +305,8 @@ name_claim = "email"
         (Code::Ok, Code::NotFound)
     );
 
-    // Expired, of another issuer, of another audience, without a role, or tampered: refused.
+    // Expired, of another issuer or audience, without a role, of a namespace that does not
+    // exist, tampered, or signed by a key the JWKS does not have: refused.
     let expired = first_key.token(&json!({
         "iss": ISSUER, "aud": AUDIENCE, "sub": "u-3", "exp": now() - 3600,
         "rpaflow_namespace": "default", "rpaflow_role": "admin", "email": "u-3@example.test",
@@ -314,6 +315,8 @@ name_claim = "email"
     other_issuer["iss"] = json!("https://evil.example.test");
     let mut other_audience = claims("u-5", "admin");
     other_audience["aud"] = json!("someone-else");
+    let mut homeless = claims("u-9", "admin");
+    homeless["rpaflow_namespace"] = json!("no-such-team");
     let mut no_role = claims("u-6", "admin");
     no_role
         .as_object_mut()
@@ -330,6 +333,7 @@ name_claim = "email"
         ("other issuer", first_key.token(&other_issuer)),
         ("other audience", first_key.token(&other_audience)),
         ("no role", first_key.token(&no_role)),
+        ("namespace that does not exist", first_key.token(&homeless)),
         ("tampered", tampered),
         (
             "unknown key",

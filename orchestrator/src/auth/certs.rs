@@ -62,10 +62,14 @@ impl CertificateMapping {
                 self.role
             ));
         }
-        if self.namespace.trim().is_empty()
-            || self.name.as_deref().is_some_and(|n| n.trim().is_empty())
-        {
-            return Err("auth.client_certificates: namespace and name must not be empty".into());
+        if !rpaflow_core::namespace::valid(&self.namespace) {
+            return Err(format!(
+                "auth.client_certificates: `{}` is not a namespace name",
+                self.namespace
+            ));
+        }
+        if self.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err("auth.client_certificates: a name must not be empty".into());
         }
         Ok(())
     }
@@ -245,6 +249,8 @@ mod tests {
             serde_json::json!({"subject_cn": " ", "role": "admin"}),
             serde_json::json!({"subject_cn": "a", "role": "root"}),
             serde_json::json!({"subject_cn": "a", "role": "admin", "namespace": ""}),
+            serde_json::json!({"subject_cn": "a", "role": "admin", "namespace": "Team A"}),
+            serde_json::json!({"subject_cn": "a", "role": "admin", "name": " "}),
         ];
         for entry in bad {
             let parsed: CertificateMapping = serde_json::from_value(entry.clone()).unwrap();

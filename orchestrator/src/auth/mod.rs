@@ -366,10 +366,22 @@ impl Authenticator {
                 "a valid API token is required (authorization: Bearer <token>; RPAFLOW_TOKEN for the CLI)",
             )
         };
+        // Certificates and OIDC tokens name their namespace themselves: it must exist.
+        let existing = |who: Identity| match self.store.namespace_exists(&who.namespace) {
+            Ok(true) => Ok(who),
+            Ok(false) => Err(refused(
+                "the namespace of the certificate or token does not exist",
+            )),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot read namespaces");
+                Err(Status::unavailable("cannot check the namespace now"))
+            }
+        };
         let Some(authorization) = headers.get(http::header::AUTHORIZATION) else {
             return match client_certificate {
                 Some(der) => certs::identify(&self.certificates, der)
-                    .map_err(|reason| refused(&reason.to_string())),
+                    .map_err(|reason| refused(&reason.to_string()))
+                    .and_then(existing),
                 None => Err(refused("no bearer token")),
             };
         };
@@ -383,7 +395,8 @@ impl Authenticator {
             return match &self.oidc {
                 Some(oidc) => oidc
                     .verify(given)
-                    .map_err(|reason| refused(&reason.describe())),
+                    .map_err(|reason| refused(&reason.describe()))
+                    .and_then(existing),
                 None => Err(refused("not an rpaflow token")),
             };
         };
@@ -617,7 +630,7 @@ mod tests {
     async fn a_client_certificate_names_a_caller_without_a_token_and_a_token_wins() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let config = AuthConfig {
+        let mut config = AuthConfig {
             client_certificates: vec![CertificateMapping {
                 subject_cn: Some("ci-bot".into()),
                 dns_name: None,
@@ -628,7 +641,12 @@ mod tests {
             }],
             ..AuthConfig::default()
         };
-        let auth = Authenticator::new(store, &config);
+        config.client_certificates.push(CertificateMapping {
+            subject_cn: Some("team-bot".into()),
+            namespace: "team-a".into(),
+            ..config.client_certificates[0].clone()
+        });
+        let auth = Authenticator::new(store.clone(), &config);
         let cert = |cn: &str| {
             let mut params = rcgen::CertificateParams::default();
             params
@@ -637,7 +655,7 @@ mod tests {
             let key = rcgen::KeyPair::generate().unwrap();
             params.self_signed(&key).unwrap().der().to_vec()
         };
-        let (bot, stranger) = (cert("ci-bot"), cert("stranger"));
+        let (bot, stranger, team) = (cert("ci-bot"), cert("stranger"), cert("team-bot"));
         let list = "/rpaflow.v1.FlowService/ListRuns";
         let start = "/rpaflow.v1.FlowService/StartRun";
         let no_headers = http::HeaderMap::new();
@@ -655,6 +673,17 @@ mod tests {
         let anonymous = auth.check(list, &no_headers, None).unwrap_err();
         assert_eq!(unmapped.code(), tonic::Code::Unauthenticated);
         assert_eq!(unmapped.message(), anonymous.message());
+        // A namespace that does not exist names no one, until it is made.
+        let homeless = auth.check(list, &no_headers, Some(&team)).unwrap_err();
+        assert_eq!(homeless.code(), tonic::Code::Unauthenticated);
+        let record = crate::store::NamespaceRecord {
+            name: "team-a".into(),
+            created_at_ms: 0,
+            created_by: "test".into(),
+        };
+        assert!(store.create_namespace(&record).await.unwrap());
+        let who = auth.check(list, &no_headers, Some(&team)).unwrap().unwrap();
+        assert_eq!(who.namespace, "team-a");
 
         // A bearer token wins over the certificate, and a bad one does not fall back to it.
         let (_, token) = auth
