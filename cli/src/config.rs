@@ -131,7 +131,8 @@ impl Default for DevConfig {
             orchestrator: OrchestratorConfig::default(),
             worker: WorkerConfig {
                 // Zero-config: flows reach services on the developer's machine and network.
-                // `rpaflow worker` keeps the production default (public addresses only).
+                // `rpaflow worker` keeps the production default (public addresses only), and so
+                // does a namespace's own policy (`[worker.egress_namespaces.NAME]`) in both.
                 egress: rpaflow_worker::egress::EgressConfig::permissive(),
                 ..WorkerConfig::default()
             },
@@ -168,6 +169,7 @@ impl Layered for DevConfig {
 
     fn validate(&self) -> anyhow::Result<()> {
         validate_orchestrator(&self.orchestrator)?;
+        self.worker.validate()?;
         self.hooks.validate()?;
         self.tls.validate()?;
         self.auth.validate(&self.tls)?;
@@ -498,6 +500,34 @@ mod tests {
             )
             .unwrap_err();
             assert!(err.to_string().contains("egress.deny_hosts"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_namespace_egress_policy_is_complete_and_not_permissive_in_dev() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "rpaflow.toml",
+                "[worker.egress_namespaces.team-a]\ndeny_hosts = [\"*.internal\"]\n",
+            )?;
+            let dev = DevConfig::load(Some(Path::new("rpaflow.toml")), Figment::new())
+                .map_err(|e| e.to_string())?;
+            assert!(dev.worker.egress.allow_private);
+            let team_a = &dev.worker.egress_namespaces["team-a"];
+            assert!(!team_a.allow_private && team_a.allow_public);
+            assert_eq!(team_a.deny_hosts, ["*.internal"]);
+
+            // A variable cannot spell `team-a`; the name it gives is refused, in dev too.
+            jail.set_env(
+                "RPAFLOW_WORKER__EGRESS_NAMESPACES__TEAM_A__ALLOW_PRIVATE",
+                "true",
+            );
+            let err = DevConfig::load(None, Figment::new()).unwrap_err();
+            assert!(
+                err.to_string().contains("`egress_namespaces.team_a`"),
+                "{err}"
+            );
             Ok(())
         });
     }

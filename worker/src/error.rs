@@ -4,13 +4,16 @@
 //! to the orchestrator in the task result. [`Error`] is for the worker itself: bad configuration or
 //! a dependency that cannot be set up.
 
+use std::borrow::Cow;
+
 /// What can stop the worker from starting or running.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A configuration value is out of range.
     #[error("invalid worker configuration: `{field}` {message}")]
     Config {
-        field: &'static str,
+        /// The setting, relative to `[worker]`: `concurrency`, `egress_namespaces.team-a`.
+        field: Cow<'static, str>,
         message: String,
     },
     /// The HTTP client of the `http` executor could not be built (TLS set-up, for instance).

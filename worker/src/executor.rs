@@ -1,5 +1,6 @@
 //! The executor contract: what a step kind implements, the context it runs in, how it fails, and
-//! the registry that maps kinds to executors.
+//! the registry that maps kinds (and, for the executors that reach the network, namespaces with
+//! an egress policy of their own) to executors.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -158,7 +159,8 @@ pub mod codes {
     pub const SECRET_MISSING: &str = "secret_missing";
     /// The input holds a secret marker its step's `with` did not make (it came from data).
     pub const SECRET_REFUSED: &str = "secret_refused";
-    /// The worker's egress policy (`worker.egress`) denies the destination.
+    /// The egress policy of the step's namespace (`worker.egress`, or
+    /// `worker.egress_namespaces.<namespace>`) denies the destination.
     pub const EGRESS_DENIED: &str = "egress_denied";
 }
 
@@ -253,9 +255,16 @@ impl From<StepError> for pb::TaskError {
 }
 
 /// The executors a worker runs, by kind. Cheap to clone.
+///
+/// A namespace with an egress policy of its own (`worker.egress_namespaces`) has executors of its
+/// own for the kinds that reach the network (`http`, `notify`, `sql`, `browser`), built under
+/// that policy; its tasks of every other kind, and every task of the other namespaces, use the
+/// default executors. [`Registry::get_for`] picks one for a task.
 #[derive(Clone, Default)]
 pub struct Registry {
     executors: HashMap<&'static str, Arc<dyn Executor>>,
+    /// By namespace: the executors that replace default ones for its tasks.
+    namespaces: HashMap<String, HashMap<&'static str, Arc<dyn Executor>>>,
 }
 
 impl Registry {
@@ -272,33 +281,50 @@ impl Registry {
 
     /// Every built-in executor, reaching the network under `egress`.
     pub fn builtin_with(egress: &crate::egress::Egress) -> crate::Result<Self> {
+        let browser =
+            executors::BrowserExecutor::new(executors::BrowserConfig::default(), egress.clone());
+        Self::builtin_sharing(egress, &browser)
+    }
+
+    /// Every built-in executor, reaching the network under `egress`, with `browser` steps on
+    /// `browser`'s `chromedriver`.
+    fn builtin_sharing(
+        egress: &crate::egress::Egress,
+        browser: &executors::BrowserExecutor,
+    ) -> crate::Result<Self> {
         let mut registry = Self::new();
+        for executor in network_executors(egress, browser)? {
+            registry.register_arc(executor);
+        }
         registry
-            .register(executors::HttpExecutor::new(
-                executors::HttpConfig::default(),
-                egress.clone(),
-            )?)
             .register(executors::TransformExecutor::default())
             .register(executors::SleepExecutor)
             .register(executors::LogExecutor)
             .register(executors::EchoExecutor)
-            .register(executors::LlmExecutor::unconfigured())
-            .register(executors::SqlExecutor::new(egress.clone()))
-            .register(executors::NotifyExecutor::with_default_client(
-                egress.clone(),
-            )?)
-            .register(executors::BrowserExecutor::new(
-                executors::BrowserConfig::default(),
-                egress.clone(),
-            ));
+            .register(executors::LlmExecutor::unconfigured());
         Ok(registry)
     }
 
-    /// The built-in executors set up as `config` says (the egress policy, the inference node
-    /// for `llm`).
+    /// The built-in executors set up as `config` says: the egress policies (`egress`, and
+    /// `egress_namespaces` with executors of their own for the namespaces it names), the inference
+    /// node for `llm`.
+    ///
+    /// What a namespace's own executors duplicate: an HTTP client (connection pool) for `http`
+    /// and one for `notify`, and the `sql` connection pools, so that no connection made under one
+    /// policy serves a step under another. The `browser` executors share one `chromedriver`; the
+    /// other kinds are shared. Nothing connects before a step needs it.
     pub fn for_config(config: &crate::WorkerConfig) -> crate::Result<Self> {
-        let egress = crate::egress::Egress::new(crate::egress::EgressPolicy::new(&config.egress)?);
-        let mut registry = Self::builtin_with(&egress)?;
+        use crate::egress::{Egress, EgressPolicies};
+        let policies = EgressPolicies::new(&config.egress, &config.egress_namespaces)?;
+        let egress = Egress::new(policies.default);
+        let browser =
+            executors::BrowserExecutor::new(executors::BrowserConfig::default(), egress.clone());
+        let mut registry = Self::builtin_sharing(&egress, &browser)?;
+        for (namespace, policy) in policies.namespaces {
+            for executor in network_executors(&Egress::new(policy), &browser)? {
+                registry.register_for(&namespace, executor);
+            }
+        }
         registry.register(executors::TransformExecutor::new(
             config.expr_limits(),
             config.transform_fuel,
@@ -309,17 +335,17 @@ impl Registry {
         Ok(registry)
     }
 
-    /// Shuts every executor down (after the worker has drained).
+    /// Shuts every executor down (after the worker has drained), namespaces' own included.
     pub async fn shutdown(&self) {
-        for kind in self.kinds() {
-            if let Some(executor) = self.get(kind) {
-                executor.shutdown().await;
-            }
+        let own = self.namespaces.values().flat_map(HashMap::values);
+        for executor in self.executors.values().chain(own) {
+            executor.shutdown().await;
         }
     }
 
-    /// Adds an executor under its kind, replacing any executor already registered for it (so a
-    /// deployment can swap a built-in for a configured one).
+    /// Adds an executor under its kind, replacing any default executor already registered for it
+    /// (so a deployment can swap a built-in for a configured one). A namespace's own executor of
+    /// that kind, if any, still serves that namespace.
     pub fn register(&mut self, executor: impl Executor + 'static) -> &mut Self {
         self.register_arc(Arc::new(executor))
     }
@@ -330,9 +356,38 @@ impl Registry {
         self
     }
 
-    /// The executor for `kind`.
+    /// Adds an executor that serves the tasks of `namespace` only (empty for `default`), in place
+    /// of the default one of its kind.
+    pub fn register_for(&mut self, namespace: &str, executor: Arc<dyn Executor>) -> &mut Self {
+        let namespace = crate::egress::policy::canonical_namespace(namespace);
+        self.namespaces
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(executor.kind(), executor);
+        self
+    }
+
+    /// The default executor for `kind`.
     pub fn get(&self, kind: &str) -> Option<Arc<dyn Executor>> {
         self.executors.get(kind).cloned()
+    }
+
+    /// The executor for a task of `namespace` (empty for `default`) and `kind`: the namespace's
+    /// own, or the default one. A namespace the worker knows nothing of gets the default.
+    pub fn get_for(&self, namespace: &str, kind: &str) -> Option<Arc<dyn Executor>> {
+        let namespace = crate::egress::policy::canonical_namespace(namespace);
+        self.namespaces
+            .get(namespace)
+            .and_then(|own| own.get(kind))
+            .or_else(|| self.executors.get(kind))
+            .cloned()
+    }
+
+    /// The namespaces with executors of their own, sorted.
+    pub fn namespaces(&self) -> Vec<&str> {
+        let mut namespaces: Vec<_> = self.namespaces.keys().map(String::as_str).collect();
+        namespaces.sort_unstable();
+        namespaces
     }
 
     /// The registered kinds, sorted.
@@ -347,8 +402,29 @@ impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
             .field("kinds", &self.kinds())
+            .field("namespaces", &self.namespaces())
             .finish()
     }
+}
+
+/// The built-in executors that reach the network, under `egress`; `browser` shares `browser`'s
+/// `chromedriver`. One list, so that a namespace's own executors are the same kinds as the
+/// default ones.
+fn network_executors(
+    egress: &crate::egress::Egress,
+    browser: &executors::BrowserExecutor,
+) -> crate::Result<[Arc<dyn Executor>; 4]> {
+    Ok([
+        Arc::new(executors::HttpExecutor::new(
+            executors::HttpConfig::default(),
+            egress.clone(),
+        )?),
+        Arc::new(executors::NotifyExecutor::with_default_client(
+            egress.clone(),
+        )?),
+        Arc::new(executors::SqlExecutor::new(egress.clone())),
+        Arc::new(browser.with_egress(egress.clone())),
+    ])
 }
 
 #[cfg(test)]
@@ -410,6 +486,38 @@ mod tests {
         assert_eq!(registry.kinds(), validated);
         assert!(registry.get("http").is_some());
         assert!(registry.get("teleport").is_none());
+    }
+
+    #[test]
+    fn a_namespace_with_its_own_egress_policy_has_its_own_network_executors() {
+        let config = crate::WorkerConfig {
+            egress_namespaces: [(
+                "team-a".to_owned(),
+                crate::egress::EgressConfig::permissive(),
+            )]
+            .into(),
+            ..crate::WorkerConfig::default()
+        };
+        let registry = Registry::for_config(&config).unwrap();
+        assert_eq!(registry.namespaces(), ["team-a"]);
+        let same = |namespace: &str, kind: &str| {
+            let own = registry.get_for(namespace, kind).unwrap();
+            Arc::ptr_eq(&own, &registry.get(kind).unwrap())
+        };
+        for kind in ["http", "notify", "sql", "browser"] {
+            assert!(!same("team-a", kind), "{kind}");
+            assert!(
+                same("team-b", kind),
+                "{kind}: another namespace has the default"
+            );
+            assert!(same("", kind) && same("default", kind), "{kind}");
+        }
+        for kind in registry.kinds() {
+            if !["http", "notify", "sql", "browser"].contains(&kind) {
+                assert!(same("team-a", kind), "{kind} is shared");
+            }
+        }
+        assert!(registry.get_for("team-a", "teleport").is_none());
     }
 
     #[test]

@@ -9,11 +9,12 @@
 //! - [`worker`]: the [`Worker`] component: the pull loop, bounded concurrency, timeouts,
 //!   cancellation, payload limits and graceful shutdown.
 //! - [`executor`]: the [`Executor`] trait, the [`TaskContext`] an executor runs in, [`StepError`]
-//!   and the [`Registry`] of executors by kind.
+//!   and the [`Registry`] of executors by kind (and by namespace, for an egress policy of its own).
 //! - [`executors`]: the built-in executors (`http`, `transform`, `sleep`, `log`, `echo`) and the
 //!   [`executors::Input`] helper for reading step inputs with precise error messages.
-//! - [`egress`]: the egress policy of steps that reach the network (`worker.egress`) and the
-//!   resolver, redirect policy and browser proxy that enforce it.
+//! - [`egress`]: the egress policies of steps that reach the network (`worker.egress`, and
+//!   `worker.egress_namespaces` per namespace) and the resolver, redirect policy and browser
+//!   proxy that enforce them.
 //! - [`error`]: the crate's [`Error`] type.
 
 pub mod egress;

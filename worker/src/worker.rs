@@ -24,7 +24,7 @@
 //! abandoned mid-wait at shutdown, so a source must not lose a task it has not returned yet (an
 //! unacknowledged task is delivered again anyway).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -75,8 +75,11 @@ pub struct WorkerConfig {
     /// Fuel of all the expression evaluations of one `transform` step.
     pub transform_fuel: u64,
     /// Which hosts and addresses steps may reach (`docs/security.md`); public ones only by
-    /// default.
+    /// default. The policy of every namespace without one in `egress_namespaces`.
     pub egress: crate::egress::EgressConfig,
+    /// Namespaces with an egress policy of their own (`[worker.egress_namespaces.team-a]`), each
+    /// complete: it replaces `egress` for the namespace's steps, with nothing merged from it.
+    pub egress_namespaces: BTreeMap<String, crate::egress::EgressConfig>,
     /// What opens the secret values tasks carry sealed: set by the binary from `[secrets]`
     /// (the orchestrator's key). Without it, steps that use secrets fail saying so.
     #[serde(skip)]
@@ -96,6 +99,7 @@ impl Default for WorkerConfig {
             expr_max_output_bytes: rpaflow_core::expr::DEFAULT_MAX_OUTPUT_BYTES,
             transform_fuel: crate::executors::DEFAULT_TRANSFORM_FUEL,
             egress: crate::egress::EgressConfig::default(),
+            egress_namespaces: BTreeMap::new(),
             secrets_key: None,
         }
     }
@@ -131,9 +135,9 @@ impl WorkerConfig {
 
     /// Checks the values before anything starts.
     pub fn validate(&self) -> Result<()> {
-        let fail = |field, message: &str| {
+        let fail = |field: &'static str, message: &str| {
             Err(Error::Config {
-                field,
+                field: field.into(),
                 message: message.to_owned(),
             })
         };
@@ -161,7 +165,7 @@ impl WorkerConfig {
         if self.expr_max_output_bytes == 0 {
             return fail("expr_max_output_bytes", "must be at least 1");
         }
-        crate::egress::EgressPolicy::new(&self.egress)?;
+        crate::egress::EgressPolicies::new(&self.egress, &self.egress_namespaces)?;
         Ok(())
     }
 }
@@ -279,6 +283,7 @@ impl Worker {
             worker_id = %shared.config.id,
             concurrency = shared.config.concurrency,
             kinds = ?shared.registry.kinds(),
+            egress_namespaces = ?shared.registry.namespaces(),
             "worker started"
         );
 
@@ -358,6 +363,7 @@ impl Shared {
             item = task.item,
             attempt = task.attempt,
             kind = %task.kind,
+            namespace = %crate::egress::policy::canonical_namespace(&task.namespace),
             worker_id = %self.config.id,
         );
         async {
@@ -466,7 +472,8 @@ impl Shared {
         secrets: &HashMap<String, String>,
         masker: &rpaflow_core::secrets::Masker,
     ) -> Result<String, StepError> {
-        let Some(executor) = self.registry.get(&task.kind) else {
+        // The namespace's own executor where it has one (its egress policy), else the default.
+        let Some(executor) = self.registry.get_for(&task.namespace, &task.kind) else {
             return Err(StepError::unknown_kind(&task.kind, &self.registry.kinds()));
         };
         let mut input = parse_input(&task.input_json)?;

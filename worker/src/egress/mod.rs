@@ -1,6 +1,12 @@
 //! The egress policy of steps that reach the network (`http`, `notify`, `sql`, `browser`):
 //! which hosts and addresses they may connect to (`worker.egress`, see `docs/security.md`).
 //!
+//! A namespace may have a policy of its own (`worker.egress_namespaces.<namespace>`), complete in
+//! itself; the others, and namespaces the worker does not know, have `worker.egress`. Each policy
+//! has its own [`Egress`] and its own executors for those four kinds (see
+//! [`Registry::for_config`](crate::Registry::for_config)), so everything below holds for every
+//! namespace alike, and a denial names the setting of the policy that applied.
+//!
 //! Destinations are checked after name resolution, and the addresses that passed are the ones
 //! connected to, so a name that resolves differently a second time (DNS rebinding) gains nothing:
 //! - `http` and `notify` webhooks: reqwest resolves through [`Egress`] (a
@@ -17,7 +23,8 @@
 //! `cannot connect to HOST:PORT`, whether it was refused, reset or timed out.
 //!
 //! # Layout
-//! - [`policy`]: [`EgressConfig`] (the settings) and [`EgressPolicy`] (the decision).
+//! - [`policy`]: [`EgressConfig`] (the settings), [`EgressPolicy`] (the decision) and
+//!   [`EgressPolicies`] (the default one and those of namespaces).
 //! - [`resolve`]: [`Egress`], the policy with a resolver, and its reqwest glue.
 //! - [`proxy`]: the HTTP proxy the browser goes through.
 
@@ -28,7 +35,7 @@ pub mod resolve;
 use std::error::Error as _;
 use std::sync::Arc;
 
-pub use self::policy::{EgressConfig, EgressPolicy, is_private};
+pub use self::policy::{EgressConfig, EgressPolicies, EgressPolicy, is_private};
 pub use self::resolve::{Egress, EgressDenied, Lookup, ResolveError, SystemLookup};
 use crate::StepError;
 

@@ -1,5 +1,7 @@
-//! The egress policy: which hosts and addresses steps may reach, as configured (`worker.egress`).
+//! The egress policy: which hosts and addresses steps may reach, as configured (`worker.egress`,
+//! and `worker.egress_namespaces.<namespace>` for a namespace with a policy of its own).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -8,8 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 
-/// The setting that names the policy in messages.
+/// The setting of the default policy, as messages name it.
 pub const SETTING: &str = "worker.egress";
+/// The setting that gives namespaces policies of their own, relative to `[worker]`.
+pub const NAMESPACES_FIELD: &str = "egress_namespaces";
 
 /// The egress policy as written in the worker's configuration (`[worker.egress]`,
 /// `RPAFLOW_WORKER__EGRESS__ALLOW_PRIVATE=true`).
@@ -72,10 +76,10 @@ enum HostPattern {
 }
 
 impl HostPattern {
-    fn parse(field: &'static str, text: &str) -> Result<Self, Error> {
+    fn parse(field: &str, text: &str) -> Result<Self, Error> {
         let name = normalize_host(text);
         let invalid = |why: &str| Error::Config {
-            field,
+            field: field.to_owned().into(),
             message: format!("holds `{text}`, which {why}"),
         };
         let (pattern, rest) = match name.strip_prefix("*.") {
@@ -129,9 +133,13 @@ fn normalize_host(host: &str) -> String {
 /// 3. `A` is private or special ([`is_private`]): allowed only with `allow_private`.
 /// 4. Otherwise `A` is public: allowed unless `allow_public` is false.
 ///
-/// A policy is plain data, cheap to share; a per-namespace policy can be another value of it.
+/// A policy is plain data, cheap to share; each namespace with a policy of its own has another
+/// value of it (see [`EgressPolicies`]).
 #[derive(Debug, Clone)]
 pub struct EgressPolicy {
+    /// Where it is configured, as messages name it: `worker.egress`, or
+    /// `worker.egress_namespaces.<namespace>`.
+    setting: String,
     allow_private: bool,
     allow_public: bool,
     allow_hosts: Vec<HostPattern>,
@@ -149,27 +157,58 @@ impl Default for EgressPolicy {
 }
 
 impl EgressPolicy {
-    /// The policy `config` describes; fails on a host pattern that is not one.
+    /// The default policy `config` describes (`worker.egress`); fails on a host pattern that is
+    /// not one.
     pub fn new(config: &EgressConfig) -> Result<Self, Error> {
-        let patterns = |field, list: &[String]| {
+        Self::configured("egress".to_owned(), config)
+    }
+
+    /// The policy of `namespace` alone (`worker.egress_namespaces.<namespace>`); fails on a host
+    /// pattern that is not one, or on a name that cannot be a namespace's.
+    pub fn for_namespace(namespace: &str, config: &EgressConfig) -> Result<Self, Error> {
+        let key = format!("{NAMESPACES_FIELD}.{namespace}");
+        if !rpaflow_core::namespace::valid(namespace) {
+            // Variables cannot spell `-` (`RPAFLOW_WORKER__EGRESS_NAMESPACES__TEAM_A__...` reads
+            // as `team_a`): say where such a name can be written.
+            let hint = if namespace.contains('_') {
+                "; a name with `-` can only be written in the configuration file"
+            } else {
+                ""
+            };
+            return Err(Error::Config {
+                field: key.into(),
+                message: format!(
+                    "does not name a namespace (1 to {} lowercase letters, digits and `-`, \
+                     starting with a letter and not ending with `-`{hint})",
+                    rpaflow_core::namespace::MAX_LEN
+                ),
+            });
+        }
+        Self::configured(key, config)
+    }
+
+    /// The policy `config` describes, configured at `[worker.<key>]`.
+    fn configured(key: String, config: &EgressConfig) -> Result<Self, Error> {
+        let patterns = |field: &str, list: &[String]| {
+            let field = format!("{key}.{field}");
             list.iter()
-                .map(|text| HostPattern::parse(field, text))
+                .map(|text| HostPattern::parse(&field, text))
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(Self {
-            allow_private: config.allow_private,
-            allow_public: config.allow_public,
-            allow_hosts: patterns("egress.allow_hosts", &config.allow_hosts)?,
-            deny_hosts: patterns("egress.deny_hosts", &config.deny_hosts)?,
+            allow_hosts: patterns("allow_hosts", &config.allow_hosts)?,
+            deny_hosts: patterns("deny_hosts", &config.deny_hosts)?,
             allow_cidrs: config.allow_cidrs.iter().map(canonical_net).collect(),
             deny_cidrs: config.deny_cidrs.iter().map(canonical_net).collect(),
-            allow_unix_sockets: config.allow_unix_sockets,
+            setting: format!("worker.{key}"),
+            ..Self::from_defaults(config)
         })
     }
 
-    /// A policy of booleans only (host lists empty), which cannot fail.
+    /// A default policy of booleans only (host lists empty), which cannot fail.
     fn from_defaults(config: &EgressConfig) -> Self {
         Self {
+            setting: SETTING.to_owned(),
             allow_private: config.allow_private,
             allow_public: config.allow_public,
             allow_hosts: Vec::new(),
@@ -207,6 +246,12 @@ impl EgressPolicy {
         self.deny_hosts.iter().any(|p| p.matches(&host))
     }
 
+    /// Where the policy is configured, as messages name it: `worker.egress`, or
+    /// `worker.egress_namespaces.<namespace>`.
+    pub fn setting(&self) -> &str {
+        &self.setting
+    }
+
     /// Whether `sql` steps may use Unix sockets.
     pub fn allows_unix_sockets(&self) -> bool {
         self.allow_unix_sockets
@@ -233,13 +278,54 @@ impl EgressPolicy {
 }
 
 /// The policy said no. Callers turn it into an [`EgressDenied`](super::EgressDenied) that names
-/// the destination; which rule decided is logged at debug level only.
+/// the destination and the policy's setting; which rule decided is logged at debug level only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Denied;
 
 impl fmt::Display for Denied {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "denied by the worker's egress policy ({SETTING})")
+        write!(f, "denied by the worker's egress policy")
+    }
+}
+
+/// Every policy of a worker, checked: the default one (`worker.egress`), which applies to each
+/// namespace without a policy of its own, and those of the namespaces with one
+/// (`worker.egress_namespaces.<namespace>`), each complete in itself: nothing of the default is
+/// merged into it. [`Registry::get_for`](crate::Registry::get_for) applies them.
+#[derive(Debug, Clone)]
+pub struct EgressPolicies {
+    pub default: EgressPolicy,
+    /// By namespace name; the `default` namespace may be one of them.
+    pub namespaces: BTreeMap<String, EgressPolicy>,
+}
+
+impl EgressPolicies {
+    /// Checks every policy and namespace name; the error names the setting at fault.
+    pub fn new(
+        default: &EgressConfig,
+        namespaces: &BTreeMap<String, EgressConfig>,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            default: EgressPolicy::new(default)?,
+            namespaces: namespaces
+                .iter()
+                .map(|(namespace, config)| {
+                    Ok((
+                        namespace.clone(),
+                        EgressPolicy::for_namespace(namespace, config)?,
+                    ))
+                })
+                .collect::<Result<_, Error>>()?,
+        })
+    }
+}
+
+/// A task's namespace as configuration names it: an empty one is `default`.
+pub fn canonical_namespace(namespace: &str) -> &str {
+    if namespace.is_empty() {
+        rpaflow_core::namespace::DEFAULT
+    } else {
+        namespace
     }
 }
 
@@ -522,6 +608,40 @@ mod tests {
                 err.to_string()
                     .starts_with("invalid worker configuration: `egress.deny_hosts`"),
                 "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_policy_names_its_setting_and_a_namespace_policy_its_namespace() {
+        assert_eq!(EgressPolicy::default().setting(), "worker.egress");
+        let config = EgressConfig::default();
+        assert_eq!(
+            EgressPolicy::new(&config).unwrap().setting(),
+            "worker.egress"
+        );
+        let team_a = EgressPolicy::for_namespace("team-a", &config).unwrap();
+        assert_eq!(team_a.setting(), "worker.egress_namespaces.team-a");
+        let err = EgressPolicy::for_namespace(
+            "team-a",
+            &EgressConfig {
+                deny_hosts: vec!["*".into()],
+                ..EgressConfig::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid worker configuration: `egress_namespaces.team-a.deny_hosts`"),
+            "{err}"
+        );
+        for bad in ["", "Team-A", "team-", "a/b", "team_a"] {
+            let err = EgressPolicy::for_namespace(bad, &config).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!(
+                    "`egress_namespaces.{bad}` does not name a namespace"
+                )),
+                "{err}"
             );
         }
     }

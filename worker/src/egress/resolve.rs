@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::policy::{EgressPolicy, SETTING};
+use super::policy::EgressPolicy;
 use crate::{StepError, codes};
 
 /// Looks host names up (the system resolver; tests give a table).
@@ -32,14 +32,17 @@ impl Lookup for SystemLookup {
 }
 
 /// A step tried to reach a destination the policy denies. The message is the same whether
-/// anything listens there or not.
+/// anything listens there or not; it names the setting of the policy that applied, so that an
+/// operator knows which one to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("egress to {} is denied by the worker's egress policy ({SETTING})", destination(.host, *.port))]
+#[error("egress to {} is denied by the worker's egress policy ({setting})", destination(.host, *.port))]
 pub struct EgressDenied {
     /// The host as the step gave it.
     pub host: String,
     /// The port, where the denial knows it (a reqwest resolver does not).
     pub port: Option<u16>,
+    /// The policy's setting: `worker.egress` or `worker.egress_namespaces.<namespace>`.
+    pub setting: String,
 }
 
 impl EgressDenied {
@@ -135,11 +138,7 @@ impl Egress {
     /// is, a name is looked up and its addresses checked. Connect to these and no others.
     pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveError> {
         let ips = self.resolve_ips(host).await.map_err(|err| match err {
-            LookupFailed::Denied => EgressDenied {
-                host: host.to_owned(),
-                port: Some(port),
-            }
-            .into(),
+            LookupFailed::Denied => self.denied(host, Some(port)).into(),
             LookupFailed::Io(source) => ResolveError::Lookup {
                 host: host.to_owned(),
                 port,
@@ -159,11 +158,17 @@ impl Egress {
             self.policy
                 .check(host, &[ip])
                 .map(|_| ip)
-                .map_err(|_| EgressDenied {
-                    host: host.to_owned(),
-                    port: Some(port),
-                }),
+                .map_err(|_| self.denied(host, Some(port))),
         )
+    }
+
+    /// The denial of `host` (and `port`) by this policy.
+    pub fn denied(&self, host: &str, port: Option<u16>) -> EgressDenied {
+        EgressDenied {
+            host: host.to_owned(),
+            port,
+            setting: self.policy.setting().to_owned(),
+        }
     }
 
     async fn resolve_ips(&self, host: &str) -> Result<Vec<IpAddr>, LookupFailed> {
@@ -219,11 +224,10 @@ impl reqwest::dns::Resolve for Egress {
                         Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
                     Ok(addrs)
                 }
-                Err(LookupFailed::Denied) => Err(Box::new(EgressDenied {
-                    host: host.to_owned(),
-                    port: None,
-                })
-                    as Box<dyn std::error::Error + Send + Sync>),
+                Err(LookupFailed::Denied) => {
+                    Err(Box::new(egress.denied(host, None))
+                        as Box<dyn std::error::Error + Send + Sync>)
+                }
                 Err(LookupFailed::Io(err)) => Err(Box::new(err) as _),
             }
         })

@@ -72,7 +72,7 @@ impl LlmExecutor {
         };
         let channel = Endpoint::from_shared(endpoint.clone())
             .map_err(|e| crate::Error::Config {
-                field: "inference_endpoint",
+                field: "inference_endpoint".into(),
                 message: format!("`{endpoint}`: {e}"),
             })?
             .connect_timeout(Duration::from_secs(5))

@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::{Executor, Registry, StepError, TaskContext};
 
+mod egress;
+
 fn task(run_id: &str, step_id: &str, kind: &str, input: Json) -> pb::Task {
     pb::Task {
         run_id: run_id.into(),

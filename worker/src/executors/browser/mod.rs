@@ -1,7 +1,8 @@
 //! `browser`: drives a real headless Chromium through a list of actions, as a clerk would.
 //!
 //! The executor talks WebDriver (with [`fantoccini`]) to one `chromedriver` per worker, which it
-//! starts on first use on a free loopback port and shares between steps. Each step gets a fresh
+//! starts on first use on a free loopback port and shares between steps, those of namespaces with
+//! an egress policy of their own included ([`BrowserExecutor::with_egress`]). Each step gets a fresh
 //! browsing context: a new session, that is a new Chromium with an empty profile directory of its
 //! own, closed when the step ends, fails, times out or is cancelled. [`BrowserExecutor::shutdown`]
 //! (or dropping the executor) kills `chromedriver` and every Chromium it started. Debian's
@@ -37,8 +38,8 @@
 //!
 //! # Egress
 //! Every request of the page goes through a proxy of the worker's own (one per browsing context)
-//! that checks its destination against the worker's egress policy (`worker.egress`, see
-//! [`crate::egress`]): navigations, each redirect hop, subresources, `fetch`/XHR, form posts,
+//! that checks its destination against the egress policy of the step's namespace
+//! (`worker.egress` or `worker.egress_namespaces.<namespace>`, see [`crate::egress`]): navigations, each redirect hop, subresources, `fetch`/XHR, form posts,
 //! WebSockets, over HTTP and HTTPS (`CONNECT`), loopback included. The proxy resolves names
 //! itself and connects to the checked address. WebRTC may not send UDP outside it; QUIC and DNS
 //! prefetching are off. A denied request is answered `403` by the proxy, and the step fails with
@@ -123,11 +124,20 @@ impl Default for BrowserConfig {
     }
 }
 
-/// The `browser` executor: one `chromedriver` (started on first use) shared by every step.
+/// The `browser` executor: one `chromedriver` (started on first use) shared by every step, and
+/// the egress policy its pages are held to.
 #[derive(Debug)]
 pub struct BrowserExecutor {
-    config: BrowserConfig,
     egress: Egress,
+    browser: Arc<SharedDriver>,
+}
+
+/// The `chromedriver` of a worker, shared by its `browser` executors whatever their egress
+/// policy: a policy applies per browsing context, through the context's own proxy. Dropping the
+/// last executor kills it (`Driver`'s own drop kills its process group).
+#[derive(Debug)]
+struct SharedDriver {
+    config: BrowserConfig,
     driver: Mutex<Option<Driver>>,
     /// Cancelled by [`BrowserExecutor::shutdown`]: steps in flight stop, new ones are refused.
     closing: CancellationToken,
@@ -140,26 +150,40 @@ impl BrowserExecutor {
     /// `egress` allows.
     pub fn new(config: BrowserConfig, egress: Egress) -> Self {
         Self {
-            config,
             egress,
-            driver: Mutex::new(None),
-            closing: CancellationToken::new(),
-            in_flight: Arc::new(RwLock::new(())),
+            browser: Arc::new(SharedDriver {
+                config,
+                driver: Mutex::new(None),
+                closing: CancellationToken::new(),
+                in_flight: Arc::new(RwLock::new(())),
+            }),
         }
     }
 
-    /// Stops for good: steps in flight close their browsing contexts and fail with
-    /// `browser_unavailable` (within 10 s), then `chromedriver` and every Chromium it started are
-    /// killed. Later steps fail with `browser_unavailable`. Calling it again does nothing.
+    /// An executor whose pages reach only what `egress` allows, on this one's `chromedriver`
+    /// (one process for both, started on first use by either, stopped by either's
+    /// [`shutdown`](Self::shutdown)): what a namespace with an egress policy of its own gets.
+    pub fn with_egress(&self, egress: Egress) -> Self {
+        Self {
+            egress,
+            browser: Arc::clone(&self.browser),
+        }
+    }
+
+    /// Stops for good, for every executor that shares this one's `chromedriver`: steps in flight
+    /// close their browsing contexts and fail with `browser_unavailable` (within 10 s), then
+    /// `chromedriver` and every Chromium it started are killed. Later steps fail with
+    /// `browser_unavailable`. Calling it again does nothing.
     pub async fn shutdown(&self) {
-        self.closing.cancel();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.in_flight.write())
+        let browser = &self.browser;
+        browser.closing.cancel();
+        if tokio::time::timeout(SHUTDOWN_GRACE, browser.in_flight.write())
             .await
             .is_err()
         {
             tracing::warn!("browser steps still running at shutdown; killing the browser");
         }
-        let driver = self.driver.lock().await.take();
+        let driver = browser.driver.lock().await.take();
         if let Some(driver) = driver {
             driver.stop().await;
             tracing::debug!("chromedriver stopped");
@@ -168,9 +192,10 @@ impl BrowserExecutor {
 
     /// A new browsing context, starting (or restarting) `chromedriver` when needed.
     async fn open_session(&self) -> Result<Session, StepError> {
-        let mut driver = self.driver.lock().await;
+        let browser = &self.browser;
+        let mut driver = browser.driver.lock().await;
         // Checked under the lock: `shutdown` cancels, then takes the driver under it.
-        if self.closing.is_cancelled() {
+        if browser.closing.is_cancelled() {
             return Err(shut_down());
         }
         if let Some(running) = driver.as_mut()
@@ -180,7 +205,7 @@ impl BrowserExecutor {
             *driver = None;
         }
         if driver.is_none() {
-            *driver = Some(Driver::start(&self.config).await?);
+            *driver = Some(Driver::start(&browser.config).await?);
         }
         let url = match driver.as_ref() {
             Some(running) => running.url.clone(),
@@ -192,7 +217,7 @@ impl BrowserExecutor {
         // rather than being left to the driver.
         tokio::spawn(driver::new_session(
             url,
-            self.config.clone(),
+            browser.config.clone(),
             self.egress.clone(),
         ))
         .await
@@ -201,7 +226,12 @@ impl BrowserExecutor {
 
     #[cfg(test)]
     async fn driver_pid(&self) -> Option<u32> {
-        self.driver.lock().await.as_ref().and_then(Driver::pid)
+        self.browser
+            .driver
+            .lock()
+            .await
+            .as_ref()
+            .and_then(Driver::pid)
     }
 }
 
@@ -221,29 +251,23 @@ impl Executor for BrowserExecutor {
 
     async fn execute(&self, ctx: &TaskContext, input: Json) -> Result<Json, StepError> {
         let script = Script::parse(&input)?;
+        let closing = &self.browser.closing;
         let _in_flight = tokio::select! {
-            guard = self.in_flight.clone().read_owned() => guard,
-            () = self.closing.cancelled() => return Err(shut_down()),
+            guard = self.browser.in_flight.clone().read_owned() => guard,
+            () = closing.cancelled() => return Err(shut_down()),
         };
         let session = tokio::select! {
             session = self.open_session() => session?,
             () = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
-            () = self.closing.cancelled() => return Err(shut_down()),
+            () = closing.cancelled() => return Err(shut_down()),
         };
         let result = tokio::select! {
             result = run::run(&session, &script, ctx) => result,
             () = ctx.cancel.cancelled() => Err(StepError::cancelled()),
-            () = self.closing.cancelled() => Err(shut_down()),
+            () = closing.cancelled() => Err(shut_down()),
         };
         session.close().await;
         result
-    }
-}
-
-impl Drop for BrowserExecutor {
-    fn drop(&mut self) {
-        // `Driver`'s own drop kills its process group.
-        self.driver.get_mut().take();
     }
 }
 

@@ -538,3 +538,37 @@ async fn pages_reach_only_what_the_egress_policy_allows() {
     }
     executor.shutdown().await;
 }
+
+#[tokio::test]
+async fn executors_under_two_policies_share_one_chromedriver() {
+    let (url, _) = serve().await;
+    let open = BrowserExecutor::new(config(), Egress::permissive());
+    let team_a = crate::egress::EgressPolicy::for_namespace("team-a", &Default::default()).unwrap();
+    let closed = open.with_egress(Egress::new(team_a));
+    let ctx = TaskContext::new("run-ns", "browse");
+    let step = json!({"actions": [{"open": format!("{url}/login")}]});
+
+    open.execute(&ctx, step.clone()).await.unwrap();
+    let driver = open.driver_pid().await;
+    assert!(driver.is_some());
+    let err = closed.execute(&ctx, step.clone()).await.unwrap_err();
+    assert_eq!(err.code, "egress_denied", "{err}");
+    assert!(
+        err.message
+            .contains("is denied by the worker's egress policy (worker.egress_namespaces.team-a);"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        closed.driver_pid().await,
+        driver,
+        "one chromedriver for both"
+    );
+
+    // Shutting one down stops the driver for both.
+    closed.shutdown().await;
+    assert_eq!(open.driver_pid().await, None);
+    assert!(!alive(driver.unwrap()));
+    let err = open.execute(&ctx, step).await.unwrap_err();
+    assert_eq!(err.code, codes::BROWSER_UNAVAILABLE);
+}

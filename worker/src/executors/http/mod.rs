@@ -23,7 +23,8 @@
 //! JSON body is `null`.
 //!
 //! # Errors
-//! - `egress_denied`: the worker's egress policy (`worker.egress`, see [`crate::egress`]) denies
+//! - `egress_denied`: the egress policy of the step's namespace (`worker.egress`, or
+//!   `worker.egress_namespaces.<namespace>`; see [`crate::egress`]) denies
 //!   the URL's host or a redirect's; nothing was sent there. The message is the same whether
 //!   anything listens there or not.
 //! - `http_status`: the status is not expected. Retryable for 5xx, 429 and 408. The message holds

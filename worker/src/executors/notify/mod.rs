@@ -43,8 +43,8 @@
 //!   (all of them: a refused recipient fails the step).
 //!
 //! # Errors
-//! - `egress_denied`: the worker's egress policy (`worker.egress`) denies the webhook's host or
-//!   the relay.
+//! - `egress_denied`: the egress policy of the step's namespace (`worker.egress`, or
+//!   `worker.egress_namespaces.<namespace>`) denies the webhook's host or the relay.
 //! - `notify_failed`: the webhook answered other than 2xx (retryable for 5xx and 429) or could not
 //!   be reached (retryable); the SMTP relay refused the message (retryable for 4xx replies) or
 //!   could not be reached (retryable).

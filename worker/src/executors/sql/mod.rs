@@ -26,11 +26,13 @@
 //! Connections are plain TCP (or Unix sockets): TLS is not supported yet, so use a local or
 //! otherwise trusted network.
 //!
-//! The worker's egress policy (`worker.egress`, see [`crate::egress`]) applies: every step
+//! The egress policy of the step's namespace (`worker.egress`, or its own
+//! `worker.egress_namespaces.<namespace>`; see [`crate::egress`]) applies: every step
 //! resolves the DSN's hosts itself, checks the addresses, and connects to the first checked
 //! address of each host (given to the driver as `hostaddr`, so the host name stays the server's
 //! name); a `hostaddr` in the DSN is checked as it is. Unix sockets (`host=/var/run/postgresql`,
-//! `@abstract`) are refused unless `worker.egress.allow_unix_sockets` is set.
+//! `@abstract`) are refused unless the policy's `allow_unix_sockets` is set. Pools are the
+//! executor's, so a namespace with a policy of its own has pools of its own.
 //!
 //! # Output
 //! - `query`: `{rows: [{column: value}], count}`. Columns read as JSON: `bool`; integers; floats
@@ -67,7 +69,7 @@ use tokio_postgres::types::ToSql;
 
 use self::input::{Action, parse_action};
 use self::types::{Param, row_to_json};
-use crate::egress::{Egress, EgressDenied, policy::SETTING};
+use crate::egress::Egress;
 use crate::executors::Input;
 use crate::{Executor, StepError, TaskContext};
 
@@ -179,7 +181,8 @@ impl SqlExecutor {
                     crate::codes::EGRESS_DENIED,
                     format!(
                         "egress to the unix socket {socket} is denied by the worker's egress \
-                         policy ({SETTING}.allow_unix_sockets)"
+                         policy ({}.allow_unix_sockets)",
+                        policy.setting()
                     ),
                 ));
             }
@@ -194,11 +197,9 @@ impl SqlExecutor {
                 };
                 let port = port_of(i);
                 policy.check(&name, &[*addr]).map_err(|_| {
-                    EgressDenied {
-                        host: addr.to_string(),
-                        port: Some(port),
-                    }
-                    .into_step_error()
+                    self.egress
+                        .denied(&addr.to_string(), Some(port))
+                        .into_step_error()
                 })?;
             }
             return Ok(config);
