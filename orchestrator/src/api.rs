@@ -275,12 +275,17 @@ impl FlowService for Api {
         &self,
         req: Request<pb::SignalRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        // With a token, the answer records the token's name, whatever the request says.
-        let token_name = req
+        // An authenticated caller (a token, a certificate, an OIDC token) answers under its own
+        // name and role, whatever the request says; with authentication off, the caller has no
+        // role and its `by` is taken at its word.
+        let (token_name, role) = match req
             .extensions()
             .get::<crate::auth::Identity>()
             .filter(|who| !who.token_id.is_empty())
-            .map(|who| who.name.clone());
+        {
+            Some(who) => (Some(who.name.clone()), who.role.name()),
+            None => (None, ""),
+        };
         let ns = namespace(&req)?;
         let req = req.into_inner();
         let by = token_name.unwrap_or(req.by);
@@ -293,6 +298,7 @@ impl FlowService for Api {
                 req.approve,
                 &req.comment,
                 &by,
+                role,
             )
             .await?;
         Ok(Response::new(convert::run(&state)))

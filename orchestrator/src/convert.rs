@@ -238,6 +238,8 @@ pub fn approval(a: &PendingApproval) -> pb::Approval {
         message: a.message.clone(),
         requested_at_ms: a.requested_at_ms,
         deadline_ms: a.deadline_ms.unwrap_or(0),
+        approver_roles: a.approver_roles.clone(),
+        approver_names: a.approver_names.clone(),
     }
 }
 

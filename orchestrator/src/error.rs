@@ -124,6 +124,10 @@ impl From<Error> for tonic::Status {
                 rejection: Rejection::UnknownStep(_),
                 ..
             } => tonic::Status::not_found(message),
+            Error::Rejected {
+                rejection: Rejection::NotAnApprover { .. },
+                ..
+            } => tonic::Status::permission_denied(message),
             Error::Rejected { .. } | Error::FailedPrecondition(_) => {
                 tonic::Status::failed_precondition(message)
             }

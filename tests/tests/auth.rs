@@ -310,7 +310,7 @@ async fn the_first_admin_token_is_made_once() {
 }
 
 /// An approval answered with a token records the token's name, not what the caller claims; a
-/// viewer may not answer at all.
+/// viewer may not answer at all, and a step's `approvers` keep out everyone else, admins too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_answer_records_the_token_that_gave_it() {
     let dev = Dev::launch_env(&[], &[("RPAFLOW_AUTH__ENABLED", "true")]).await;
@@ -340,7 +340,7 @@ async fn an_approval_answer_records_the_token_that_gave_it() {
     let flow = dev.data_dir().join("ask.yaml");
     std::fs::write(
         &flow,
-        "name: ask\nsteps:\n  - { id: ok, uses: approval, with: { message: 'go?' } }\n",
+        "name: ask\nsteps:\n  - { id: ok, uses: approval, with: { message: 'go?', approvers: { roles: [approver] } } }\n",
     )
     .unwrap();
     let flow = flow.to_str().unwrap();
@@ -386,6 +386,36 @@ async fn an_approval_answer_records_the_token_that_gave_it() {
     .await;
     assert_ne!(refused.code(), Some(0), "{refused}");
     assert!(refused.stderr.contains("PermissionDenied"), "{refused}");
+    let admin_refused = rpaflow(
+        &[
+            "run",
+            "signal",
+            &run_id,
+            "ok",
+            "--approve",
+            "--server",
+            &url,
+            "--token",
+            &admin,
+        ],
+        TIMEOUT,
+    )
+    .await;
+    assert_ne!(admin_refused.code(), Some(0), "{admin_refused}");
+    assert!(
+        admin_refused
+            .stderr
+            .contains("step `ok` may only be answered by roles approver")
+            && admin_refused.stderr.contains("PermissionDenied"),
+        "{admin_refused}"
+    );
+    // The inbox says who may answer.
+    let inbox = cli_json(&dev, &viewer, &["approvals", "list"]).await;
+    assert_eq!(
+        inbox[0]["approvers"]["roles"],
+        json!(["approver"]),
+        "{inbox}"
+    );
     rpaflow(
         &[
             "run",

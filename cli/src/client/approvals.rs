@@ -48,6 +48,15 @@ pub async fn approvals(cmd: ApprovalsCommand) -> anyhow::Result<ExitCode> {
                     output::ms_to_rfc3339(a.requested_at_ms),
                     a.message
                 );
+                let who: Vec<String> = a
+                    .approver_roles
+                    .iter()
+                    .map(|r| format!("role {r}"))
+                    .chain(a.approver_names.iter().cloned())
+                    .collect();
+                if !who.is_empty() {
+                    println!("{:<38} answered only by: {}", "", who.join(", "));
+                }
             }
             if !approvals.is_empty() {
                 println!(

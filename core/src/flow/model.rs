@@ -492,3 +492,123 @@ mod tests {
         assert!(!any.should_retry(1, "whatever", false));
     }
 }
+
+/// The roles an API caller may have (the orchestrator's `auth` grants each its permissions).
+pub const ROLE_NAMES: [&str; 5] = ["admin", "developer", "operator", "approver", "viewer"];
+
+/// Who may answer an approval step: `with.approvers`, `{ roles: [...], names: [...] }`. A caller
+/// of a listed role, or a caller whose token (or certificate, or OIDC subject) has a listed name,
+/// may answer; anyone else is refused, admins included. A step without `approvers` may be
+/// answered by every caller the API lets answer approvals.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Approvers {
+    pub roles: Vec<String>,
+    pub names: Vec<String>,
+}
+
+impl Approvers {
+    /// The approvers an approval step's `with` names, if any; an error says what is wrong.
+    pub fn of(with: &Json) -> Result<Option<Self>, String> {
+        let Some(value) = with.get("approvers") else {
+            return Ok(None);
+        };
+        let Json::Object(map) = value else {
+            return Err("`approvers` must be a mapping with `roles` and/or `names`".into());
+        };
+        let mut approvers = Approvers::default();
+        for (key, list) in map {
+            let target = match key.as_str() {
+                "roles" => &mut approvers.roles,
+                "names" => &mut approvers.names,
+                other => {
+                    return Err(format!(
+                        "`approvers` has an unknown key `{other}` (expected `roles` or `names`)"
+                    ));
+                }
+            };
+            let Json::Array(items) = list else {
+                return Err(format!("`approvers.{key}` must be a list of strings"));
+            };
+            for item in items {
+                match item.as_str() {
+                    Some(text) if !text.trim().is_empty() && !text.contains("{{") => {
+                        target.push(text.trim().to_owned());
+                    }
+                    _ => {
+                        return Err(format!(
+                            "`approvers.{key}` must hold plain non-empty names, not {item}"
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(role) = approvers
+            .roles
+            .iter()
+            .find(|r| !ROLE_NAMES.contains(&r.as_str()))
+        {
+            return Err(format!(
+                "`approvers.roles` names `{role}`, which is not a role ({})",
+                ROLE_NAMES.join(", ")
+            ));
+        }
+        if approvers.roles.is_empty() && approvers.names.is_empty() {
+            return Err("`approvers` names no role and no name: nobody could answer".into());
+        }
+        Ok(Some(approvers))
+    }
+
+    /// Whether a caller with `role` (empty: none) and `name` may answer.
+    pub fn allow(&self, role: &str, name: &str) -> bool {
+        (!role.is_empty() && self.roles.iter().any(|r| r == role))
+            || (!name.is_empty() && self.names.iter().any(|n| n == name))
+    }
+
+    /// Who may answer, for a person: `roles approver, admin; names alice`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.roles.is_empty() {
+            parts.push(format!("roles {}", self.roles.join(", ")));
+        }
+        if !self.names.is_empty() {
+            parts.push(format!("names {}", self.names.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
+#[cfg(test)]
+mod approvers_tests {
+    use serde_json::json;
+
+    use super::Approvers;
+
+    #[test]
+    fn approvers_are_roles_or_names_and_nothing_else() {
+        assert_eq!(Approvers::of(&json!({"message": "ok?"})), Ok(None));
+        let both =
+            Approvers::of(&json!({"approvers": {"roles": ["approver"], "names": ["alice"]}}))
+                .unwrap()
+                .unwrap();
+        assert!(both.allow("approver", "bob"));
+        assert!(both.allow("viewer", "alice"));
+        assert!(!both.allow("admin", "mallory"));
+        assert!(!both.allow("", ""));
+        assert_eq!(both.describe(), "roles approver; names alice");
+        for (bad, says) in [
+            (json!("alice"), "must be a mapping"),
+            (json!({"people": ["a"]}), "unknown key `people`"),
+            (json!({"roles": "approver"}), "must be a list"),
+            (json!({"roles": ["boss"]}), "`boss`, which is not a role"),
+            (json!({"names": [""]}), "plain non-empty names"),
+            (
+                json!({"names": ["{{ inputs.who }}"]}),
+                "plain non-empty names",
+            ),
+            (json!({"names": []}), "nobody could answer"),
+        ] {
+            let err = Approvers::of(&json!({ "approvers": bad })).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+}

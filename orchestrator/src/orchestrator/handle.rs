@@ -415,6 +415,7 @@ impl OrchestratorHandle {
         approve: bool,
         comment: &str,
         by: &str,
+        role: &str,
     ) -> Result<RunState> {
         self.check_run(namespace, run_id)?;
         let input = Input::Signal {
@@ -422,6 +423,7 @@ impl OrchestratorHandle {
             approve,
             comment: comment.to_owned(),
             by: by.to_owned(),
+            role: role.to_owned(),
         };
         self.command(run_id, input).await
     }

@@ -82,6 +82,11 @@ impl Shared {
                     message,
                     deadline_ms,
                 } => {
+                    let approvers = state
+                        .flow
+                        .step(step)
+                        .and_then(|def| rpaflow_core::flow::Approvers::of(&def.with).ok().flatten())
+                        .unwrap_or_default();
                     self.store.put_approval(&PendingApproval {
                         run_id: state.run_id.clone(),
                         flow: state.flow.name.clone(),
@@ -90,6 +95,8 @@ impl Shared {
                         message: message.clone(),
                         requested_at_ms: event.at_ms,
                         deadline_ms: *deadline_ms,
+                        approver_roles: approvers.roles,
+                        approver_names: approvers.names,
                     })?;
                 }
                 EventKind::StepFinished { step, .. } => {

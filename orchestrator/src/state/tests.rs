@@ -165,6 +165,7 @@ fn a_queued_run_waits_for_its_place_then_runs() {
             approve: true,
             comment: String::new(),
             by: String::new(),
+            role: String::new(),
         }),
         Err(Rejection::NotRunning("queued"))
     );
@@ -536,6 +537,7 @@ fn approvals_wait_for_a_person() {
         approve: true,
         comment: String::new(),
         by: "x".into(),
+        role: String::new(),
     });
     assert!(matches!(wrong, Err(Rejection::NotWaiting { .. })));
     sim.handle(Input::Signal {
@@ -543,6 +545,7 @@ fn approvals_wait_for_a_person() {
         approve: true,
         comment: "fine".into(),
         by: "ann".into(),
+        role: String::new(),
     })
     .unwrap();
     let pay = sim.take_dispatches();
@@ -550,6 +553,55 @@ fn approvals_wait_for_a_person() {
     assert!(
         matches!(&sim.events[1].kind, EventKind::ApprovalRequested { message, deadline_ms: None, .. } if message == "refund 500?")
     );
+}
+
+#[test]
+fn an_approval_with_approvers_takes_an_answer_only_from_them() {
+    let f = flow(
+        "name: t\nsteps:\n  - id: ok\n    uses: approval\n    with: { message: 'go?', approvers: { roles: [approver], names: [carol] } }\n",
+    );
+    let mut sim = Sim::start(f, json!({}));
+    let answer = |by: &str, role: &str| Input::Signal {
+        step: "ok".into(),
+        approve: true,
+        comment: String::new(),
+        by: by.into(),
+        role: role.into(),
+    };
+    // Neither the role nor the name: refused, saying who may answer; admins are no exception.
+    for (by, role) in [
+        ("mallory", "admin"),
+        ("dave", "operator"),
+        ("anonymous", ""),
+    ] {
+        match sim.handle(answer(by, role)) {
+            Err(Rejection::NotAnApprover { step, allowed }) => {
+                assert_eq!(step, "ok");
+                assert_eq!(allowed, "roles approver; names carol");
+            }
+            other => panic!("{by} as {role:?}: {other:?}"),
+        }
+        assert_eq!(
+            sim.state.step_state("ok").unwrap().status,
+            StepStatus::WaitingApproval
+        );
+    }
+    // A listed name answers whatever its role, and is recorded.
+    sim.handle(answer("carol", "viewer")).unwrap();
+    assert!(
+        sim.events
+            .iter()
+            .any(|e| matches!(&e.kind, EventKind::ApprovalAnswered { by, .. } if by == "carol"))
+    );
+    assert_eq!(sim.finished(), Some(RunStatus::Succeeded));
+
+    // A listed role answers under any name.
+    let f = flow(
+        "name: t\nsteps:\n  - { id: ok, uses: approval, with: { approvers: { roles: [approver] } } }\n",
+    );
+    let mut sim = Sim::start(f, json!({}));
+    sim.handle(answer("alice", "approver")).unwrap();
+    assert_eq!(sim.finished(), Some(RunStatus::Succeeded));
 }
 
 #[test]

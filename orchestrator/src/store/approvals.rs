@@ -16,6 +16,11 @@ pub struct PendingApproval {
     pub message: String,
     pub requested_at_ms: i64,
     pub deadline_ms: Option<i64>,
+    /// Who may answer (the step's `with.approvers`); both empty: anyone allowed to approve.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approver_roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approver_names: Vec<String>,
 }
 
 impl Store {

@@ -9,7 +9,7 @@ use marked_yaml::{Node, Span};
 use super::Parser;
 use super::nodes::closest;
 use crate::expr;
-use crate::flow::model::{Flow, OnFailure};
+use crate::flow::model::{Approvers, Flow, OnFailure};
 
 /// Unknown `needs` that get a "did you mean" hint; each hint compares with every step id.
 const MAX_HINTS: usize = 20;
@@ -125,6 +125,14 @@ impl Parser<'_> {
                         "`subflow` step `{}` needs `with.flow`, the name of a registered flow",
                         step.id
                     ),
+                );
+            }
+            if step.uses == "approval"
+                && let Err(e) = Approvers::of(&step.with)
+            {
+                self.err(
+                    &span_of(&step.id, "with"),
+                    format!("approval step `{}`: {e}", step.id),
                 );
             }
             if step.uses == "approval" && step.for_each.is_some() {

@@ -424,3 +424,25 @@ fn deep_nesting_is_refused_before_the_yaml_is_loaded() {
     let err = parse("deep.yaml", &deep).unwrap_err();
     assert!(err.0[0].message.contains("nest deeper"), "{err}");
 }
+
+#[test]
+fn approvers_are_checked_where_they_are_written() {
+    let src = "name: a
+steps:
+  - id: ok
+    uses: approval
+    with:
+      message: go?
+      approvers: { roles: [boss] }
+";
+    let err = parse("a.yaml", src).unwrap_err().to_string();
+    assert!(
+        err.contains("a.yaml:6:")
+            && err.contains(
+                "approval step `ok`: `approvers.roles` names `boss`, which is not a role"
+            ),
+        "{err}"
+    );
+    let good = "name: a\nsteps:\n  - { id: ok, uses: approval, with: { approvers: { names: [carol] } } }\n";
+    assert!(parse("a.yaml", good).is_ok());
+}

@@ -40,7 +40,10 @@ pub enum Input {
         step: String,
         approve: bool,
         comment: String,
+        /// Who answers: the caller's name.
         by: String,
+        /// The caller's role; empty when the caller has none (authentication off).
+        role: String,
     },
     /// Restart a failed run from its failed steps.
     Retry,
@@ -107,6 +110,8 @@ pub enum Rejection {
     UnknownStep(String),
     #[error("step `{step}` is {status}, not waiting for approval")]
     NotWaiting { step: String, status: &'static str },
+    #[error("step `{step}` may only be answered by {allowed}")]
+    NotAnApprover { step: String, allowed: String },
 }
 
 /// One call of `handle`: the events made so far, applied as they are made.
@@ -243,6 +248,7 @@ impl RunState {
                 approve,
                 comment,
                 by,
+                role,
             } => {
                 if tx.state.status != RunStatus::Running {
                     return Err(Rejection::NotRunning(tx.state.status.name()));
@@ -255,6 +261,19 @@ impl RunState {
                     return Err(Rejection::NotWaiting {
                         step,
                         status: st.display_status().name(),
+                    });
+                }
+                // The flow was validated when registered: its `approvers` parse.
+                let approvers =
+                    tx.state.flow.step(&step).and_then(|def| {
+                        rpaflow_core::flow::Approvers::of(&def.with).ok().flatten()
+                    });
+                if let Some(approvers) = approvers
+                    && !approvers.allow(&role, &by)
+                {
+                    return Err(Rejection::NotAnApprover {
+                        step,
+                        allowed: approvers.describe(),
                     });
                 }
                 tx.emit(EventKind::ApprovalAnswered {
