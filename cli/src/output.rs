@@ -56,6 +56,7 @@ fn error_json(e: Option<&pb::StepError>) -> Json {
 pub fn run_json(run: &pb::Run) -> Json {
     json!({
         "run_id": run.run_id,
+        "namespace": run.namespace,
         "flow": run.flow,
         "flow_version": run.flow_version,
         "status": run_status_name(run.status),
@@ -155,6 +156,7 @@ pub fn flow_json(f: &pb::Flow) -> Json {
     let def = f.definition.clone().unwrap_or_default();
     json!({
         "name": f.name,
+        "namespace": f.namespace,
         "version": f.version,
         "versions": f.versions,
         "created_at": ms_to_rfc3339(f.created_at_ms),
@@ -209,6 +211,7 @@ pub fn approval_json(a: &pb::Approval) -> Json {
         "message": a.message,
         "requested_at": ms_to_rfc3339(a.requested_at_ms),
         "deadline": if a.deadline_ms > 0 { Json::String(ms_to_rfc3339(a.deadline_ms)) } else { Json::Null },
+        "approvers": { "roles": a.approver_roles, "names": a.approver_names },
     })
 }
 

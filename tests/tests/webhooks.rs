@@ -686,3 +686,79 @@ steps:
     );
     assert_eq!(dev.list_runs("gate-hook", "").await.len(), 2);
 }
+
+/// A webhook runs the flow of the namespace its path names, checked with that namespace's
+/// secret: the same flow name and secret name in `default` (the sandbox) and `team-a`, with
+/// different keys. Each key starts only its own namespace's run; an unknown namespace, or a
+/// namespace without the flow, is the same 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_runs_in_the_namespace_its_path_names_with_that_namespaces_secret() {
+    let dev = launch().await;
+    let url = dev.url();
+    let cli = |args: &[&str]| {
+        let mut full: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        full.extend(["--server".into(), url.clone()]);
+        async move {
+            let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+            rpaflow_tests::rpaflow(&refs, TIMEOUT).await
+        }
+    };
+    cli(&["namespace", "create", "team-a"])
+        .await
+        .expect_success();
+    cli(&["namespace", "create", "team-b"])
+        .await
+        .expect_success();
+    const TEAM_KEY: &str = "team-a-hook-key-71c2";
+    cli(&[
+        "secret", "set", "HOOK_KEY", "--value", TEAM_KEY, "--ns", "team-a",
+    ])
+    .await
+    .expect_success();
+    let file = dev.data_dir().join("team-order-hook.yaml");
+    std::fs::write(&file, SIGNED).unwrap();
+    cli(&["flow", "register", file.to_str().unwrap(), "--ns", "team-a"])
+        .await
+        .expect_success();
+
+    let body = br#"{"customer": {"name": "Ada"}}"#;
+    let deliver = |path: &'static str, key: &'static str, delivery: &'static str| {
+        let dev = &dev;
+        async move {
+            let signature = sign(&[key], now(), delivery, body);
+            post(dev, path, &signed(&signature, delivery), body).await
+        }
+    };
+    const TEAM_HOOK: &str = "/hooks/team-a/order-hook";
+    // Each namespace's key opens only its own namespace's hook.
+    let wrong = deliver(TEAM_HOOK, KEY, "d-1").await;
+    assert_eq!(
+        (wrong.status, wrong.raw.ends_with(UNAUTHORIZED)),
+        (401, true),
+        "{}",
+        wrong.raw
+    );
+    let wrong = deliver(ORDER_HOOK, TEAM_KEY, "d-2").await;
+    assert_eq!(wrong.status, 401, "{}", wrong.raw);
+    // Unknown namespace, and a namespace without the flow: the same 401, nothing learned.
+    for path in ["/hooks/nobody/order-hook", "/hooks/team-b/order-hook"] {
+        let answer = deliver(path, TEAM_KEY, "d-3").await;
+        assert_eq!(answer.status, 401, "{path}: {}", answer.raw);
+        assert!(answer.raw.ends_with(UNAUTHORIZED), "{path}: {}", answer.raw);
+    }
+    let accepted = deliver(TEAM_HOOK, TEAM_KEY, "d-4").await;
+    assert_eq!(accepted.status, 201, "{}", accepted.raw);
+    let run_id = accepted.body["run_id"].as_str().unwrap().to_owned();
+
+    // The run is team-a's: listed there, not found from `default`.
+    let got = cli(&["run", "get", &run_id, "--ns", "team-a", "--output", "json"]).await;
+    got.expect_success();
+    assert!(got.stdout.contains("\"namespace\":\"team-a\""), "{got}");
+    let hidden = cli(&["run", "get", &run_id]).await;
+    assert!(hidden.stderr.contains("NotFound"), "{hidden}");
+    let in_default = dev.list_runs("order-hook", "").await;
+    assert!(
+        in_default.iter().all(|r| r.run_id != run_id),
+        "{in_default:?}"
+    );
+}
