@@ -274,6 +274,17 @@ impl Dev {
         }
     }
 
+    /// `rpaflow ARGS --server URL --token TOKEN --output json` against this process, its
+    /// answer parsed; panics with the command's output when it fails.
+    pub async fn cli_json(&self, token: &str, args: &[&str]) -> Json {
+        let url = self.url();
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--server", &url, "--token", token, "--output", "json"]);
+        let out = crate::rpaflow(&full, Duration::from_secs(30)).await;
+        out.expect_success();
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
     /// A client of the current process (clients share one connection).
     pub async fn client(&self) -> FlowServiceClient<Channel> {
         FlowServiceClient::new(self.channel().await)

@@ -111,16 +111,6 @@ async fn call(dev: &Dev, path: &str, streaming: bool, token: Option<&str>) -> Co
     }
 }
 
-/// `rpaflow ARGS --server URL --token TOKEN --output json`, parsed.
-async fn cli_json(dev: &Dev, token: &str, args: &[&str]) -> Json {
-    let url = dev.url();
-    let mut full: Vec<&str> = args.to_vec();
-    full.extend(["--server", &url, "--token", token, "--output", "json"]);
-    let out = rpaflow(&full, TIMEOUT).await;
-    out.expect_success();
-    serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_answers_each_credential_as_the_role_table_says_and_refusals_change_nothing() {
     let dev = Dev::launch_env(&[], &[("RPAFLOW_AUTH__ENABLED", "true")]).await;
@@ -142,51 +132,50 @@ async fn every_rpc_answers_each_credential_as_the_role_table_says_and_refusals_c
 
     let mut tokens: BTreeMap<&str, String> = BTreeMap::new();
     for role in ["admin", "developer", "operator", "approver", "viewer"] {
-        let made = cli_json(
-            &dev,
+        let made = dev
+            .cli_json(
+                &admin,
+                &[
+                    "token",
+                    "create",
+                    "--role",
+                    role,
+                    "--name",
+                    &format!("e2e-{role}"),
+                ],
+            )
+            .await;
+        assert_eq!(made["role"], json!(role));
+        tokens.insert(role, made["token"].as_str().expect("the token").to_owned());
+    }
+    let revoked = dev
+        .cli_json(
+            &admin,
+            &["token", "create", "--role", "admin", "--name", "gone"],
+        )
+        .await;
+    dev.cli_json(
+        &admin,
+        &["token", "revoke", revoked["id"].as_str().unwrap()],
+    )
+    .await;
+    let expired = dev
+        .cli_json(
             &admin,
             &[
                 "token",
                 "create",
                 "--role",
-                role,
+                "admin",
                 "--name",
-                &format!("e2e-{role}"),
+                "brief",
+                "--expires",
+                "1ms",
             ],
         )
         .await;
-        assert_eq!(made["role"], json!(role));
-        tokens.insert(role, made["token"].as_str().expect("the token").to_owned());
-    }
-    let revoked = cli_json(
-        &dev,
-        &admin,
-        &["token", "create", "--role", "admin", "--name", "gone"],
-    )
-    .await;
-    cli_json(
-        &dev,
-        &admin,
-        &["token", "revoke", revoked["id"].as_str().unwrap()],
-    )
-    .await;
-    let expired = cli_json(
-        &dev,
-        &admin,
-        &[
-            "token",
-            "create",
-            "--role",
-            "admin",
-            "--name",
-            "brief",
-            "--expires",
-            "1ms",
-        ],
-    )
-    .await;
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let before_tokens = cli_json(&dev, &admin, &["token", "list"]).await;
+    let before_tokens = dev.cli_json(&admin, &["token", "list"]).await;
 
     let methods = served_methods();
     assert!(methods.len() > 20, "{methods:?}");
@@ -228,7 +217,7 @@ async fn every_rpc_answers_each_credential_as_the_role_table_says_and_refusals_c
         .expect("health answers without a token");
 
     // Nothing was made by the refused calls (nor by the allowed ones with empty messages).
-    let after_tokens = cli_json(&dev, &admin, &["token", "list"]).await;
+    let after_tokens = dev.cli_json(&admin, &["token", "list"]).await;
     assert_eq!(before_tokens, after_tokens);
     let url = dev.url();
     for listing in [
@@ -255,7 +244,7 @@ async fn every_rpc_answers_each_credential_as_the_role_table_says_and_refusals_c
         out.stderr.contains("a valid API token is required"),
         "{out}"
     );
-    let who = cli_json(&dev, &tokens["viewer"], &["token", "whoami"]).await;
+    let who = dev.cli_json(&tokens["viewer"], &["token", "whoami"]).await;
     assert_eq!(
         (who["name"].clone(), who["role"].clone()),
         (json!("e2e-viewer"), json!("viewer"))
@@ -305,7 +294,7 @@ async fn the_first_admin_token_is_made_once() {
     dev.restart().await;
     let again = std::fs::read_to_string(dev.data_dir().join("admin.token")).unwrap();
     assert_eq!(first, again);
-    let tokens = cli_json(&dev, first.trim(), &["token", "list"]).await;
+    let tokens = dev.cli_json(first.trim(), &["token", "list"]).await;
     assert_eq!(tokens.as_array().map(Vec::len), Some(1), "{tokens}");
 }
 
@@ -318,21 +307,21 @@ async fn an_approval_answer_records_the_token_that_gave_it() {
         .unwrap()
         .trim()
         .to_owned();
-    let approver = cli_json(
-        &dev,
-        &admin,
-        &["token", "create", "--role", "approver", "--name", "alice"],
-    )
-    .await["token"]
+    let approver = dev
+        .cli_json(
+            &admin,
+            &["token", "create", "--role", "approver", "--name", "alice"],
+        )
+        .await["token"]
         .as_str()
         .unwrap()
         .to_owned();
-    let viewer = cli_json(
-        &dev,
-        &admin,
-        &["token", "create", "--role", "viewer", "--name", "bob"],
-    )
-    .await["token"]
+    let viewer = dev
+        .cli_json(
+            &admin,
+            &["token", "create", "--role", "viewer", "--name", "bob"],
+        )
+        .await["token"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -352,7 +341,7 @@ async fn an_approval_answer_records_the_token_that_gave_it() {
     )
     .await
     .expect_success();
-    let run = cli_json(&dev, &admin, &["run", "start", "ask"]).await;
+    let run = dev.cli_json(&admin, &["run", "start", "ask"]).await;
     let run_id = run["run"]["run_id"]
         .as_str()
         .unwrap_or_else(|| panic!("{run}"))
@@ -360,7 +349,7 @@ async fn an_approval_answer_records_the_token_that_gave_it() {
     // Wait for the approval step.
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
-        let got = cli_json(&dev, &viewer, &["run", "get", &run_id]).await;
+        let got = dev.cli_json(&viewer, &["run", "get", &run_id]).await;
         if got.to_string().contains("waiting_approval")
             || got.to_string().contains("WAITING_APPROVAL")
         {
@@ -410,7 +399,7 @@ async fn an_approval_answer_records_the_token_that_gave_it() {
         "{admin_refused}"
     );
     // The inbox says who may answer.
-    let inbox = cli_json(&dev, &viewer, &["approvals", "list"]).await;
+    let inbox = dev.cli_json(&viewer, &["approvals", "list"]).await;
     assert_eq!(
         inbox[0]["approvers"]["roles"],
         json!(["approver"]),
@@ -434,7 +423,7 @@ async fn an_approval_answer_records_the_token_that_gave_it() {
     )
     .await
     .expect_success();
-    let done = cli_json(&dev, &viewer, &["run", "get", &run_id]).await;
+    let done = dev.cli_json(&viewer, &["run", "get", &run_id]).await;
     let text = done.to_string();
     assert!(
         text.contains("alice") && !text.contains("mallory"),

@@ -10,7 +10,7 @@ use prost::Message as _;
 use rpaflow_proto::v1::auth_service_client::AuthServiceClient;
 use rpaflow_proto::v1::flow_service_client::FlowServiceClient;
 use rpaflow_tests::{Dev, HttpServer, pb, rpaflow};
-use serde_json::{Value as Json, json};
+use serde_json::json;
 use tonic::Code;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -299,16 +299,6 @@ fn role_may(role: &str, method: &str) -> bool {
     }
 }
 
-/// `rpaflow ARGS --server URL --token TOKEN --output json`, parsed.
-async fn cli_json(dev: &Dev, token: &str, args: &[&str]) -> Json {
-    let url = dev.url();
-    let mut full: Vec<&str> = args.to_vec();
-    full.extend(["--server", &url, "--token", token, "--output", "json"]);
-    let out = rpaflow(&full, TIMEOUT).await;
-    out.expect_success();
-    serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
 /// Everything team A can see of itself, to compare before and after team B's attempts.
 async fn alpha_view(ch: &Channel, admin: &str) -> String {
     let who = token(admin);
@@ -368,7 +358,7 @@ async fn each_role_of_one_namespace_sees_and_changes_nothing_of_another() {
         .trim()
         .to_owned();
     for ns in ["team-a", "team-b"] {
-        let made = cli_json(&dev, &root, &["namespace", "create", ns]).await;
+        let made = dev.cli_json(&root, &["namespace", "create", ns]).await;
         assert_eq!(made["name"], json!(ns));
     }
     // A second time, and a name that cannot be one, are refused with what is wrong.
@@ -406,21 +396,21 @@ async fn each_role_of_one_namespace_sees_and_changes_nothing_of_another() {
     let mut team = std::collections::BTreeMap::new();
     for ns in ["team-a", "team-b"] {
         for role in ROLES {
-            let made = cli_json(
-                &dev,
-                &root,
-                &[
-                    "token",
-                    "create",
-                    "--namespace",
-                    ns,
-                    "--role",
-                    role,
-                    "--name",
-                    &format!("{ns}-{role}"),
-                ],
-            )
-            .await;
+            let made = dev
+                .cli_json(
+                    &root,
+                    &[
+                        "token",
+                        "create",
+                        "--namespace",
+                        ns,
+                        "--role",
+                        role,
+                        "--name",
+                        &format!("{ns}-{role}"),
+                    ],
+                )
+                .await;
             assert_eq!(made["namespace"], json!(ns));
             team.insert(
                 (ns, role),

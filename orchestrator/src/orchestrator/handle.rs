@@ -152,8 +152,7 @@ impl OrchestratorHandle {
         flow: &str,
         trigger: &str,
     ) -> Result<ScheduleView> {
-        let flow = full_flow(namespace, flow)?;
-        self.shared.scheduler.set_paused(&flow, trigger, true).await
+        self.set_paused(namespace, flow, trigger, true).await
     }
 
     pub async fn resume_schedule(
@@ -162,10 +161,20 @@ impl OrchestratorHandle {
         flow: &str,
         trigger: &str,
     ) -> Result<ScheduleView> {
+        self.set_paused(namespace, flow, trigger, false).await
+    }
+
+    async fn set_paused(
+        &self,
+        namespace: &str,
+        flow: &str,
+        trigger: &str,
+        paused: bool,
+    ) -> Result<ScheduleView> {
         let flow = full_flow(namespace, flow)?;
         self.shared
             .scheduler
-            .set_paused(&flow, trigger, false)
+            .set_paused(&flow, trigger, paused)
             .await
     }
 
