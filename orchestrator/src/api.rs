@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::convert;
 use crate::error::Error;
-use crate::orchestrator::{OrchestratorHandle, StartRun};
+use crate::orchestrator::{Answer, OrchestratorHandle, StartRun};
 use crate::state::RunStatus;
 use crate::tls::ServerTls;
 
@@ -294,11 +294,13 @@ impl FlowService for Api {
             .signal_run(
                 &ns,
                 &req.run_id,
-                &req.step_id,
-                req.approve,
-                &req.comment,
-                &by,
-                role,
+                Answer {
+                    step: req.step_id,
+                    approve: req.approve,
+                    comment: req.comment,
+                    by,
+                    role: role.to_owned(),
+                },
             )
             .await?;
         Ok(Response::new(convert::run(&state)))

@@ -307,32 +307,32 @@ async fn alpha_view(ch: &Channel, admin: &str) -> String {
     let flows = f
         .list_flows(pb::ListFlowsRequest {})
         .await
-        .unwrap()
+        .expect("team A's admin reads its own namespace")
         .into_inner();
     let runs = f
         .list_runs(pb::ListRunsRequest::default())
         .await
-        .unwrap()
+        .expect("team A's admin reads its own namespace")
         .into_inner();
     let secrets = f
         .list_secrets(pb::ListSecretsRequest {})
         .await
-        .unwrap()
+        .expect("team A's admin reads its own namespace")
         .into_inner();
     let approvals = f
         .list_approvals(pb::ListApprovalsRequest::default())
         .await
-        .unwrap()
+        .expect("team A's admin reads its own namespace")
         .into_inner();
     let schedules = f
         .list_schedules(pb::ListSchedulesRequest::default())
         .await
-        .unwrap()
+        .expect("team A's admin reads its own namespace")
         .into_inner();
     let tokens = a
         .list_tokens(pb::ListTokensRequest {})
         .await
-        .unwrap()
+        .expect("team A's admin reads its own namespace")
         .into_inner();
     // Runs without their update times' noise: ids, flows, statuses.
     let runs: Vec<_> = runs

@@ -42,6 +42,18 @@ pub struct StartRun {
     pub trigger: String,
 }
 
+/// A person's answer to an approval step.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    pub step: String,
+    pub approve: bool,
+    pub comment: String,
+    /// Who answers: the caller's name.
+    pub by: String,
+    /// The caller's role; empty when it has none (authentication off).
+    pub role: String,
+}
+
 /// A flow version with what clients want to know about it.
 #[derive(Debug, Clone)]
 pub struct FlowView {
@@ -416,23 +428,27 @@ impl OrchestratorHandle {
         self.command(run_id, Input::Retry).await
     }
 
+    /// Answers an approval step of a run of `namespace`.
     pub async fn signal_run(
         &self,
         namespace: &str,
         run_id: &str,
-        step: &str,
-        approve: bool,
-        comment: &str,
-        by: &str,
-        role: &str,
+        answer: Answer,
     ) -> Result<RunState> {
         self.check_run(namespace, run_id)?;
-        let input = Input::Signal {
-            step: step.to_owned(),
+        let Answer {
+            step,
             approve,
-            comment: comment.to_owned(),
-            by: by.to_owned(),
-            role: role.to_owned(),
+            comment,
+            by,
+            role,
+        } = answer;
+        let input = Input::Signal {
+            step,
+            approve,
+            comment,
+            by,
+            role,
         };
         self.command(run_id, input).await
     }

@@ -15,7 +15,7 @@ mod shared;
 mod watch;
 
 pub use self::config::OrchestratorConfig;
-pub use self::handle::{FlowView, OrchestratorHandle, StartRun};
+pub use self::handle::{Answer, FlowView, OrchestratorHandle, StartRun};
 pub use self::shared::Shared;
 
 use std::collections::HashMap;
