@@ -83,3 +83,29 @@ fn a_client_command_without_a_server_says_where_it_looked() {
         out.stdout
     );
 }
+
+#[test]
+fn generate_passes_a_negative_temperature_on_to_the_node() {
+    // The node names what is wrong with a parameter; the argument parser must not take `-1` for
+    // a flag first. Nothing listens on port 1, so getting as far as connecting proves it parsed.
+    let out = rpaflow(&[
+        "generate",
+        "--server",
+        "127.0.0.1:1",
+        "--temperature",
+        "-1",
+        "--top-p",
+        "-0.5",
+        "hi",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        !err.contains("unexpected argument") && !err.contains("Usage:"),
+        "the parser refused the value: {err}"
+    );
+    assert!(
+        err.contains("127.0.0.1:1"),
+        "no connection was tried: {err}"
+    );
+}

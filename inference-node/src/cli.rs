@@ -104,14 +104,15 @@ pub struct ParamArgs {
     /// Always take the most likely token.
     #[arg(long)]
     pub greedy: bool,
-    /// 0 is greedy.
-    #[arg(long)]
+    /// 0 is greedy. Values are checked by the node, which names what is wrong (so a negative
+    /// number reaches it rather than reading as a flag).
+    #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f32>,
     #[arg(long)]
     pub top_k: Option<u32>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_p: Option<f32>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub repetition_penalty: Option<f32>,
     /// Stop when the text contains this (repeatable).
     #[arg(long)]
@@ -161,7 +162,12 @@ pub async fn connect(server: &str) -> Result<pb::inference_client::InferenceClie
     } else {
         format!("http://{server}")
     };
-    Ok(pb::inference_client::InferenceClient::connect(url).await?)
+    pb::inference_client::InferenceClient::connect(url.clone())
+        .await
+        .map_err(|source| Error::Connect {
+            server: url,
+            source,
+        })
 }
 
 pub(crate) fn rpc_error(server: &str) -> impl Fn(tonic::Status) -> Error + '_ {

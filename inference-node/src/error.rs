@@ -68,6 +68,13 @@ pub enum Error {
     },
     #[error("grpc transport failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A client could not connect to an inference node.
+    #[error("cannot reach the inference node at {server}: {source}")]
+    Connect {
+        server: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -105,6 +112,7 @@ impl From<Error> for tonic::Status {
             | Error::Reflection(_)
             | Error::Bind { .. }
             | Error::Transport(_) => tonic::Status::internal(message),
+            Error::Connect { .. } => tonic::Status::unavailable(message),
         }
     }
 }

@@ -146,6 +146,15 @@ async fn invalid_parameters_answer_invalid_argument_naming_them() {
             "stop",
         ),
         ("", p(), "prompt"),
+        // Longer than the context: the prompt is named, not max_new_tokens.
+        (
+            &*"word ".repeat(4000),
+            pb::GenerationParams {
+                max_new_tokens: Some(1),
+                ..p()
+            },
+            "prompt",
+        ),
     ];
     for (prompt, params, name) in cases {
         for stream in [false, true] {

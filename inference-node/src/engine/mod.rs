@@ -284,6 +284,21 @@ impl EngineHandle {
         if prompt_tokens == 0 {
             return Err(Error::invalid("prompt", "must not be empty"));
         }
+        // A prompt that leaves no room for one new token is the prompt's fault, whatever
+        // max_new_tokens says.
+        for (limit, what) in [
+            (self.spec.max_positions, "the model's context"),
+            (self.config.max_total_tokens, "the node's max total tokens"),
+        ] {
+            if prompt_tokens >= limit {
+                return Err(Error::invalid(
+                    "prompt",
+                    format!(
+                        "is {prompt_tokens} tokens, which leaves no room to generate within {what} of {limit} tokens"
+                    ),
+                ));
+            }
+        }
         let wanted = prompt_tokens + params.max_new_tokens as usize;
         if wanted > self.spec.max_positions {
             return Err(Error::invalid(
