@@ -76,7 +76,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(brokers) = &args.kafka {
         config.kafka.brokers.clone_from(brokers);
     }
-    let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry);
+    let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry, "rpaflow-dev");
     let embedded = Embedded::start_with(&config, !args.external_workers).await?;
     let result = match args.waiting {
         Some(n) => waiting(&embedded.handle, n).await,

@@ -334,6 +334,7 @@ fn validate_telemetry(telemetry: &TelemetryConfig) -> anyhow::Result<()> {
         matches!(telemetry.log_format.as_str(), "text" | "json"),
         "telemetry.log_format must be `text` or `json`"
     );
+    telemetry.validate().map_err(anyhow::Error::msg)?;
     Ok(())
 }
 

@@ -170,7 +170,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let Some(mut config) = args.settings.load::<DevConfig>(overrides)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry);
+    let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry, "rpaflow-dev");
 
     // Validate the flow before starting anything, so a typo costs nothing.
     let flow_source = match &args.flow {

@@ -132,6 +132,7 @@ fn main() -> ExitCode {
 async fn inference(args: rpaflow_inference_node::cli::InferenceArgs) -> anyhow::Result<ExitCode> {
     let _telemetry = rpaflow_core::telemetry::init_telemetry(
         &rpaflow_core::telemetry::TelemetryConfig::default(),
+        "rpaflow-inference",
     );
     rpaflow_inference_node::cli::serve(args, dev::wait_for_signal()).await?;
     Ok(ExitCode::SUCCESS)

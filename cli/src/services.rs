@@ -71,7 +71,8 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
     let Some(config) = args.settings.load::<OrchestratorServiceConfig>(overrides)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry);
+    let _telemetry =
+        rpaflow_core::telemetry::init_telemetry(&config.telemetry, "rpaflow-orchestrator");
 
     let bus = Arc::new(
         KafkaStepBus::connect(config.kafka.clone())
@@ -210,7 +211,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let Some(config) = args.settings.load::<WorkerServiceConfig>(overrides)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry);
+    let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry, "rpaflow-worker");
 
     let registry = Registry::for_config(&config.worker).context("cannot set up the executors")?;
     let source = KafkaTaskSource::connect(config.kafka.clone(), &config.queues, &config.worker.id)

@@ -9,7 +9,7 @@
 //! - [`namespace`]: namespaces, and the full names flows and secrets are kept under.
 //! - [`secrets`]: secret markers in step inputs, revealing and masking them.
 //! - [`signature`]: the HMAC signature of webhooks, sent and checked.
-//! - [`telemetry`]: logging set-up.
+//! - [`telemetry`]: logging and OTLP trace export; a run's trace.
 //! - [`time`]: wall-clock helpers.
 
 pub mod bus;

@@ -17,7 +17,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _telemetry = rpaflow_core::telemetry::init_telemetry(&Default::default());
+    let _telemetry =
+        rpaflow_core::telemetry::init_telemetry(&Default::default(), "rpaflow-inference");
     match <Command as clap::Parser>::parse() {
         Command::Inference(args) => {
             cli::serve(args, async {

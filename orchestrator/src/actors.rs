@@ -305,6 +305,7 @@ impl RunActor {
                     });
                 }
                 Action::Finished(status) => {
+                    crate::spans::run_finished(&self.state, status);
                     crate::subflow::notify_parent(&self.shared, &self.state);
                     debug!(run_id = %self.state.run_id, status = status.name(), "run finished");
                     self.shared.forget(&self.state.run_id);
@@ -326,7 +327,12 @@ impl RunActor {
                         let bus = bus.clone();
                         async move {
                             let step = task.step_id.clone();
-                            (step, bus.dispatch(task).await)
+                            let span = crate::spans::Dispatching::start(&task);
+                            let outcome = bus.dispatch(task).await;
+                            if let Some(span) = span {
+                                span.end(outcome.as_ref().err().map(|e| e as _));
+                            }
+                            (step, outcome)
                         }
                     });
                     for (step, outcome) in futures::future::join_all(sent).await {

@@ -10,6 +10,7 @@
 //! - [`registry`]: flow versions.
 //! - [`schedule`]: the scheduler, which fires the flows' schedule triggers.
 //! - `subflow`: steps that run another flow and wait for it.
+//! - `spans`: the spans of a run's trace that the orchestrator records (run, dispatch).
 //! - [`api`]: the gRPC service, health and reflection; `convert`: proto conversions.
 //! - [`hooks`]: the webhook endpoint, `POST /hooks/{namespace}/{flow}`, that starts runs.
 //! - [`tls`]: TLS on the gRPC and webhook listeners, with certificate reload and mTLS.
@@ -31,6 +32,7 @@ pub mod registry;
 pub mod schedule;
 pub mod state;
 pub mod store;
+mod spans;
 mod subflow;
 pub mod tls;
 

@@ -358,6 +358,12 @@ impl Shared {
         let TaskDelivery { task, ack } = delivery;
         let span = info_span!(
             STEP_SPAN,
+            otel.name = %format_args!("{STEP_SPAN} {}", task.kind),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            messaging.operation.type = "process",
+            messaging.destination.name = %task.queue,
             run_id = %task.run_id,
             step = %task.step_id,
             item = task.item,
@@ -365,6 +371,13 @@ impl Shared {
             kind = %task.kind,
             namespace = %crate::egress::policy::canonical_namespace(&task.namespace),
             worker_id = %self.config.id,
+        );
+        // The task's `traceparent` names its dispatch span: the step is its child.
+        rpaflow_core::telemetry::run_trace::continue_trace(
+            &span,
+            task.headers
+                .get(rpaflow_core::kafka::TRACEPARENT_HEADER)
+                .map(String::as_str),
         );
         async {
             self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -379,6 +392,9 @@ impl Shared {
                 }
                 Err(err) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    let span = tracing::Span::current();
+                    span.record("error.type", err.code.as_str());
+                    span.record("otel.status_code", "ERROR");
                     if err.code == crate::codes::CANCELLED {
                         info!(elapsed_ms, "step cancelled");
                     } else {

@@ -51,6 +51,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
+use tracing::Instrument as _;
 
 use self::request::{Body, Expect, Request};
 use crate::egress::{Egress, EgressDenied};
@@ -88,6 +89,8 @@ pub struct HttpExecutor {
 }
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The name of the CLIENT span of a request (shown as its method, per the conventions).
+pub const HTTP_SPAN: &str = "http";
 /// Trace-context headers passed on from the task.
 const PROPAGATED: [&str; 2] = ["traceparent", "tracestate"];
 /// How much of an unexpected response's body goes into the error message.
@@ -136,6 +139,39 @@ impl Executor for HttpExecutor {
         self.egress
             .check_url(&request.url)
             .map_err(EgressDenied::into_step_error)?;
+        let span = tracing::info_span!(
+            HTTP_SPAN,
+            otel.name = %request.method,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            http.request.method = %request.method,
+            http.response.status_code = tracing::field::Empty,
+            server.address = request.url.host_str().unwrap_or_default(),
+            server.port = request.url.port_or_known_default(),
+            url.scheme = request.url.scheme(),
+        );
+        let outcome = self
+            .call(ctx, request, target, &span)
+            .instrument(span.clone())
+            .await;
+        if let Err(err) = &outcome {
+            span.record("error.type", err.code.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
+        outcome
+    }
+}
+
+impl HttpExecutor {
+    /// Sends the request in `span` (the CLIENT span, whose context the request carries).
+    async fn call(
+        &self,
+        ctx: &TaskContext,
+        request: Request,
+        target: String,
+        span: &tracing::Span,
+    ) -> Result<Json, StepError> {
         let url = request.url.clone();
         let mut builder = self
             .client
@@ -144,8 +180,14 @@ impl Executor for HttpExecutor {
         if !request.headers.contains_key(IDEMPOTENCY_KEY) {
             builder = builder.header(IDEMPOTENCY_KEY, ctx.idempotency_key());
         }
+        // The request's parent is this CLIENT span when traces are exported, else the task's.
+        let own = rpaflow_core::telemetry::run_trace::traceparent_of(span);
         for name in PROPAGATED {
-            if let Some(value) = ctx.headers.get(name)
+            let value = match (name, &own) {
+                ("traceparent", Some(own)) => Some(own),
+                _ => ctx.headers.get(name),
+            };
+            if let Some(value) = value
                 && !request.headers.contains_key(name)
             {
                 builder = builder.header(name, value);
@@ -170,6 +212,7 @@ impl Executor for HttpExecutor {
             .await
             .map_err(|e| transport_error(e, &target, &url))?;
         let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
         if !request.expect.matches(status) {
             let (snippet, _) = read_capped(&mut response, SNIPPET_CHARS * 4, &target, &url).await?;
             return Err(status_error(status, &request.expect, &target, &snippet));

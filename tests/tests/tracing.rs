@@ -1,0 +1,350 @@
+//! Traces: `rpaflow dev` with `OTEL_EXPORTER_OTLP_ENDPOINT` pointing at an OTLP/gRPC receiver in
+//! this test (the collector's `TraceService/Export`). One run of a flow with an `http` step that
+//! fails once and is retried, a `for_each` fan-out and an approval gives one trace whose id is
+//! the run id: the orchestrator's `run` and `dispatch` spans, the worker's `step` spans and the
+//! `http` executor's CLIENT spans, connected parent to child; the API called saw a `traceparent`
+//! naming that CLIENT span; and after a kill -9 and a restart mid-run (the run waiting for its
+//! approval) the spans of the new process are in the same trace.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use rpaflow_tests::{Dev, HttpServer, pb};
+use serde_json::json;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+const FLOW: &str = r#"
+name: traced
+inputs:
+  api: { type: string }
+steps:
+  - id: fetch
+    uses: http
+    with: { url: "{{ inputs.api }}/fetch/{{ run.id }}" }
+    retry: { max_attempts: 3, delay: 100ms, backoff: fixed }
+  - id: items
+    uses: sleep
+    needs: fetch
+    for_each: { items: "range(3)" }
+    with: { duration: 10ms }
+  - { id: gate, uses: approval, needs: items }
+  - { id: after, uses: sleep, needs: gate, with: { duration: 10ms } }
+"#;
+
+/// One span as the receiver got it.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+    name: String,
+    kind: SpanKind,
+    attributes: BTreeMap<String, String>,
+}
+
+/// An OTLP/gRPC receiver on `127.0.0.1:<free port>` that keeps every span.
+#[derive(Debug, Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Received>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut kept = self.spans.lock().unwrap_or_else(|e| e.into_inner());
+        for resource in request.into_inner().resource_spans {
+            let resource_attributes = resource
+                .resource
+                .map(|r| attributes(&r.attributes))
+                .unwrap_or_default();
+            let service = resource_attributes
+                .get("service.name")
+                .cloned()
+                .unwrap_or_default();
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    kept.push(Received {
+                        service: service.clone(),
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent: hex(&span.parent_span_id),
+                        kind: span.kind(),
+                        name: span.name,
+                        attributes: attributes(&span.attributes),
+                    });
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+impl Receiver {
+    async fn start() -> (Self, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("cannot bind the receiver");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        let receiver = Self::default();
+        let service = TraceServiceServer::new(receiver.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (receiver, format!("http://{addr}"))
+    }
+
+    fn spans(&self) -> Vec<Received> {
+        self.spans.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until `done` holds for the spans received so far.
+    async fn wait_until(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let spans = self.spans();
+            if done(&spans) {
+                return spans;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {TIMEOUT:?}; spans received:\n{}",
+                describe(&spans)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn attributes(
+    list: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+) -> BTreeMap<String, String> {
+    list.iter()
+        .map(|kv| {
+            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(s)) => s.clone(),
+                Some(Value::IntValue(i)) => i.to_string(),
+                Some(Value::BoolValue(b)) => b.to_string(),
+                Some(Value::DoubleValue(d)) => d.to_string(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), value)
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn describe(spans: &[Received]) -> String {
+    spans
+        .iter()
+        .map(|s| {
+            format!(
+                "  {} {} {:?} trace={} span={} parent={} {:?}",
+                s.service, s.name, s.kind, s.trace_id, s.span_id, s.parent, s.attributes
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn count(spans: &[Received], name: &str) -> usize {
+    spans.iter().filter(|s| s.name == name).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_one_trace_across_retries_and_restarts() {
+    let (receiver, endpoint) = Receiver::start().await;
+    let api = HttpServer::start();
+    api.fail_first("/fetch/", 1);
+    let mut dev = Dev::launch_env(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]).await;
+    dev.register(FLOW).await;
+    let run_id = dev.run("traced", json!({ "api": api.url() })).await;
+    let trace_id: String = run_id.chars().filter(char::is_ascii_hexdigit).collect();
+    let trace_id = trace_id.to_ascii_lowercase();
+
+    dev.wait_step(&run_id, "gate", pb::StepStatus::WaitingApproval, TIMEOUT)
+        .await;
+    // Spans leave in batches: wait for the first process's before killing it.
+    let before = receiver
+        .wait_until("spans of the steps before the gate", |spans| {
+            count(spans, "step http") >= 2 && count(spans, "step sleep") >= 3
+        })
+        .await;
+    dev.kill9();
+    dev.restart().await;
+    dev.approve(&run_id, "gate").await;
+    dev.wait_succeeded(&run_id, TIMEOUT).await;
+    let spans = receiver
+        .wait_until("run span and the spans after the restart", |spans| {
+            count(spans, "run traced") >= 1 && count(spans, "step sleep") >= 4
+        })
+        .await;
+    let all = describe(&spans);
+
+    // Everything about the run is in its trace, and nothing else is.
+    let of_run: Vec<&Received> = spans
+        .iter()
+        .filter(|s| {
+            s.attributes
+                .get("run_id")
+                .or(s.attributes.get("rpaflow.run.id"))
+                == Some(&run_id)
+        })
+        .collect();
+    assert!(!of_run.is_empty(), "no span names the run:\n{all}");
+    for span in &of_run {
+        assert_eq!(
+            span.trace_id, trace_id,
+            "a span of the run is in another trace:\n{all}"
+        );
+    }
+    let trace: Vec<&Received> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+    for span in &trace {
+        assert_eq!(span.service, "rpaflow-dev", "service.name:\n{all}");
+    }
+    let names: Vec<&str> = trace.iter().map(|s| s.name.as_str()).collect();
+    let expect = |name: &str, n: usize| {
+        assert_eq!(
+            names.iter().filter(|x| **x == name).count(),
+            n,
+            "`{name}` spans in the trace:\n{all}"
+        );
+    };
+    expect("run traced", 1);
+    expect("dispatch fetch", 2);
+    expect("dispatch items", 3);
+    expect("dispatch after", 1);
+    expect("step http", 2);
+    expect("step sleep", 4);
+    expect("GET", 2);
+
+    // Connected: one root (the run span); every other span's parent is in the trace.
+    let ids: BTreeSet<&str> = trace.iter().map(|s| s.span_id.as_str()).collect();
+    let roots: Vec<&&Received> = trace.iter().filter(|s| s.parent.is_empty()).collect();
+    assert_eq!(roots.len(), 1, "one root:\n{all}");
+    assert_eq!(roots[0].name, "run traced");
+    assert_eq!(
+        roots[0]
+            .attributes
+            .get("rpaflow.run.outcome")
+            .map(String::as_str),
+        Some("succeeded")
+    );
+    for span in &trace {
+        assert!(
+            span.parent.is_empty() || ids.contains(span.parent.as_str()),
+            "span `{}` has a parent outside the trace:\n{all}",
+            span.name
+        );
+    }
+    let by_id: BTreeMap<&str, &&Received> = trace.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let parent_of = |span: &Received| by_id.get(span.parent.as_str()).map(|p| p.name.clone());
+    for span in &trace {
+        let expected_parent = match span.name.as_str() {
+            n if n.starts_with("dispatch ") => Some("run traced".to_owned()),
+            "step http" => Some("dispatch fetch".to_owned()),
+            "GET" => Some("step http".to_owned()),
+            _ => continue,
+        };
+        assert_eq!(
+            parent_of(span),
+            expected_parent,
+            "parent of `{}`:\n{all}",
+            span.name
+        );
+    }
+    for span in trace.iter().filter(|s| s.name.starts_with("step ")) {
+        assert_eq!(span.kind, SpanKind::Consumer, "{all}");
+        assert!(
+            parent_of(span).is_some_and(|p| p.starts_with("dispatch ")),
+            "{all}"
+        );
+    }
+    for span in trace.iter().filter(|s| s.name == "GET") {
+        assert_eq!(span.kind, SpanKind::Client, "{all}");
+    }
+    for span in trace.iter().filter(|s| s.name.starts_with("dispatch ")) {
+        assert_eq!(span.kind, SpanKind::Producer, "{all}");
+    }
+
+    // The retried step: its first attempt failed with the API's error, the second did not.
+    let http_steps: Vec<&&Received> = trace.iter().filter(|s| s.name == "step http").collect();
+    let failed: Vec<_> = http_steps
+        .iter()
+        .filter_map(|s| s.attributes.get("error.type"))
+        .collect();
+    assert_eq!(
+        failed.len(),
+        1,
+        "one failed attempt with error.type:\n{all}"
+    );
+    let statuses: BTreeSet<&str> = trace
+        .iter()
+        .filter(|s| s.name == "GET")
+        .filter_map(|s| {
+            s.attributes
+                .get("http.response.status_code")
+                .map(String::as_str)
+        })
+        .collect();
+    assert_eq!(statuses, BTreeSet::from(["200", "503"]), "{all}");
+
+    // The API saw the run's trace, with the CLIENT span as the parent.
+    let client_spans: BTreeSet<String> = trace
+        .iter()
+        .filter(|s| s.name == "GET")
+        .map(|s| s.span_id.clone())
+        .collect();
+    let requests = api.requests_to("/fetch/");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    for request in &requests {
+        let traceparent = request
+            .headers
+            .get("traceparent")
+            .unwrap_or_else(|| panic!("no traceparent on {request:?}"));
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{traceparent}");
+        assert_eq!(
+            parts[1], trace_id,
+            "the API's traceparent names another trace"
+        );
+        assert!(
+            client_spans.contains(parts[2]),
+            "the API's traceparent {traceparent} does not name a CLIENT span:\n{all}"
+        );
+    }
+
+    // After the restart: the spans that only the new process could record are in the trace.
+    let before_ids: BTreeSet<&str> = before.iter().map(|s| s.span_id.as_str()).collect();
+    let after_restart: Vec<&&Received> = trace
+        .iter()
+        .filter(|s| !before_ids.contains(s.span_id.as_str()))
+        .collect();
+    let after_names: BTreeSet<&str> = after_restart.iter().map(|s| s.name.as_str()).collect();
+    for name in ["run traced", "dispatch after", "step sleep"] {
+        assert!(
+            after_names.contains(name),
+            "no `{name}` from the restarted process in the run's trace:\n{all}"
+        );
+    }
+}
