@@ -16,6 +16,8 @@ command -v python3 >/dev/null || { echo "error: python3 is needed by the end-to-
 # broker or three-node cluster with scripts/kafka.sh).
 scripts/setup-postgres.sh >/dev/null
 scripts/setup-browser.sh >/dev/null
+# Debian's Prometheus (promtool and the server) for the metrics tests (tests/tests/observability.rs).
+scripts/setup-prometheus.sh >/dev/null
 scripts/kafka.sh install >/dev/null
 
 # The end-to-end tests run the rpaflow binary as a separate process. `cargo test --workspace`

@@ -23,6 +23,8 @@ use rpaflow_worker::WorkerConfig;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::admin::AdminConfig;
+
 /// `--config FILE` and `--print-config`, for every command that runs a service.
 #[derive(Debug, clap::Args)]
 pub struct ConfigArgs {
@@ -120,6 +122,8 @@ pub struct DevConfig {
     pub tls: TlsConfig,
     /// API tokens (`[auth]`): off by default for `rpaflow dev`.
     pub auth: AuthConfig,
+    /// The admin listener (`[admin]`: `/metrics`, `/healthz`, `/readyz`); off by default.
+    pub admin: AdminConfig,
 }
 
 impl Default for DevConfig {
@@ -148,6 +152,7 @@ impl Default for DevConfig {
                 enabled: false,
                 ..AuthConfig::default()
             },
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -165,6 +170,7 @@ impl Layered for DevConfig {
         "secrets",
         "tls",
         "auth",
+        "admin",
     ];
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -174,6 +180,7 @@ impl Layered for DevConfig {
         self.tls.validate()?;
         self.auth.validate(&self.tls)?;
         validate_telemetry(&self.telemetry)?;
+        self.admin.validate()?;
         if self.kafka.is_enabled() {
             self.kafka.validate()?;
         }
@@ -200,6 +207,8 @@ pub struct OrchestratorServiceConfig {
     pub tls: TlsConfig,
     /// API tokens (`[auth]`): on by default.
     pub auth: AuthConfig,
+    /// The admin listener (`[admin]`: `/metrics`, `/healthz`, `/readyz`); off by default.
+    pub admin: AdminConfig,
 }
 
 impl Default for OrchestratorServiceConfig {
@@ -214,6 +223,7 @@ impl Default for OrchestratorServiceConfig {
             secrets: SecretsConfig::default(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -229,6 +239,7 @@ impl Layered for OrchestratorServiceConfig {
         "secrets",
         "tls",
         "auth",
+        "admin",
     ];
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -237,6 +248,7 @@ impl Layered for OrchestratorServiceConfig {
         self.tls.validate()?;
         self.auth.validate(&self.tls)?;
         validate_telemetry(&self.telemetry)?;
+        self.admin.validate()?;
         self.kafka
             .validate()
             .context("the orchestrator service needs Kafka (--kafka BROKERS)")
@@ -254,6 +266,8 @@ pub struct WorkerServiceConfig {
     pub telemetry: TelemetryConfig,
     /// The orchestrator's secrets key, to open the secrets tasks carry (`docs/security.md`).
     pub secrets: SecretsConfig,
+    /// The admin listener (`[admin]`: `/metrics`, `/healthz`, `/readyz`); off by default.
+    pub admin: AdminConfig,
 }
 
 impl Default for WorkerServiceConfig {
@@ -264,13 +278,14 @@ impl Default for WorkerServiceConfig {
             kafka: KafkaConfig::default(),
             telemetry: TelemetryConfig::default(),
             secrets: SecretsConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
 
 impl Layered for WorkerServiceConfig {
     const SECTIONS: &'static [&'static str] =
-        &["queues", "worker", "kafka", "telemetry", "secrets"];
+        &["queues", "worker", "kafka", "telemetry", "secrets", "admin"];
 
     fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(!self.queues.is_empty(), "queues: name at least one queue");
@@ -285,6 +300,7 @@ impl Layered for WorkerServiceConfig {
         }
         self.worker.validate()?;
         validate_telemetry(&self.telemetry)?;
+        self.admin.validate()?;
         self.kafka
             .validate()
             .context("the worker service needs Kafka (--kafka BROKERS)")
@@ -408,6 +424,40 @@ mod tests {
                     "{value}: {err:#}"
                 );
             }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_admin_listener_is_off_by_default_and_set_by_file_or_environment() {
+        figment::Jail::expect_with(|jail| {
+            let kafka = || Figment::from(Serialized::default("kafka.brokers", "k:9092"));
+            assert_eq!(
+                DevConfig::load(None, Figment::new())
+                    .map_err(|e| e.to_string())?
+                    .admin
+                    .listen,
+                None
+            );
+            assert_eq!(
+                OrchestratorServiceConfig::load(None, kafka())
+                    .map_err(|e| e.to_string())?
+                    .admin
+                    .listen,
+                None
+            );
+            jail.create_file("admin.toml", "[admin]\nlisten = \"127.0.0.1:9464\"\n")?;
+            let worker = WorkerServiceConfig::load(Some(Path::new("admin.toml")), kafka())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(worker.admin.listen.map(|a| a.port()), Some(9464));
+            jail.set_env("RPAFLOW_ADMIN__LISTEN", "0.0.0.0:9465");
+            let orchestrator =
+                OrchestratorServiceConfig::load(Some(Path::new("admin.toml")), kafka())
+                    .map_err(|e| e.to_string())?;
+            assert_eq!(
+                orchestrator.admin.listen,
+                Some("0.0.0.0:9465".parse().expect("an address"))
+            );
             Ok(())
         });
     }

@@ -21,6 +21,7 @@ use rpaflow_orchestrator::{OrchestratorHandle, StartRun, api};
 use rpaflow_worker::{Registry, Worker};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::Admin;
 use crate::config::{ConfigArgs, DevConfig, Flag as _};
 use crate::output;
 
@@ -40,6 +41,10 @@ pub struct DevArgs {
     /// Serve webhooks (`POST /hooks/{namespace}/{flow}`) on this address (port 0 picks a free one).
     #[arg(long, value_name = "ADDR")]
     pub hooks_listen: Option<SocketAddr>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address (`[admin] listen`; port 0
+    /// picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
     /// Keep serving after the flow's run ends (until Ctrl-C or SIGTERM).
     #[arg(long)]
     pub keep_running: bool,
@@ -73,6 +78,8 @@ pub struct DevArgs {
 /// The embedded system: orchestrator, worker pool and their shutdown.
 pub struct Embedded {
     pub handle: OrchestratorHandle,
+    /// The embedded worker's, when there is one.
+    pub worker: Option<rpaflow_worker::WorkerHandle>,
     pub shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -123,6 +130,7 @@ impl Embedded {
         let handle = orchestrator.handle();
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
+        let mut worker_handle = None;
         if let Some(source) = source {
             let registry =
                 Registry::for_config(&config.worker).context("cannot set up the executors")?;
@@ -130,6 +138,7 @@ impl Embedded {
             // The embedded worker opens secrets with the orchestrator's own key.
             worker_config.secrets_key = handle.secrets_key();
             let worker = Worker::new(worker_config, registry, source);
+            worker_handle = Some(worker.handle());
             let worker_stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(err) = worker.run(worker_stop).await {
@@ -145,6 +154,7 @@ impl Embedded {
         }));
         Ok(Self {
             handle,
+            worker: worker_handle,
             shutdown,
             tasks,
         })
@@ -164,6 +174,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .flag("orchestrator.data_dir", args.data.as_ref())
         .flag("listen", args.listen)
         .flag("hooks_listen", args.hooks_listen)
+        .flag("admin.listen", args.admin_listen)
         .flag("worker.concurrency", args.concurrency)
         .flag("kafka.brokers", args.kafka.as_ref())
         .flag("queues", (!args.queues.is_empty()).then_some(&args.queues));
@@ -246,8 +257,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let serve_stop = embedded.shutdown.clone();
     let handle = embedded.handle.clone();
+    // Cancelled first when stopping: gRPC health NOT_SERVING, /readyz 503.
+    let draining = CancellationToken::new();
+    let api_draining = draining.clone();
     let server = tokio::spawn(async move {
-        if let Err(err) = api::serve(handle, listener, tls.as_ref(), async move {
+        if let Err(err) = api::serve(handle, listener, tls.as_ref(), api_draining, async move {
             serve_stop.cancelled().await
         })
         .await
@@ -255,14 +269,34 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             tracing::error!(error = %err, "gRPC server stopped with an error");
         }
     });
+    // Before the serving line, which tells tests and scripts that everything listens.
+    let admin = match config.admin.listen {
+        Some(admin_addr) => {
+            let on_kafka = config.kafka.is_enabled();
+            let mut admin = Admin::new(draining.clone()).orchestrator(&embedded.handle, on_kafka);
+            if let Some(worker) = &embedded.worker {
+                admin = admin.worker(worker, on_kafka);
+            }
+            Some(crate::admin::serve(admin_addr, admin, "dev").await?)
+        }
+        None => None,
+    };
     println!(
         "rpaflow dev: serving gRPC on {addr} (data in {})",
         config.orchestrator.data_dir.display()
     );
+    let running = Running {
+        embedded,
+        server,
+        node,
+        draining,
+        admin,
+        admin_config: config.admin.clone(),
+    };
 
     let mut code = ExitCode::SUCCESS;
     if let Some((file, source)) = flow_source {
-        let handle = &embedded.handle;
+        let handle = &running.embedded.handle;
         let registered = handle
             .register_flow(DEFAULT_NAMESPACE, &file, &source)
             .await?;
@@ -287,27 +321,41 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             code = ExitCode::FAILURE;
         }
         if !args.keep_running {
-            stop(embedded, server, node).await;
+            running.stop().await;
             return Ok(code);
         }
     }
     wait_for_signal().await;
     eprintln!("rpaflow dev: shutting down");
-    stop(embedded, server, node).await;
+    running.stop().await;
     Ok(code)
 }
 
-async fn stop(
+/// What `rpaflow dev` runs, to stop in order.
+struct Running {
     embedded: Embedded,
     server: tokio::task::JoinHandle<()>,
     node: Option<rpaflow_inference_node::server::RunningNode>,
-) {
-    embedded.stop().await;
-    let _ = server.await;
-    if let Some(node) = node
-        && let Err(err) = node.shutdown().await
-    {
-        tracing::warn!(error = %err, "inference node did not stop cleanly");
+    draining: CancellationToken,
+    admin: Option<crate::admin::AdminServer>,
+    admin_config: crate::admin::AdminConfig,
+}
+
+impl Running {
+    /// Says NOT_SERVING (gRPC health, /readyz), waits `[admin] drain_delay`, drains, then stops
+    /// the admin listener last.
+    async fn stop(self) {
+        self.admin_config.start_draining(&self.draining).await;
+        self.embedded.stop().await;
+        let _ = self.server.await;
+        if let Some(node) = self.node
+            && let Err(err) = node.shutdown().await
+        {
+            tracing::warn!(error = %err, "inference node did not stop cleanly");
+        }
+        if let Some(admin) = self.admin {
+            admin.stop().await;
+        }
     }
 }
 

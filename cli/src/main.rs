@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - `dev`: `rpaflow dev`, everything embedded.
+//! - `admin`: the admin HTTP listener of the services: `/metrics`, `/healthz`, `/readyz`.
 //! - `config`: the layered configuration (defaults, file, `RPAFLOW_*`, flags).
 //! - `client`: `rpaflow flow ...` and `rpaflow run ...` against `--server`.
 //! - `output`: human-readable and JSON rendering of flows, runs and events.
@@ -14,6 +15,7 @@
 //! - The inference commands (`inference`, `generate`, `bench-inference`) live in
 //!   `rpaflow_inference_node::cli`.
 
+mod admin;
 mod bench;
 mod client;
 mod config;

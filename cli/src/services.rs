@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::admin::Admin;
 use crate::config::{ConfigArgs, Flag as _, OrchestratorServiceConfig, WorkerServiceConfig};
 use crate::dev::wait_for_signal;
 
@@ -37,6 +38,9 @@ pub struct OrchestratorArgs {
     /// Serve webhooks (`POST /hooks/{namespace}/{flow}`) on this address (port 0 picks a free one).
     #[arg(long, value_name = "ADDR")]
     pub hooks_listen: Option<SocketAddr>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address (`[admin] listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub settings: ConfigArgs,
 }
@@ -58,6 +62,9 @@ pub struct WorkerArgs {
     /// The inference node for `llm` steps, `http://host:port`.
     #[arg(long, value_name = "URL")]
     pub inference: Option<String>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address (`[admin] listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub settings: ConfigArgs,
 }
@@ -67,7 +74,8 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
         .flag("kafka.brokers", args.kafka.as_ref())
         .flag("orchestrator.data_dir", args.data.as_ref())
         .flag("listen", args.listen)
-        .flag("hooks_listen", args.hooks_listen);
+        .flag("hooks_listen", args.hooks_listen)
+        .flag("admin.listen", args.admin_listen);
     let Some(config) = args.settings.load::<OrchestratorServiceConfig>(overrides)? else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -93,16 +101,29 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let shutdown = CancellationToken::new();
+    // Cancelled first on SIGTERM: gRPC health says NOT_SERVING and /readyz 503 while draining.
+    let draining = CancellationToken::new();
     let forwarder = tokio::spawn(forward_events(handle.subscribe(), Arc::clone(&bus)));
     let serve_stop = shutdown.clone();
     let api_handle = handle.clone();
     let api_tls = tls.clone();
+    let api_draining = draining.clone();
     let server = tokio::spawn(async move {
         let stop = serve_stop.cancelled_owned();
-        if let Err(err) = api::serve(api_handle, listener, api_tls.as_ref(), stop).await {
+        if let Err(err) =
+            api::serve(api_handle, listener, api_tls.as_ref(), api_draining, stop).await
+        {
             error!(error = %err, "gRPC server stopped with an error");
         }
     });
+    // The admin listener answers until the very end of the drain.
+    let admin = match config.admin.listen {
+        Some(addr) => {
+            let admin = Admin::new(draining.clone()).orchestrator(&handle, true);
+            Some(crate::admin::serve(addr, admin, "orchestrator").await?)
+        }
+        None => None,
+    };
     // Webhooks and Kafka triggers stop taking deliveries before the orchestrator stops.
     let intake = CancellationToken::new();
     let hooks = match config.hooks_listen {
@@ -128,6 +149,7 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
     );
     wait_for_signal().await;
     info!("rpaflow orchestrator: shutting down");
+    config.admin.start_draining(&draining).await;
     intake.cancel();
     if let Some(hooks) = hooks {
         let _ = hooks.await;
@@ -137,6 +159,9 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
     let _ = server.await;
     let outcome = running.await.context("orchestrator task failed")?;
     forwarder.abort();
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
     outcome.context("orchestrator stopped with an error")?;
     Ok(ExitCode::SUCCESS)
 }
@@ -207,7 +232,8 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         .flag("queues", (!args.queues.is_empty()).then_some(&args.queues))
         .flag("worker.concurrency", args.concurrency)
         .flag("worker.id", args.id.as_ref())
-        .flag("worker.inference_endpoint", args.inference.as_ref());
+        .flag("worker.inference_endpoint", args.inference.as_ref())
+        .flag("admin.listen", args.admin_listen);
     let Some(config) = args.settings.load::<WorkerServiceConfig>(overrides)? else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -227,6 +253,14 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     }
     let worker = Worker::new(worker_config, registry, Arc::new(source));
     let shutdown = CancellationToken::new();
+    let draining = CancellationToken::new();
+    let admin = match config.admin.listen {
+        Some(addr) => {
+            let admin = Admin::new(draining.clone()).worker(&worker.handle(), true);
+            Some(crate::admin::serve(addr, admin, "worker").await?)
+        }
+        None => None,
+    };
     let stop = shutdown.clone();
     let running = tokio::spawn(worker.run(stop));
     println!(
@@ -237,12 +271,14 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         config.worker.concurrency
     );
     wait_for_signal().await;
+    config.admin.start_draining(&draining).await;
     info!("rpaflow worker: draining");
     shutdown.cancel();
-    running
-        .await
-        .context("worker task failed")?
-        .context("worker stopped with an error")?;
+    let stopped = running.await.context("worker task failed");
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
+    stopped?.context("worker stopped with an error")?;
     println!("rpaflow worker {}: stopped", config.worker.id);
     Ok(ExitCode::SUCCESS)
 }

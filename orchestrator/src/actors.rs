@@ -239,6 +239,7 @@ impl RunActor {
             match persisted {
                 Ok(events) => {
                     if let Some(msg_ack) = ack { Ack::ack(msg_ack) }
+                    act.shared.metrics.record(&act.state, &events);
                     act.shared.publish(&act.state.run_id, events);
                     act.perform(actions, ctx);
                 }

@@ -18,14 +18,28 @@ use crate::state::RunStatus;
 use crate::tls::ServerTls;
 
 /// Serves the API on `listener` until `shutdown` resolves; over TLS when `tls` is given.
+///
+/// gRPC health (`grpc.health.v1.Health`) says SERVING, for the server and for
+/// `rpaflow.v1.FlowService`, until `draining` is cancelled, then NOT_SERVING while the service
+/// drains (load balancers stop sending new calls; calls already made still get answers).
 pub async fn serve(
     handle: OrchestratorHandle,
     listener: TcpListener,
     tls: Option<&ServerTls>,
+    draining: tokio_util::sync::CancellationToken,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<FlowServiceServer<Api>>().await;
+    // Ends only with the server (the select below).
+    let not_serving = async move {
+        draining.cancelled().await;
+        health.set_not_serving::<FlowServiceServer<Api>>().await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        std::future::pending::<()>().await
+    };
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(rpaflow_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -48,20 +62,26 @@ pub async fn serve(
             ),
         )
         .add_service(FlowServiceServer::new(Api { handle }));
-    match tls {
-        Some(tls) => {
-            router
-                .serve_with_incoming_shutdown(tls.grpc(listener), shutdown)
-                .await
+    let served = async move {
+        match tls {
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(tls.grpc(listener), shutdown)
+                    .await
+            }
+            None => {
+                // Without TCP_NODELAY every streamed reply waits ~40 ms for Nagle's algorithm.
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
         }
-        None => {
-            // Without TCP_NODELAY every streamed reply waits ~40 ms for Nagle's algorithm.
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-        }
+    };
+    tokio::select! {
+        served = served => served,
+        () = not_serving => Ok(()),
     }
 }
 

@@ -19,9 +19,16 @@ pub(crate) struct Backlog {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Per run: the unanswered attempt of each step/item, and its queue.
-    runs: HashMap<String, HashMap<StepKey, (u32, String)>>,
+    /// Per run: the unanswered attempt of each step/item, its queue and when it went out.
+    runs: HashMap<String, HashMap<StepKey, Dispatched>>,
     per_queue: HashMap<String, usize>,
+}
+
+#[derive(Debug)]
+struct Dispatched {
+    attempt: u32,
+    queue: String,
+    at_ms: i64,
 }
 
 impl Inner {
@@ -46,43 +53,64 @@ impl Backlog {
         attempt: u32,
         queue: &str,
     ) {
+        let at_ms = rpaflow_core::time::now_ms();
         let mut inner = self.lock();
-        let previous = inner
-            .runs
-            .entry(run_id.to_owned())
-            .or_default()
-            .insert((step.to_owned(), item), (attempt, queue.to_owned()));
-        if let Some((_, old_queue)) = previous {
-            inner.release(&old_queue);
+        let previous = inner.runs.entry(run_id.to_owned()).or_default().insert(
+            (step.to_owned(), item),
+            Dispatched {
+                attempt,
+                queue: queue.to_owned(),
+                at_ms,
+            },
+        );
+        if let Some(old) = previous {
+            inner.release(&old.queue);
         }
         *inner.per_queue.entry(queue.to_owned()).or_default() += 1;
     }
 
-    /// A result for the attempt arrived (stale attempts change nothing).
-    pub(crate) fn answered(&self, run_id: &str, step: &str, item: Option<u32>, attempt: u32) {
+    /// A result for the attempt arrived (stale attempts change nothing); returns the attempt's
+    /// queue and when it was (last) dispatched.
+    pub(crate) fn answered(
+        &self,
+        run_id: &str,
+        step: &str,
+        item: Option<u32>,
+        attempt: u32,
+    ) -> Option<(String, i64)> {
         let mut inner = self.lock();
-        let Some(steps) = inner.runs.get_mut(run_id) else {
-            return;
-        };
+        let steps = inner.runs.get_mut(run_id)?;
         let key = (step.to_owned(), item);
-        if steps.get(&key).is_some_and(|(a, _)| *a == attempt)
-            && let Some((_, queue)) = steps.remove(&key)
+        if steps.get(&key).is_some_and(|d| d.attempt == attempt)
+            && let Some(answered) = steps.remove(&key)
         {
             if steps.is_empty() {
                 inner.runs.remove(run_id);
             }
-            inner.release(&queue);
+            inner.release(&answered.queue);
+            return Some((answered.queue, answered.at_ms));
         }
+        None
     }
 
     /// The run left memory (finished or cancelled): nothing of it is waited for any more.
     pub(crate) fn run_ended(&self, run_id: &str) {
         let mut inner = self.lock();
         if let Some(steps) = inner.runs.remove(run_id) {
-            for (_, queue) in steps.into_values() {
-                inner.release(&queue);
+            for dispatched in steps.into_values() {
+                inner.release(&dispatched.queue);
             }
         }
+    }
+
+    /// Tasks in flight per queue (queues seen since the start, with 0 once drained).
+    pub(crate) fn per_queue(&self) -> Vec<(String, usize)> {
+        let inner = self.lock();
+        inner
+            .per_queue
+            .iter()
+            .map(|(queue, n)| (queue.clone(), *n))
+            .collect()
     }
 
     /// Tasks of `queue` in flight.
@@ -106,9 +134,11 @@ mod tests {
         assert_eq!(backlog.in_flight("web"), 2);
         assert_eq!(backlog.in_flight("default"), 1);
         // A stale result changes nothing; the current attempt's result releases.
-        backlog.answered("r1", "a", None, 7);
+        assert_eq!(backlog.answered("r1", "a", None, 7), None);
         assert_eq!(backlog.in_flight("web"), 2);
-        backlog.answered("r1", "a", None, 1);
+        let (queue, at_ms) = backlog.answered("r1", "a", None, 1).expect("awaited");
+        assert_eq!(queue, "web");
+        assert!(at_ms > 0);
         assert_eq!(backlog.in_flight("web"), 1);
         // A retry replaces the attempt rather than adding one.
         backlog.dispatched("r1", "b", Some(0), 2, "web");
@@ -121,6 +151,9 @@ mod tests {
         );
         backlog.run_ended("r1");
         backlog.run_ended("r2");
+        let mut queues = backlog.per_queue();
+        queues.sort();
+        assert_eq!(queues, [("default".to_owned(), 0), ("web".to_owned(), 0)]);
         assert_eq!(backlog.in_flight("web"), 0);
         assert_eq!(backlog.in_flight("default"), 0);
     }

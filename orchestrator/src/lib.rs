@@ -15,6 +15,7 @@
 //! - [`hooks`]: the webhook endpoint, `POST /hooks/{namespace}/{flow}`, that starts runs.
 //! - [`tls`]: TLS on the gRPC and webhook listeners, with certificate reload and mTLS.
 //! - [`kafka_triggers`]: one consumer per Kafka trigger, one run per message.
+//! - [`metrics`]: the Prometheus metrics of runs, steps and dispatch.
 //! - [`error`]: the crate's error and its mapping to gRPC codes.
 
 mod actors;
@@ -27,6 +28,7 @@ pub mod error;
 mod evaluation;
 pub mod hooks;
 pub mod kafka_triggers;
+pub mod metrics;
 pub mod orchestrator;
 pub mod registry;
 pub mod schedule;

@@ -243,6 +243,50 @@ impl Dev {
             .unwrap_or_else(|| self.fail("the process printed no `webhooks on ADDR` line"))
     }
 
+    /// The admin listener of the current process, `http://127.0.0.1:PORT`, from the
+    /// `admin on http://ADDR` line it printed (started with `RPAFLOW_ADMIN__LISTEN`).
+    pub fn admin_url(&self) -> String {
+        const ADMIN: &str = ": admin on ";
+        self.output()
+            .lines()
+            .rev()
+            .find_map(|line| line.split_once(ADMIN).map(|(_, url)| url.trim().to_owned()))
+            .unwrap_or_else(|| self.fail("the process printed no `admin on ADDR` line"))
+    }
+
+    /// Sends SIGTERM (a graceful stop: the process drains), without waiting.
+    pub fn terminate(&self) {
+        let Some(child) = &self.child else {
+            self.fail("the process is not running");
+        };
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "cannot send SIGTERM to {}",
+            child.id()
+        );
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("the process was started");
+            if let Some(status) = child.try_wait().expect("cannot wait for the process") {
+                self.child = None;
+                self.channel = None;
+                self.join_drains();
+                return status;
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!("the process did not exit within {timeout:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

@@ -16,11 +16,13 @@
 //!   `worker.egress_namespaces` per namespace) and the resolver, redirect policy and browser
 //!   proxy that enforce them.
 //! - [`error`]: the crate's [`Error`] type.
+//! - [`metrics`]: the worker's Prometheus metrics (tasks, their duration, slots).
 
 pub mod egress;
 pub mod error;
 pub mod executor;
 pub mod executors;
+pub mod metrics;
 pub mod worker;
 
 mod duration;

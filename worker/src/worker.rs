@@ -210,6 +210,9 @@ pub struct WorkerStats {
 
 #[derive(Debug, Default)]
 struct Stats {
+    /// The configured concurrency, for the free slots.
+    concurrency: AtomicUsize,
+    metrics: crate::metrics::WorkerMetrics,
     in_flight: AtomicUsize,
     succeeded: AtomicU64,
     failed: AtomicU64,
@@ -220,6 +223,24 @@ impl WorkerHandle {
     /// The worker's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Adds the worker's metrics to `registry` ([`crate::metrics`]).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.stats.metrics.register(registry);
+    }
+
+    /// Sets the gauges (tasks in flight, free slots): called before each scrape.
+    pub fn refresh_metrics(&self) {
+        let in_flight = self.stats.in_flight.load(Ordering::Relaxed);
+        let concurrency = self.stats.concurrency.load(Ordering::Relaxed);
+        let metrics = &self.stats.metrics;
+        metrics
+            .in_flight
+            .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+        metrics
+            .free_slots
+            .set(i64::try_from(concurrency.saturating_sub(in_flight)).unwrap_or(i64::MAX));
     }
 
     /// A snapshot of the worker's counters.
@@ -235,11 +256,15 @@ impl WorkerHandle {
 
 impl Worker {
     pub fn new(config: WorkerConfig, registry: Registry, source: Arc<dyn TaskSource>) -> Self {
+        let stats = Stats {
+            concurrency: AtomicUsize::new(config.concurrency),
+            ..Stats::default()
+        };
         Self {
             config,
             registry,
             source,
-            stats: Arc::default(),
+            stats: Arc::new(stats),
         }
     }
 
@@ -384,7 +409,13 @@ impl Shared {
             let started_at_ms = now_ms();
             let started = Instant::now();
             let outcome = self.execute(&task, cancel.token()).await;
-            let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let elapsed = started.elapsed();
+            let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+            self.stats.metrics.task_finished(
+                &task.kind,
+                outcome.as_ref().err().map(|e| e.code.as_str()),
+                elapsed.as_secs_f64(),
+            );
             match &outcome {
                 Ok(_) => {
                     self.stats.succeeded.fetch_add(1, Ordering::Relaxed);

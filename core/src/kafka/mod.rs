@@ -459,11 +459,22 @@ pub(crate) async fn dead_letter(
     producer
         .send(record, Timeout::Never)
         .await
-        .map(|_| ())
+        .map(|_| {
+            DEAD_LETTERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
         .map_err(|(err, _)| crate::bus::BusError::Transport {
             topic: DLQ_TOPIC.to_owned(),
             message: err.to_string(),
         })
+}
+
+/// Messages this process put on the dead-letter topic.
+static DEAD_LETTERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many messages this process has put on the dead-letter topic since it started (the
+/// services' `rpaflow_dead_letters_total`).
+pub fn dead_letters() -> u64 {
+    DEAD_LETTERS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Whether a client error says the broker refused the credentials (retrying cannot help).

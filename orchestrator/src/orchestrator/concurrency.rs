@@ -75,6 +75,13 @@ impl FlowRuns {
         self.by_flow.get(flow).map_or(0, |s| s.queued.len())
     }
 
+    /// Each flow's running and queued runs.
+    pub(super) fn counts(&self) -> impl Iterator<Item = (&str, usize, usize)> {
+        self.by_flow
+            .iter()
+            .map(|(flow, s)| (flow.as_str(), s.running.len(), s.queued.len()))
+    }
+
     /// Flows with queued runs.
     pub(super) fn with_queue(&self) -> Vec<String> {
         self.by_flow

@@ -247,6 +247,48 @@ impl OrchestratorHandle {
             .collect()
     }
 
+    /// Adds the orchestrator's metrics to `registry` ([`crate::metrics`]).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.shared.metrics.register(registry);
+    }
+
+    /// Sets the metrics read from the orchestrator's tables (runs active and queued by flow,
+    /// the backlog per queue, dead letters): called before each scrape.
+    pub fn refresh_metrics(&self) {
+        use crate::metrics::{FlowLabels, QueueLabels};
+        let metrics = &self.shared.metrics;
+        // Flows seen before and without runs now show 0.
+        let mut seen = metrics.flows_seen();
+        for labels in seen.iter() {
+            metrics.runs_active.get_or_create(labels).set(0);
+            metrics.runs_queued.get_or_create(labels).set(0);
+        }
+        if let Ok(runs) = self.shared.flow_runs.lock() {
+            for (flow, running, queued) in runs.counts() {
+                let labels = FlowLabels::of(flow);
+                seen.insert(labels.clone());
+                metrics
+                    .runs_active
+                    .get_or_create(&labels)
+                    .set(i64::try_from(running).unwrap_or(i64::MAX));
+                metrics
+                    .runs_queued
+                    .get_or_create(&labels)
+                    .set(i64::try_from(queued).unwrap_or(i64::MAX));
+            }
+        }
+        for (queue, n) in self.shared.backlog.per_queue() {
+            metrics
+                .backlog
+                .get_or_create(&QueueLabels { queue })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        metrics.dead_letters.inner().store(
+            rpaflow_core::kafka::dead_letters(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// Starts a run, or returns the run its idempotency key already named (then `false`).
     pub async fn start_run(&self, req: StartRun) -> Result<(RunState, bool)> {
         let shared = &self.shared;
@@ -325,6 +367,7 @@ impl OrchestratorHandle {
             Created::New => {}
         }
         let actions = state.actions_for(&events);
+        shared.metrics.record(&state, &events);
         shared.publish(&run_id, events);
         if !state.status.is_finished() {
             shared.ensure_actor(state.clone(), actions)?;

@@ -32,6 +32,7 @@ use crate::actors::{ActorSystem, Deliver};
 use crate::backlog::Backlog;
 use crate::error::{Error, Result};
 use crate::evaluation::Evaluator;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::schedule::{Clock, Scheduler};
 use crate::state::{Action, ErrorInfo, Input, RunEvent, RunState};
@@ -167,6 +168,7 @@ impl Orchestrator {
             registry,
             bus,
             backlog: Backlog::default(),
+            metrics: Metrics::default(),
             scheduler: scheduler.handle(),
             evaluator: Evaluator::new(config.eval_threads),
             config,
@@ -243,9 +245,16 @@ impl Orchestrator {
             let Some(ResultDelivery { result, ack }) = delivery else {
                 break;
             };
-            shared
-                .backlog
-                .answered(&result.run_id, &result.step_id, result.item, result.attempt);
+            if let Some((queue, dispatched_at_ms)) = shared.backlog.answered(
+                &result.run_id,
+                &result.step_id,
+                result.item,
+                result.attempt,
+            ) {
+                shared
+                    .metrics
+                    .task_started(&queue, dispatched_at_ms, result.started_at_ms);
+            }
             let Some(addr) = shared.actor(&result.run_id) else {
                 // A finished or unknown run: nothing to record.
                 ack.ack();

@@ -17,6 +17,7 @@ use crate::actors::{ActorSystem, Published, RunActor};
 use crate::backlog::Backlog;
 use crate::error::{Error, Result};
 use crate::evaluation::Evaluator;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::schedule::SchedulerHandle;
 use crate::state::{EventKind, RunEvent, RunState, RunStatus, TaskSpec};
@@ -28,6 +29,7 @@ pub struct Shared {
     pub(crate) registry: Registry,
     pub(crate) bus: Arc<dyn StepBus>,
     pub(crate) backlog: Backlog,
+    pub(crate) metrics: Metrics,
     pub(super) scheduler: SchedulerHandle,
     pub(crate) config: OrchestratorConfig,
     /// Where expressions and templates are evaluated ([`crate::evaluation`]).

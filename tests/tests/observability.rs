@@ -1,0 +1,360 @@
+//! Metrics and health: `rpaflow dev` with an admin listener (`[admin] listen`) serves
+//! `/metrics`, `/healthz` and `/readyz`; after some runs the counters moved by exactly what
+//! happened, the text passes Debian's `promtool check metrics`, a real Prometheus scrapes it, and
+//! on SIGTERM the service says NOT_SERVING (gRPC health and `/readyz`) before it drains.
+//!
+//! Needs Debian's `prometheus` package (`scripts/setup-prometheus.sh`, which `scripts/test.sh`
+//! runs): without `promtool` and `prometheus` these tests fail.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rpaflow_tests::{Dev, pb};
+use serde_json::{Value as Json, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Three steps of `echo` (one a fan-out of three items), a check, and a `log`; the check's
+/// `until` fails the run when `n` is not positive.
+const FLOW: &str = r#"
+name: metered
+inputs:
+  n: { type: integer, default: 1 }
+steps:
+  - { id: first, uses: echo, with: { n: "{{ inputs.n }}" } }
+  - id: each
+    uses: echo
+    needs: first
+    for_each: { items: "range(1, 4)" }
+    with: { i: "{{ item }}" }
+  - id: check
+    uses: echo
+    needs: each
+    with: { n: "{{ inputs.n }}" }
+    until: "output.n > 0"
+    retry: { max_attempts: 1 }
+  - { id: note, uses: log, needs: check, with: { message: "n is {{ inputs.n }}" } }
+"#;
+
+/// One step that sleeps, to have work in flight when the process is told to stop.
+const SLOW: &str = r#"
+name: slow
+steps:
+  - { id: nap, uses: sleep, with: { duration: 4s } }
+"#;
+
+/// `GET url` over plain HTTP/1.1: the status and the body.
+async fn get(url: &str) -> (u16, String) {
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
+    let path = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {host}: {e}"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut raw))
+        .await
+        .expect("the admin listener answers in time")
+        .expect("read");
+    let raw = String::from_utf8(raw).expect("a UTF-8 answer");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    (status, body.to_owned())
+}
+
+/// The samples of a Prometheus text scrape, by `name{labels}` as printed.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// What `series` reads in `scrape`; a series that is not there reads 0.
+fn value(scrape: &BTreeMap<String, f64>, series: &str) -> f64 {
+    scrape.get(series).copied().unwrap_or(0.0)
+}
+
+async fn scrape(dev: &Dev) -> (String, BTreeMap<String, f64>) {
+    let (status, text) = get(&format!("{}/metrics", dev.admin_url())).await;
+    assert_eq!(status, 200, "{text}");
+    let parsed = samples(&text);
+    (text, parsed)
+}
+
+/// Runs `promtool check metrics` on `text`; panics with what it said when it refuses it.
+fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is not installed: run scripts/setup-prometheus.sh");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused the scrape:\n{}{}\n--- scrape ---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn counters_move_by_what_the_runs_did_and_prometheus_scrapes_them() {
+    let dev = Dev::launch_env(
+        &["--concurrency", "4"],
+        &[("RPAFLOW_ADMIN__LISTEN", "127.0.0.1:0")],
+    )
+    .await;
+    let admin = dev.admin_url();
+    assert_eq!(get(&format!("{admin}/healthz")).await, (200, "ok\n".into()));
+    let (status, body) = get(&format!("{admin}/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Json>(&body).expect("JSON"),
+        json!({"ready": true})
+    );
+
+    let (_, before) = scrape(&dev).await;
+    dev.register(FLOW).await;
+    let ok = [
+        dev.run("metered", json!({"n": 1})).await,
+        dev.run("metered", json!({"n": 2})).await,
+    ];
+    let failed = dev.run("metered", json!({"n": -1})).await;
+    for run in &ok {
+        dev.wait_succeeded(run, TIMEOUT).await;
+    }
+    dev.wait_failed(&failed, TIMEOUT).await;
+    let (text, after) = scrape(&dev).await;
+    let moved = |series: &str| value(&after, series) - value(&before, series);
+
+    let flow = r#"namespace="default",flow="metered""#;
+    assert_eq!(moved(&format!("rpaflow_runs_started_total{{{flow}}}")), 3.0);
+    for (outcome, n) in [("succeeded", 2.0), ("failed", 1.0), ("cancelled", 0.0)] {
+        let labels = format!(r#"{{{flow},outcome="{outcome}"}}"#);
+        assert_eq!(
+            moved(&format!("rpaflow_runs_finished_total{labels}")),
+            n,
+            "{outcome}\n{text}"
+        );
+        assert_eq!(
+            moved(&format!("rpaflow_run_duration_seconds_count{labels}")),
+            n,
+            "{outcome}"
+        );
+    }
+    // Steps, each counted once (a fan-out is one step): `first`, `each` and `check` are echo
+    // steps, `note` runs only when `check` passed.
+    for (kind, outcome, n) in [
+        ("echo", "succeeded", 8.0),
+        ("echo", "failed", 1.0),
+        ("log", "succeeded", 2.0),
+        ("log", "failed", 0.0),
+    ] {
+        let labels = format!(r#"{{kind="{kind}",outcome="{outcome}"}}"#);
+        assert_eq!(
+            moved(&format!("rpaflow_steps_finished_total{labels}")),
+            n,
+            "{kind} {outcome}\n{text}"
+        );
+        assert_eq!(
+            moved(&format!("rpaflow_step_duration_seconds_count{labels}")),
+            n,
+            "{kind} {outcome}"
+        );
+    }
+    // Tasks the worker ran: 5 echo tasks a run (1 + 3 items + the check, whose output the
+    // orchestrator judges with `until`: the task itself succeeded), and `note` twice.
+    assert_eq!(
+        moved(r#"rpaflow_worker_tasks_total{kind="echo",outcome="succeeded"}"#),
+        15.0,
+        "{text}"
+    );
+    assert_eq!(
+        moved(r#"rpaflow_worker_tasks_total{kind="log",outcome="succeeded"}"#),
+        2.0
+    );
+    assert_eq!(
+        moved(r#"rpaflow_worker_task_duration_seconds_count{kind="echo",outcome="succeeded"}"#),
+        15.0
+    );
+    // Every task's result said when the worker started it.
+    assert_eq!(
+        moved(r#"rpaflow_step_schedule_to_start_seconds_count{queue="default"}"#),
+        17.0
+    );
+    // Nothing left in flight.
+    assert_eq!(
+        value(&after, r#"rpaflow_dispatch_backlog{queue="default"}"#),
+        0.0
+    );
+    assert_eq!(
+        value(&after, &format!("rpaflow_runs_active{{{flow}}}")),
+        0.0
+    );
+    assert!(
+        after.contains_key(&format!("rpaflow_runs_active{{{flow}}}")),
+        "{text}"
+    );
+    assert_eq!(value(&after, "rpaflow_worker_tasks_in_flight"), 0.0);
+    assert_eq!(value(&after, "rpaflow_worker_free_slots"), 4.0);
+    // No run id in any label.
+    for run in ok.iter().chain([&failed]) {
+        assert!(
+            !text.contains(run.as_str()),
+            "a run id in the metrics:\n{text}"
+        );
+    }
+
+    promtool_check(&text);
+    prometheus_scrapes(&dev).await;
+}
+
+/// A real Prometheus (Debian's) scraping the admin listener sees the target up and the runs.
+async fn prometheus_scrapes(dev: &Dev) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let target = dev.admin_url().trim_start_matches("http://").to_owned();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: rpaflow\n    \
+             static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .expect("write the Prometheus configuration");
+    let port = rpaflow_tests::closed_port();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("a log file");
+    let mut prometheus = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(log.try_clone().expect("the log file"))
+        .stderr(log)
+        .spawn()
+        .expect("prometheus is not installed: run scripts/setup-prometheus.sh");
+    let api = format!("http://127.0.0.1:{port}/api/v1/query?query=");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    let mut seen = false;
+    while Instant::now() < deadline {
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::net::TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await
+        {
+            drop(stream);
+            let (_, up) = get(&format!("{api}up")).await;
+            let (_, runs) = get(&format!(
+                "{api}sum(rpaflow_runs_started_total%7Bflow%3D%22metered%22%7D)"
+            ))
+            .await;
+            last = format!("up: {up}\nruns: {runs}");
+            let value_of = |body: &str| -> Option<String> {
+                let answer: Json = serde_json::from_str(body).ok()?;
+                answer["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .map(str::to_owned)
+            };
+            if value_of(&up).as_deref() == Some("1") && value_of(&runs).as_deref() == Some("3") {
+                seen = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let log = std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+    assert!(
+        seen,
+        "Prometheus did not see the target up with 3 runs started; last answers:\n{last}\n\
+         --- prometheus log ---\n{}",
+        rpaflow_tests::tail(&log, 40)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_says_not_serving_before_the_drain() {
+    let mut dev = Dev::launch_env(
+        &[],
+        &[
+            ("RPAFLOW_ADMIN__LISTEN", "127.0.0.1:0"),
+            ("RPAFLOW_ADMIN__DRAIN_DELAY", "2s"),
+        ],
+    )
+    .await;
+    let admin = dev.admin_url();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(dev.channel().await);
+    let serving = |status: i32| {
+        tonic_health::pb::health_check_response::ServingStatus::try_from(status)
+            .expect("a known status")
+    };
+    let check = tonic_health::pb::HealthCheckRequest::default();
+    let status = health
+        .check(check.clone())
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(
+        serving(status.status),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    dev.register(SLOW).await;
+    let run = dev.run("slow", json!({})).await;
+    dev.wait_step(&run, "nap", pb::StepStatus::Running, TIMEOUT)
+        .await;
+
+    dev.terminate();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut readyz = (0, String::new());
+    while Instant::now() < deadline {
+        readyz = get(&format!("{admin}/readyz")).await;
+        if readyz.0 == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(readyz.0, 503, "{readyz:?}");
+    assert_eq!(
+        serde_json::from_str::<Json>(&readyz.1).expect("JSON"),
+        json!({"ready": false, "reason": "draining"})
+    );
+    // Alive, and still answering calls, while gRPC health says NOT_SERVING.
+    assert_eq!(get(&format!("{admin}/healthz")).await.0, 200);
+    let status = health.check(check).await.expect("health").into_inner();
+    assert_eq!(
+        serving(status.status),
+        tonic_health::pb::health_check_response::ServingStatus::NotServing
+    );
+    // Then it drains and exits cleanly.
+    let exit = dev.wait_exit(Duration::from_secs(30));
+    assert!(exit.success(), "{exit:?}\n{}", dev.output());
+}
