@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use rpaflow_tests::{Dev, pb};
+use rpaflow_tests::kafka::Broker;
+use rpaflow_tests::{Dev, WorkerProcess, pb};
 use serde_json::{Value as Json, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -89,8 +90,8 @@ fn value(scrape: &BTreeMap<String, f64>, series: &str) -> f64 {
     scrape.get(series).copied().unwrap_or(0.0)
 }
 
-async fn scrape(dev: &Dev) -> (String, BTreeMap<String, f64>) {
-    let (status, text) = get(&format!("{}/metrics", dev.admin_url())).await;
+async fn scrape(admin: &str) -> (String, BTreeMap<String, f64>) {
+    let (status, text) = get(&format!("{admin}/metrics")).await;
     assert_eq!(status, 200, "{text}");
     let parsed = samples(&text);
     (text, parsed)
@@ -137,22 +138,41 @@ async fn counters_move_by_what_the_runs_did_and_prometheus_scrapes_them() {
         json!({"ready": true})
     );
 
-    let (_, before) = scrape(&dev).await;
-    dev.register(FLOW).await;
-    let ok = [
-        dev.run("metered", json!({"n": 1})).await,
-        dev.run("metered", json!({"n": 2})).await,
-    ];
-    let failed = dev.run("metered", json!({"n": -1})).await;
-    for run in &ok {
-        dev.wait_succeeded(run, TIMEOUT).await;
+    let (_, before) = scrape(&dev.admin_url()).await;
+    let runs = start_runs(&dev).await;
+    let (text, after) = scrape(&dev.admin_url()).await;
+    assert_moved(&before, &after, &text, &before, &after, &text);
+    // No run id in any label.
+    for run in &runs {
+        assert!(
+            !text.contains(run.as_str()),
+            "a run id in the metrics:\n{text}"
+        );
     }
-    dev.wait_failed(&failed, TIMEOUT).await;
-    let (text, after) = scrape(&dev).await;
-    let moved = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(value(&after, "rpaflow_worker_free_slots"), 4.0);
 
+    promtool_check(&text);
+    prometheus_scrapes(&[dev.admin_url()]).await;
+}
+
+/// The runs of [`start_runs`] moved the orchestrator's counters (`orch_*`) and the worker's
+/// (`work_*`, the same scrape for `rpaflow dev`) by exactly what they did.
+fn assert_moved(
+    orch_before: &BTreeMap<String, f64>,
+    orch_after: &BTreeMap<String, f64>,
+    text: &str,
+    work_before: &BTreeMap<String, f64>,
+    work_after: &BTreeMap<String, f64>,
+    work_text: &str,
+) {
+    let moved = |series: &str| value(orch_after, series) - value(orch_before, series);
+    let worker_moved = |series: &str| value(work_after, series) - value(work_before, series);
     let flow = r#"namespace="default",flow="metered""#;
-    assert_eq!(moved(&format!("rpaflow_runs_started_total{{{flow}}}")), 3.0);
+    assert_eq!(
+        moved(&format!("rpaflow_runs_started_total{{{flow}}}")),
+        3.0,
+        "{text}"
+    );
     for (outcome, n) in [("succeeded", 2.0), ("failed", 1.0), ("cancelled", 0.0)] {
         let labels = format!(r#"{{{flow},outcome="{outcome}"}}"#);
         assert_eq!(
@@ -186,63 +206,75 @@ async fn counters_move_by_what_the_runs_did_and_prometheus_scrapes_them() {
             "{kind} {outcome}"
         );
     }
-    // Tasks the worker ran: 5 echo tasks a run (1 + 3 items + the check, whose output the
-    // orchestrator judges with `until`: the task itself succeeded), and `note` twice.
-    assert_eq!(
-        moved(r#"rpaflow_worker_tasks_total{kind="echo",outcome="succeeded"}"#),
-        15.0,
-        "{text}"
-    );
-    assert_eq!(
-        moved(r#"rpaflow_worker_tasks_total{kind="log",outcome="succeeded"}"#),
-        2.0
-    );
-    assert_eq!(
-        moved(r#"rpaflow_worker_task_duration_seconds_count{kind="echo",outcome="succeeded"}"#),
-        15.0
-    );
-    // Every task's result said when the worker started it.
+    // Every task's result said when the worker started it: 17 tasks (below).
     assert_eq!(
         moved(r#"rpaflow_step_schedule_to_start_seconds_count{queue="default"}"#),
-        17.0
+        17.0,
+        "{text}"
     );
     // Nothing left in flight.
     assert_eq!(
-        value(&after, r#"rpaflow_dispatch_backlog{queue="default"}"#),
+        value(orch_after, r#"rpaflow_dispatch_backlog{queue="default"}"#),
         0.0
     );
-    assert_eq!(
-        value(&after, &format!("rpaflow_runs_active{{{flow}}}")),
-        0.0
-    );
-    assert!(
-        after.contains_key(&format!("rpaflow_runs_active{{{flow}}}")),
-        "{text}"
-    );
-    assert_eq!(value(&after, "rpaflow_worker_tasks_in_flight"), 0.0);
-    assert_eq!(value(&after, "rpaflow_worker_free_slots"), 4.0);
-    // No run id in any label.
-    for run in ok.iter().chain([&failed]) {
-        assert!(
-            !text.contains(run.as_str()),
-            "a run id in the metrics:\n{text}"
+    let active = format!("rpaflow_runs_active{{{flow}}}");
+    assert_eq!(orch_after.get(&active), Some(&0.0), "{text}");
+
+    // Tasks the worker ran: 5 echo tasks a run (1 + 3 items + the check, whose output the
+    // orchestrator judges with `until`: the task itself succeeded), and `note` twice.
+    for (kind, outcome, n) in [
+        ("echo", "succeeded", 15.0),
+        ("echo", "failed", 0.0),
+        ("log", "succeeded", 2.0),
+    ] {
+        let labels = format!(r#"{{kind="{kind}",outcome="{outcome}"}}"#);
+        assert_eq!(
+            worker_moved(&format!("rpaflow_worker_tasks_total{labels}")),
+            n,
+            "{kind} {outcome}\n{work_text}"
+        );
+        assert_eq!(
+            worker_moved(&format!(
+                "rpaflow_worker_task_duration_seconds_count{labels}"
+            )),
+            n,
+            "{kind} {outcome}"
         );
     }
-
-    promtool_check(&text);
-    prometheus_scrapes(&dev).await;
+    assert_eq!(value(work_after, "rpaflow_worker_tasks_in_flight"), 0.0);
 }
 
-/// A real Prometheus (Debian's) scraping the admin listener sees the target up and the runs.
-async fn prometheus_scrapes(dev: &Dev) {
+/// Registers [`FLOW`] and runs it three times: twice to success, once to failure; returns the
+/// run ids.
+async fn start_runs(dev: &Dev) -> Vec<String> {
+    dev.register(FLOW).await;
+    let ok = [
+        dev.run("metered", json!({"n": 1})).await,
+        dev.run("metered", json!({"n": 2})).await,
+    ];
+    let failed = dev.run("metered", json!({"n": -1})).await;
+    for run in &ok {
+        dev.wait_succeeded(run, TIMEOUT).await;
+    }
+    dev.wait_failed(&failed, TIMEOUT).await;
+    vec![ok[0].clone(), ok[1].clone(), failed]
+}
+
+/// A real Prometheus (Debian's) scraping `targets` (admin URLs) sees them all up and the runs
+/// of [`start_runs`].
+async fn prometheus_scrapes(targets: &[String]) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let target = dev.admin_url().trim_start_matches("http://").to_owned();
+    let listed = targets
+        .iter()
+        .map(|t| format!("'{}'", t.trim_start_matches("http://")))
+        .collect::<Vec<_>>()
+        .join(", ");
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: rpaflow\n    \
-             static_configs:\n      - targets: ['{target}']\n"
+             static_configs:\n      - targets: [{listed}]\n"
         ),
     )
     .expect("write the Prometheus configuration");
@@ -260,30 +292,31 @@ async fn prometheus_scrapes(dev: &Dev) {
         .spawn()
         .expect("prometheus is not installed: run scripts/setup-prometheus.sh");
     let api = format!("http://127.0.0.1:{port}/api/v1/query?query=");
+    let value_of = |body: &str| -> Option<String> {
+        let answer: Json = serde_json::from_str(body).ok()?;
+        answer["data"]["result"][0]["value"][1]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let up_wanted = targets.len().to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
     let mut seen = false;
     while Instant::now() < deadline {
-        if let Ok(Ok(stream)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio::net::TcpStream::connect(("127.0.0.1", port)),
-        )
-        .await
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
         {
-            drop(stream);
-            let (_, up) = get(&format!("{api}up")).await;
+            // `sum(up)`: how many targets the last scrapes reached.
+            let (_, up) = get(&format!("{api}sum(up)")).await;
             let (_, runs) = get(&format!(
                 "{api}sum(rpaflow_runs_started_total%7Bflow%3D%22metered%22%7D)"
             ))
             .await;
             last = format!("up: {up}\nruns: {runs}");
-            let value_of = |body: &str| -> Option<String> {
-                let answer: Json = serde_json::from_str(body).ok()?;
-                answer["data"]["result"][0]["value"][1]
-                    .as_str()
-                    .map(str::to_owned)
-            };
-            if value_of(&up).as_deref() == Some("1") && value_of(&runs).as_deref() == Some("3") {
+            if value_of(&up).as_deref() == Some(up_wanted.as_str())
+                && value_of(&runs).as_deref() == Some("3")
+            {
                 seen = true;
                 break;
             }
@@ -295,10 +328,58 @@ async fn prometheus_scrapes(dev: &Dev) {
     let log = std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
     assert!(
         seen,
-        "Prometheus did not see the target up with 3 runs started; last answers:\n{last}\n\
-         --- prometheus log ---\n{}",
+        "Prometheus did not see {up_wanted} targets up with 3 runs started; last answers:\n\
+         {last}\n--- prometheus log ---\n{}",
         rpaflow_tests::tail(&log, 40)
     );
+}
+
+/// The distributed services on Kafka, each with its admin listener: both ready, both scrapes
+/// pass promtool, the counters on each moved by what it did, and Prometheus scrapes both.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_orchestrator_and_worker_services_serve_their_own_metrics() {
+    let broker = Broker::start().await.expect("cannot start the broker");
+    let admin_flag = ["--admin-listen", "127.0.0.1:0"];
+    let orchestrator = Dev::orchestrator(&broker.brokers(), &admin_flag, &[]).await;
+    let worker = WorkerProcess::start(&broker.brokers(), "w1", &admin_flag, &[]).await;
+    let worker_admin = worker
+        .output()
+        .lines()
+        .find_map(|line| {
+            line.split_once("rpaflow worker: admin on ")
+                .map(|(_, url)| url.trim().to_owned())
+        })
+        .unwrap_or_else(|| worker.fail("the worker printed no `admin on ADDR` line"));
+    let orchestrator_admin = orchestrator.admin_url();
+    for admin in [&orchestrator_admin, &worker_admin] {
+        let (status, body) = get(&format!("{admin}/readyz")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, r#"{"ready":true}"#),
+            "{admin}"
+        );
+    }
+
+    let (_, orch_before) = scrape(&orchestrator_admin).await;
+    let (_, work_before) = scrape(&worker_admin).await;
+    start_runs(&orchestrator).await;
+    let (text, orch_after) = scrape(&orchestrator_admin).await;
+    let (work_text, work_after) = scrape(&worker_admin).await;
+    assert_moved(
+        &orch_before,
+        &orch_after,
+        &text,
+        &work_before,
+        &work_after,
+        &work_text,
+    );
+    // Each service shows its own part only.
+    assert!(!text.contains("rpaflow_worker_"), "{text}");
+    assert!(!work_text.contains("rpaflow_runs_"), "{work_text}");
+    assert_eq!(value(&work_after, "rpaflow_worker_free_slots"), 16.0);
+    promtool_check(&text);
+    promtool_check(&work_text);
+    prometheus_scrapes(&[orchestrator_admin, worker_admin]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
