@@ -269,6 +269,114 @@ mod tests {
         assert_eq!(FlowLabels::of("invoices").namespace, "default");
     }
 
+    /// Drives a run of `src` through the state machine, answering each dispatched attempt with
+    /// `answer(step)`, recording every decision as the actor does; returns the metrics.
+    fn record_run(
+        metrics: &Metrics,
+        src: &str,
+        answer: impl Fn(&str) -> Result<serde_json::Value, crate::state::ErrorInfo>,
+    ) {
+        use crate::state::{Action, Input};
+        let mut flow = rpaflow_core::flow::parse("t.yaml", src).expect("a flow");
+        // As the registry keeps it: under its namespace.
+        flow.name = rpaflow_core::namespace::qualify("team-a", &flow.name);
+        let flow = std::sync::Arc::new(flow);
+        let mut state = RunState::new("run-1", flow, 1);
+        let mut now = 1_000;
+        let events = state.start(serde_json::json!({}), String::new(), None, None, now);
+        metrics.record(&state, &events);
+        let mut actions = state.actions_for(&events);
+        while let Some(action) = actions.pop() {
+            let Action::Dispatch(spec) = action else {
+                continue;
+            };
+            now += 250;
+            let events = state
+                .handle(
+                    Input::Result {
+                        outcome: answer(&spec.step),
+                        step: spec.step,
+                        item: spec.item,
+                        attempt: spec.attempt,
+                    },
+                    now,
+                )
+                .expect("a current attempt");
+            metrics.record(&state, &events);
+            actions.extend(state.actions_for(&events));
+        }
+    }
+
+    #[test]
+    fn runs_and_steps_are_counted_once_by_outcome_with_their_durations() {
+        const FLOW: &str = "name: t\nsteps:\n  - { id: a, uses: echo, with: { x: 1 } }\n  - { id: b, uses: http, needs: a, retry: { max_attempts: 2, delay: 1ms } }\n  - { id: c, uses: log, needs: b, with: { message: hi } }\n";
+        let metrics = Metrics::default();
+        record_run(&metrics, FLOW, |_| Ok(serde_json::json!({"ok": true})));
+        record_run(&metrics, FLOW, |step| match step {
+            "b" => Err(crate::state::ErrorInfo::new("http_status", "502", false)),
+            _ => Ok(serde_json::json!({})),
+        });
+        let flow = FlowLabels {
+            namespace: "team-a".into(),
+            flow: "t".into(),
+        };
+        assert_eq!(metrics.runs_started.get_or_create(&flow).get(), 2);
+        let run = |outcome| RunOutcomeLabels {
+            namespace: "team-a".into(),
+            flow: "t".into(),
+            outcome,
+        };
+        assert_eq!(
+            metrics
+                .runs_finished
+                .get_or_create(&run(Outcome::succeeded))
+                .get(),
+            1
+        );
+        assert_eq!(
+            metrics
+                .runs_finished
+                .get_or_create(&run(Outcome::failed))
+                .get(),
+            1
+        );
+        let succeeded = metrics.run_duration.get_or_create(&run(Outcome::succeeded));
+        // Three steps of 250 ms each.
+        assert_eq!((succeeded.count(), succeeded.sum()), (1, 0.75));
+        let step = |kind: &str, outcome| StepLabels {
+            kind: kind.into(),
+            outcome,
+        };
+        for (kind, outcome, n) in [
+            ("echo", Outcome::succeeded, 2),
+            ("http", Outcome::succeeded, 1),
+            ("http", Outcome::failed, 1),
+            ("log", Outcome::succeeded, 1),
+            ("log", Outcome::failed, 0),
+        ] {
+            let labels = step(kind, outcome);
+            assert_eq!(
+                metrics.steps_finished.get_or_create(&labels).get(),
+                n,
+                "{kind}"
+            );
+            assert_eq!(
+                metrics.step_duration.get_or_create(&labels).count(),
+                n,
+                "{kind}"
+            );
+        }
+        assert_eq!(
+            metrics
+                .step_duration
+                .get_or_create(&step("http", Outcome::succeeded))
+                .sum(),
+            0.25
+        );
+        // Both runs' flow shows in the gauges from now on.
+        assert!(metrics.flows_seen().contains(&flow));
+    }
+
     #[test]
     fn a_negative_wait_counts_as_none_and_an_unknown_start_is_not_counted() {
         let metrics = Metrics::default();
