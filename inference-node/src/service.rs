@@ -6,6 +6,7 @@ use futures::{Stream, StreamExt};
 use rpaflow_proto::v1 as pb;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
 
 use crate::{
     engine::{Delivery, EngineHandle, Event, FinishReason, Finished, Timings},
@@ -63,25 +64,39 @@ impl pb::inference_server::Inference for InferenceService {
         &self,
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<pb::GenerateResponse>, Status> {
-        let request = request.into_inner();
-        let params = GenerationParams::try_from(request.params)?;
-        let (_, mut events) = self
-            .engine
-            .submit(&request.prompt, params, Delivery::Whole)?;
-        // Dropping `events` (the client went away, the future is dropped) cancels the request.
-        match events.recv().await {
-            Some(Event::Completed(c)) => Ok(Response::new(pb::GenerateResponse {
-                text: c.text,
-                finish_reason: pb::FinishReason::from(c.finished.reason).into(),
-                prompt_tokens: c.finished.prompt_tokens,
-                generated_tokens: c.finished.generated_tokens,
-                token_ids: c.token_ids,
-                seed: c.finished.seed,
-                timings: Some(c.finished.timings.into()),
-            })),
-            Some(Event::Failed(e)) => Err(e.into()),
-            Some(Event::Token(_)) | None => Err(Error::NotRunning.into()),
+        let span = tracing::info_span!(
+            GENERATE_SPAN,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = "rpaflow.v1.Inference",
+            rpc.method = "Generate",
+            gen_ai.operation.name = "text_completion",
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+        );
+        // The caller's `traceparent` metadata (the `llm` step's CLIENT span) is the parent.
+        rpaflow_core::telemetry::run_trace::continue_trace(
+            &span,
+            request
+                .metadata()
+                .get(rpaflow_core::kafka::TRACEPARENT_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let started = std::time::SystemTime::now();
+        let answer = self
+            .generate_whole(request.into_inner())
+            .instrument(span.clone())
+            .await;
+        match &answer {
+            Ok(response) => record_generation(&span, started, response.get_ref()),
+            Err(status) => {
+                span.record("error.type", format!("{:?}", status.code()));
+                span.record("otel.status_code", "ERROR");
+            }
         }
+        answer
     }
 
     type GenerateStreamStream = ChunkStream;
@@ -133,5 +148,58 @@ impl pb::inference_server::Inference for InferenceService {
             max_queue: config.max_queue as u32,
             stats: Some((&self.engine.stats()).into()),
         }))
+    }
+}
+
+/// The server span of a `Generate` call; its children `queue`, `prefill` and `decode` are
+/// timed by the engine.
+pub const GENERATE_SPAN: &str = "rpaflow.v1.Inference/Generate";
+
+impl InferenceService {
+    async fn generate_whole(
+        &self,
+        request: pb::GenerateRequest,
+    ) -> Result<Response<pb::GenerateResponse>, Status> {
+        let params = GenerationParams::try_from(request.params)?;
+        let (_, mut events) = self
+            .engine
+            .submit(&request.prompt, params, Delivery::Whole)?;
+        // Dropping `events` (the client went away, the future is dropped) cancels the request.
+        match events.recv().await {
+            Some(Event::Completed(c)) => Ok(Response::new(pb::GenerateResponse {
+                text: c.text,
+                finish_reason: pb::FinishReason::from(c.finished.reason).into(),
+                prompt_tokens: c.finished.prompt_tokens,
+                generated_tokens: c.finished.generated_tokens,
+                token_ids: c.token_ids,
+                seed: c.finished.seed,
+                timings: Some(c.finished.timings.into()),
+            })),
+            Some(Event::Failed(e)) => Err(e.into()),
+            Some(Event::Token(_)) | None => Err(Error::NotRunning.into()),
+        }
+    }
+}
+
+/// Usage on the server span, and the engine's phases as its children.
+fn record_generation(
+    span: &tracing::Span,
+    started: std::time::SystemTime,
+    r: &pb::GenerateResponse,
+) {
+    span.record("gen_ai.usage.input_tokens", r.prompt_tokens);
+    span.record("gen_ai.usage.output_tokens", r.generated_tokens);
+    if let Some(t) = &r.timings {
+        let ms = |v: f64| std::time::Duration::from_secs_f64(v.max(0.0) / 1e3);
+        let (queue, first, total) = (ms(t.queue_ms), ms(t.time_to_first_token_ms), ms(t.total_ms));
+        rpaflow_core::telemetry::run_trace::record_phases(
+            span,
+            started,
+            &[
+                ("queue", queue),
+                ("prefill", first.saturating_sub(queue)),
+                ("decode", total.saturating_sub(first)),
+            ],
+        );
     }
 }

@@ -348,3 +348,91 @@ async fn a_run_is_one_trace_across_retries_and_restarts() {
         );
     }
 }
+
+/// The `llm` step's CLIENT span carries the trace to the inference node as gRPC metadata: the
+/// node's server span is its child, with the engine's `queue`, `prefill` and `decode` under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_llm_step_is_traced_into_the_inference_node() {
+    let env = rpaflow_tests::setup_script("setup-inference.sh");
+    let model = env["RPAFLOW_TEST_MODEL"].as_str();
+    let ort = env["ORT_DYLIB_PATH"].as_str();
+    let (receiver, endpoint) = Receiver::start().await;
+    let dev = Dev::launch_env(
+        &["--model", model, "--onnxruntime", ort],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    )
+    .await;
+    let flow =
+        std::fs::read_to_string(rpaflow_tests::workspace_root().join("examples/draft-reply.yaml"))
+            .expect("examples/draft-reply.yaml");
+    dev.register(&flow).await;
+    let run_id = dev.run("draft-reply", json!({})).await;
+    dev.wait_succeeded(&run_id, TIMEOUT).await;
+    let trace_id: String = run_id.chars().filter(char::is_ascii_hexdigit).collect();
+    let spans = receiver
+        .wait_until("the run's spans down to the engine's phases", |spans| {
+            count(spans, "run draft-reply") == 1 && count(spans, "decode") >= 1
+        })
+        .await;
+    let all = describe(&spans);
+    let trace: Vec<&Received> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
+    let one = |pred: &dyn Fn(&Received) -> bool, what: &str| -> Received {
+        let found: Vec<&&Received> = trace.iter().filter(|s| pred(s)).collect();
+        assert_eq!(found.len(), 1, "one {what} in the run's trace:\n{all}");
+        (*found[0]).clone()
+    };
+    let step = one(&|s| s.name == "step llm", "`step llm`");
+    let client = one(
+        &|s| s.name.starts_with("text_completion"),
+        "`text_completion` span",
+    );
+    let model_name = std::path::Path::new(model)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    assert_eq!(
+        client.name,
+        format!("text_completion {model_name}"),
+        "{all}"
+    );
+    assert_eq!(client.kind, SpanKind::Client, "{all}");
+    assert_eq!(client.parent, step.span_id, "{all}");
+    assert_eq!(
+        client.attributes.get("gen_ai.request.model"),
+        Some(&model_name),
+        "{all}"
+    );
+    assert_eq!(
+        client
+            .attributes
+            .get("gen_ai.request.max_tokens")
+            .map(String::as_str),
+        Some("24"),
+        "{all}"
+    );
+    assert_eq!(
+        client
+            .attributes
+            .get("gen_ai.usage.output_tokens")
+            .map(String::as_str),
+        Some("24"),
+        "{all}"
+    );
+    assert!(
+        client.attributes.contains_key("gen_ai.usage.input_tokens"),
+        "{all}"
+    );
+    let server = one(
+        &|s| s.name == "rpaflow.v1.Inference/Generate",
+        "server span",
+    );
+    assert_eq!(server.kind, SpanKind::Server, "{all}");
+    assert_eq!(
+        server.parent, client.span_id,
+        "the node continues the step's trace:\n{all}"
+    );
+    for phase in ["queue", "prefill", "decode"] {
+        let span = one(&|s| s.name == phase, phase);
+        assert_eq!(span.parent, server.span_id, "{all}");
+    }
+}

@@ -111,6 +111,31 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     own.is_valid().then(|| format_traceparent(&own))
 }
 
+/// Records consecutive child spans of `parent` (a `tracing` span) from `start`, one per
+/// `(name, duration)`: the phases of work done elsewhere (an engine thread) and timed there.
+pub fn record_phases(parent: &tracing::Span, start: SystemTime, phases: &[(&str, Duration)]) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if !enabled() {
+        return;
+    }
+    let parent = parent.context();
+    if !parent.span().span_context().is_valid() {
+        return;
+    }
+    let tracer = opentelemetry::global::tracer(TRACER_NAME);
+    let mut at = start;
+    for (name, duration) in phases {
+        let end = at + *duration;
+        let mut span = tracer
+            .span_builder((*name).to_owned())
+            .with_kind(SpanKind::Internal)
+            .with_start_time(at)
+            .start_with_context(&tracer, &parent);
+        opentelemetry::trace::Span::end_with_timestamp(&mut span, end);
+        at = end;
+    }
+}
+
 /// What the run span says about a run.
 #[derive(Debug)]
 pub struct RunSpan<'a> {

@@ -15,6 +15,7 @@
 //! with a short back-off while the step's time allows, then fails with `llm_unavailable` or
 //! `llm_busy`, both retryable, so the flow's `retry` can go on.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,6 +23,7 @@ use rpaflow_proto::v1 as pb;
 use rpaflow_proto::v1::inference_client::InferenceClient;
 use serde_json::{Value as Json, json};
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument as _;
 
 use super::Input;
 use super::input::wrong_type;
@@ -52,6 +54,8 @@ pub struct LlmExecutor {
     endpoint: String,
     /// None when no inference node is configured: every step fails saying so.
     channel: Option<Channel>,
+    /// The node's model (its directory's name), asked once for the spans' `gen_ai.request.model`.
+    model: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl LlmExecutor {
@@ -60,6 +64,7 @@ impl LlmExecutor {
         Self {
             endpoint: String::new(),
             channel: None,
+            model: Arc::default(),
         }
     }
 
@@ -80,9 +85,33 @@ impl LlmExecutor {
         Ok(Self {
             endpoint,
             channel: Some(channel),
+            model: Arc::default(),
         })
     }
+
+    /// The model's name, from the node's `ModelInfo` (asked again after a failure).
+    async fn model(&self, channel: Channel) -> String {
+        let ask = || async move {
+            let info = InferenceClient::new(channel)
+                .model_info(pb::ModelInfoRequest {})
+                .await?
+                .into_inner();
+            let name = std::path::Path::new(&info.model_dir)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(info.model_dir);
+            Ok::<_, tonic::Status>(name)
+        };
+        self.model
+            .get_or_try_init(ask)
+            .await
+            .cloned()
+            .unwrap_or_default()
+    }
 }
+
+/// The name of the CLIENT span of a generation: `text_completion {model}`.
+pub const LLM_SPAN: &str = "text_completion";
 
 fn number(input: &Input<'_>, name: &str) -> Result<Option<f64>, StepError> {
     match input.get(name) {
@@ -171,15 +200,72 @@ impl Executor for LlmExecutor {
                  RPAFLOW_WORKER__INFERENCE_ENDPOINT, or run `rpaflow dev --model DIR`)",
             ));
         };
+        let model = if rpaflow_core::telemetry::run_trace::enabled() {
+            self.model(channel.clone()).await
+        } else {
+            String::new()
+        };
+        let params = request.params.clone().unwrap_or_default();
+        let span = tracing::info_span!(
+            LLM_SPAN,
+            otel.name = %format_args!("{LLM_SPAN} {model}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            gen_ai.operation.name = LLM_SPAN,
+            gen_ai.provider.name = "rpaflow",
+            gen_ai.request.model = %model,
+            gen_ai.request.max_tokens = params.max_new_tokens,
+            gen_ai.request.temperature = params.temperature,
+            gen_ai.request.top_k = params.top_k,
+            gen_ai.request.top_p = params.top_p,
+            gen_ai.request.seed = params.seed,
+            gen_ai.response.finish_reasons = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            server.address = %self.endpoint,
+        );
+        let outcome = self
+            .generate(ctx, channel, request, &span)
+            .instrument(span.clone())
+            .await;
+        if let Err(err) = &outcome {
+            span.record("error.type", err.code.as_str());
+            span.record("otel.status_code", "ERROR");
+        }
+        outcome
+    }
+}
+
+impl LlmExecutor {
+    /// Calls the node, retrying while it is busy or not ready, in `span` (whose context the
+    /// call carries as `traceparent` metadata).
+    async fn generate(
+        &self,
+        ctx: &TaskContext,
+        channel: Channel,
+        request: pb::GenerateRequest,
+        span: &tracing::Span,
+    ) -> Result<Json, StepError> {
+        let traceparent = rpaflow_core::telemetry::run_trace::traceparent_of(span)
+            .and_then(|tp| tonic::metadata::MetadataValue::try_from(tp).ok());
         let mut client = InferenceClient::new(channel);
         let mut backoff = Duration::from_millis(200);
         loop {
-            let call = client.generate(request.clone());
+            let mut call = tonic::Request::new(request.clone());
+            if let Some(traceparent) = &traceparent {
+                call.metadata_mut()
+                    .insert(rpaflow_core::kafka::TRACEPARENT_HEADER, traceparent.clone());
+            }
+            let call = client.generate(call);
             let status = tokio::select! {
                 () = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
                 result = call => match result {
                     Ok(response) => {
                         let r = response.into_inner();
+                        span.record("gen_ai.usage.input_tokens", r.prompt_tokens);
+                        span.record("gen_ai.usage.output_tokens", r.generated_tokens);
+                        span.record("gen_ai.response.finish_reasons", finish_reason(r.finish_reason));
                         return Ok(json!({
                             "text": r.text,
                             "finish_reason": finish_reason(r.finish_reason),
