@@ -120,6 +120,24 @@ impl Admin {
         self
     }
 
+    /// An inference node's metrics; ready while its engine takes requests (the model is loaded
+    /// once the node runs).
+    pub fn inference(mut self, engine: &rpaflow_inference_node::engine::EngineHandle) -> Self {
+        engine.register_metrics(&mut self.registry);
+        let refreshed = engine.clone();
+        self.refresh
+            .push(Box::new(move || refreshed.refresh_metrics()));
+        let serving = engine.clone();
+        self.checks.push(Box::new(move || {
+            if serving.is_serving() {
+                Ok(())
+            } else {
+                Err("the inference engine is shutting down".into())
+            }
+        }));
+        self
+    }
+
     fn metrics_text(&self) -> String {
         for refresh in &self.refresh {
             refresh();

@@ -277,6 +277,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             if let Some(worker) = &embedded.worker {
                 admin = admin.worker(worker, on_kafka);
             }
+            if let Some(node) = &node {
+                admin = admin.inference(node.engine());
+            }
             Some(crate::admin::serve(admin_addr, admin, "dev").await?)
         }
         None => None,

@@ -72,7 +72,7 @@ enum Command {
     /// Measure the embedded orchestrator: N runs of K no-op steps, C at a time.
     Bench(bench::BenchArgs),
     /// Serve a GPT-2 model (ONNX, Hugging Face Optimum layout) over gRPC.
-    Inference(rpaflow_inference_node::cli::InferenceArgs),
+    Inference(InferenceCommand),
     /// Generate text on an inference node, for a person at a terminal.
     Generate(rpaflow_inference_node::cli::GenerateArgs),
     /// Measure an inference node: C concurrent requests against the same requests one at a time.
@@ -131,12 +131,36 @@ fn main() -> ExitCode {
     }
 }
 
-async fn inference(args: rpaflow_inference_node::cli::InferenceArgs) -> anyhow::Result<ExitCode> {
+/// `rpaflow inference`: the node's own flags, and the admin listener.
+#[derive(Debug, clap::Args)]
+struct InferenceCommand {
+    #[command(flatten)]
+    node: rpaflow_inference_node::cli::InferenceArgs,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address.
+    #[arg(long, value_name = "ADDR", env = "RPAFLOW_ADMIN__LISTEN")]
+    admin_listen: Option<std::net::SocketAddr>,
+}
+
+async fn inference(cmd: InferenceCommand) -> anyhow::Result<ExitCode> {
     let _telemetry = rpaflow_core::telemetry::init_telemetry(
         &rpaflow_core::telemetry::TelemetryConfig::default(),
         "rpaflow-inference",
     );
-    rpaflow_inference_node::cli::serve(args, dev::wait_for_signal()).await?;
+    let Some(admin_addr) = cmd.admin_listen else {
+        rpaflow_inference_node::cli::serve(cmd.node, dev::wait_for_signal()).await?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let node = rpaflow_inference_node::server::start(cmd.node.node_config()).await?;
+    let draining = tokio_util::sync::CancellationToken::new();
+    let admin = admin::Admin::new(draining.clone()).inference(node.engine());
+    let admin = admin::serve(admin_addr, admin, "inference").await?;
+    rpaflow_inference_node::cli::serving(&node);
+    dev::wait_for_signal().await;
+    tracing::info!("inference node shutting down");
+    draining.cancel();
+    let stopped = node.shutdown().await;
+    admin.stop().await;
+    stopped?;
     Ok(ExitCode::SUCCESS)
 }
 

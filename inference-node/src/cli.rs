@@ -89,11 +89,16 @@ impl InferenceArgs {
 /// ADDR` once bound.
 pub async fn serve(args: InferenceArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
     let node = server::start(args.node_config()).await?;
-    println!("rpaflow inference: serving gRPC on {}", node.addr());
-    let _ = std::io::stdout().flush();
+    serving(&node);
     shutdown.await;
     tracing::info!("inference node shutting down");
     node.shutdown().await
+}
+
+/// Prints `rpaflow inference: serving gRPC on ADDR`, the line that says the node takes requests.
+pub fn serving(node: &server::RunningNode) {
+    println!("rpaflow inference: serving gRPC on {}", node.addr());
+    let _ = std::io::stdout().flush();
 }
 
 /// Generation parameters as flags.

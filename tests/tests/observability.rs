@@ -439,3 +439,105 @@ async fn sigterm_says_not_serving_before_the_drain() {
     let exit = dev.wait_exit(Duration::from_secs(30));
     assert!(exit.success(), "{exit:?}\n{}", dev.output());
 }
+
+/// `rpaflow inference --admin-listen` serves the node's metrics: after two generations the
+/// request, token and latency series moved by what the node did, and promtool accepts them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_inference_node_serves_its_metrics() {
+    use tokio::io::AsyncBufReadExt as _;
+    let env = rpaflow_tests::setup_script("setup-inference.sh");
+    let mut node = tokio::process::Command::new(rpaflow_tests::rpaflow_bin());
+    node.args([
+        "inference",
+        "--model",
+        env["RPAFLOW_TEST_MODEL"].as_str(),
+        "--onnxruntime",
+        env["ORT_DYLIB_PATH"].as_str(),
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .kill_on_drop(true);
+    let mut node = node.spawn().expect("cannot start rpaflow inference");
+    let mut lines = tokio::io::BufReader::new(node.stdout.take().expect("piped stdout")).lines();
+    let (mut admin, mut grpc) = (None, None);
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(url) = line.strip_prefix("rpaflow inference: admin on ") {
+                admin = Some(url.trim().to_owned());
+            }
+            if let Some(addr) = line.strip_prefix("rpaflow inference: serving gRPC on ") {
+                grpc = Some(addr.trim().to_owned());
+                return;
+            }
+        }
+        panic!("rpaflow inference ended without serving");
+    })
+    .await
+    .expect("rpaflow inference did not start in time");
+    let admin = admin.expect("the node printed its admin address before serving");
+    let grpc = grpc.expect("a gRPC address");
+    let (status, body) = get(&format!("{admin}/readyz")).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"ready":true}"#));
+
+    let (_, before) = scrape(&admin).await;
+    let mut generated_tokens = 0.0;
+    for prompt in ["Hello there", "Our reply:"] {
+        let out = rpaflow_tests::rpaflow(
+            &[
+                "generate",
+                "--server",
+                &grpc,
+                "--max-new-tokens",
+                "6",
+                "--greedy",
+                prompt,
+            ],
+            TIMEOUT,
+        )
+        .await;
+        out.expect_success();
+        // Its summary: `finish: ..., prompt tokens: N, generated tokens: N, ...`.
+        let (_, rest) = out
+            .stderr
+            .split_once("generated tokens: ")
+            .unwrap_or_else(|| panic!("no summary from generate:\n{out}"));
+        let n: f64 = rest
+            .split(',')
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no token count in the summary:\n{out}"));
+        generated_tokens += n;
+    }
+    let (text, after) = scrape(&admin).await;
+    let moved = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(
+        moved(r#"rpaflow_inference_requests_total{outcome="finished"}"#),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        moved("rpaflow_inference_generated_tokens_total"),
+        generated_tokens
+    );
+    assert_eq!(
+        moved("rpaflow_inference_time_to_first_token_seconds_count"),
+        2.0
+    );
+    assert_eq!(moved("rpaflow_inference_queue_duration_seconds_count"), 2.0);
+    assert!(
+        moved("rpaflow_inference_prompt_tokens_total") >= 4.0,
+        "{text}"
+    );
+    assert!(
+        moved(r#"rpaflow_inference_forward_duration_seconds_count{method="prefill"}"#) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(value(&after, "rpaflow_inference_queue_size"), 0.0);
+    assert_eq!(value(&after, "rpaflow_inference_batch_current_size"), 0.0);
+    promtool_check(&text);
+    let _ = node.kill().await;
+}

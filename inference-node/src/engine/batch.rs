@@ -12,7 +12,7 @@ use tracing::{debug, error, info, trace};
 
 use super::{
     Completion, Delivery, Event, FinishReason, Finished, Request, Shared, Timings, TokenEvent,
-    sampling::Sampler, text::TextStream,
+    metrics, sampling::Sampler, text::TextStream,
 };
 use crate::{
     engine::EngineConfig,
@@ -118,6 +118,7 @@ impl Runner {
                 if next.events.is_closed() {
                     queue.waiting.pop_front();
                     self.shared.stats().requests_cancelled += 1;
+                    self.shared.metrics.cancelled(1);
                     continue;
                 }
                 let fits = self.seqs.len() + admitted.len() < self.config.max_batch_size
@@ -151,6 +152,7 @@ impl Runner {
         }
         if cancelled > 0 {
             self.shared.stats().requests_cancelled += cancelled;
+            self.shared.metrics.cancelled(cancelled);
             if let Err(e) = self.compact(None) {
                 self.fail_running(&e);
             }
@@ -195,6 +197,7 @@ impl Runner {
                 stats.admitted += 1;
                 stats.queue_time += queue;
                 drop(stats);
+                self.shared.metrics.admitted(queue, request.prompt.len());
                 Sequence {
                     sampler: Sampler::new(&request.params, &request.prompt),
                     text: TextStream::new(request.params.stop.clone()),
@@ -213,6 +216,9 @@ impl Runner {
         let forward_started = Instant::now();
         let result = self.model.forward(input, &past);
         let forward_time = forward_started.elapsed();
+        self.shared
+            .metrics
+            .forward(metrics::Pass::prefill, forward_time);
         let (logits, kv) = match result {
             Ok(out) => out,
             Err(e) => {
@@ -364,6 +370,10 @@ impl Runner {
             stats.decode_steps += 1;
             stats.batch_rows += b as u64;
         }
+        self.shared.metrics.decoded(b);
+        self.shared
+            .metrics
+            .forward(metrics::Pass::decode, forward_time);
         self.kv = Some(kv);
         if self.seqs.iter().any(|s| s.done) {
             self.compact(None)?;
@@ -416,6 +426,11 @@ fn accept(seq: &mut Sequence, token: u32, tokenizer: &Tokenizer, eos: u32, share
             stats.time_to_first_token += now.duration_since(arrived);
         }
     }
+    shared.metrics.token(
+        seq.first_token
+            .is_none()
+            .then(|| now.duration_since(arrived)),
+    );
     seq.first_token.get_or_insert(now);
     let outcome = (|| -> Result<(String, Option<FinishReason>)> {
         if token == eos {
@@ -457,6 +472,10 @@ fn accept(seq: &mut Sequence, token: u32, tokenizer: &Tokenizer, eos: u32, share
     if let Some(f) = &finished {
         seq.done = true;
         shared.stats().requests_finished += 1;
+        shared.metrics.finished(
+            f.generated_tokens,
+            f.timings.total - f.timings.time_to_first_token,
+        );
         let tokens_per_s = f64::from(f.generated_tokens)
             / (f.timings.total - f.timings.queue)
                 .max(Duration::from_micros(1))
@@ -495,6 +514,7 @@ fn accept(seq: &mut Sequence, token: u32, tokenizer: &Tokenizer, eos: u32, share
         // The client went away: the sequence leaves the batch.
         seq.done = true;
         shared.stats().requests_cancelled += 1;
+        shared.metrics.cancelled(1);
     }
 }
 

@@ -5,8 +5,11 @@
 //! caller's thread), the queue (full: [`Error::QueueFull`]), admission between two decode steps
 //! when the budgets allow (batch size, total tokens), prefill with the other newcomers, then decode
 //! steps in the running batch until it finishes or its receiver is dropped.
+//!
+//! [`metrics`] are the Prometheus metrics the engine thread observes as it works.
 
 mod batch;
+pub mod metrics;
 mod sampling;
 mod stats;
 mod text;
@@ -143,6 +146,7 @@ struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     stats: Mutex<EngineStats>,
+    metrics: metrics::NodeMetrics,
     next_id: AtomicU64,
 }
 
@@ -189,6 +193,7 @@ pub async fn start(config: EngineConfig) -> Result<(EngineHandle, EngineThread)>
         queue: Mutex::new(Queue::default()),
         wake: Condvar::new(),
         stats: Mutex::new(EngineStats::default()),
+        metrics: metrics::NodeMetrics::default(),
         next_id: AtomicU64::new(1),
     });
     let thread_shared = Arc::clone(&shared);
@@ -338,6 +343,24 @@ impl EngineHandle {
         let mut stats = self.shared.stats().clone();
         stats.queued = queued;
         stats
+    }
+
+    /// Adds the engine's metrics to `registry` ([`metrics`]).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.shared.metrics.register(registry);
+    }
+
+    /// Sets the gauges (queue size, running batch) from the engine: called before each scrape.
+    pub fn refresh_metrics(&self) {
+        let stats = self.stats();
+        let metrics = &self.shared.metrics;
+        metrics.queue_size.set(i64::from(stats.queued));
+        metrics.batch_current_size.set(i64::from(stats.running));
+    }
+
+    /// Whether the engine takes requests (the model is loaded and it is not shutting down).
+    pub fn is_serving(&self) -> bool {
+        !self.shared.queue().shutdown
     }
 
     /// Stops accepting requests, fails the waiting ones, and lets the running ones finish; the
