@@ -436,3 +436,51 @@ async fn an_llm_step_is_traced_into_the_inference_node() {
         assert_eq!(span.parent, server.span_id, "{all}");
     }
 }
+
+/// A collector that is down (a closed port) costs runs nothing: they succeed as fast as they
+/// would, and the service stops promptly, saying how many spans it dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_costs_runs_nothing() {
+    const RUNS: usize = 20;
+    let api = HttpServer::start();
+    let mut dev = Dev::launch_env(
+        &[],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")],
+    )
+    .await;
+    dev.register(FLOW).await;
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    for _ in 0..RUNS {
+        runs.push(dev.run("traced", json!({ "api": api.url() })).await);
+    }
+    for run_id in &runs {
+        dev.wait_step(run_id, "gate", pb::StepStatus::WaitingApproval, TIMEOUT)
+            .await;
+        dev.approve(run_id, "gate").await;
+    }
+    for run_id in &runs {
+        dev.wait_succeeded(run_id, TIMEOUT).await;
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(15),
+        "{RUNS} runs took {elapsed:?} with the collector down"
+    );
+    // Spans wait at most a batch delay, and the exports to the closed port fail.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopping = Instant::now();
+    dev.terminate();
+    let status = dev.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}\n{}", dev.output());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "stopping took {:?}",
+        stopping.elapsed()
+    );
+    let output = dev.output();
+    assert!(
+        output.contains("spans were dropped"),
+        "no count of dropped spans when stopping:\n{output}"
+    );
+}

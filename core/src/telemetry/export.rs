@@ -173,14 +173,26 @@ async fn export_loop(
         tokio::select! {
             biased;
             asked = control.recv() => {
-                // Everything queued so far goes out before the answer.
+                // Everything queued so far goes out before the answer, unless the collector
+                // fails: then the rest is dropped (counted) rather than tried batch by batch,
+                // so a stopping service does not wait on a collector that is down.
+                let mut healthy = true;
                 while let Ok(span) = spans.try_recv() {
+                    if !healthy {
+                        stats.drop_spans(1);
+                        continue;
+                    }
                     batch.push(span);
                     if batch.len() >= MAX_BATCH {
-                        export(&exporter, &mut batch, stats).await;
+                        healthy = export(&exporter, &mut batch, stats).await;
                     }
                 }
-                export(&exporter, &mut batch, stats).await;
+                if healthy {
+                    export(&exporter, &mut batch, stats).await;
+                } else {
+                    stats.drop_spans(batch.len());
+                    batch.clear();
+                }
                 match asked {
                     Some(Control::Flush(reply)) => {
                         let _ = reply.send(());
@@ -202,34 +214,39 @@ async fn export_loop(
                     export(&exporter, &mut batch, stats).await;
                 }
             }
-            _ = tick.tick() => export(&exporter, &mut batch, stats).await,
+            _ = tick.tick() => {
+                export(&exporter, &mut batch, stats).await;
+            }
         }
     }
 }
 
 /// Sends the batch; a failure or a timeout drops it (counted): a collector that is down must
-/// not make spans pile up.
+/// not make spans pile up. False when the collector failed.
 async fn export(
     exporter: &opentelemetry_otlp::SpanExporter,
     batch: &mut Vec<SpanData>,
     stats: &ExportStats,
-) {
+) -> bool {
     if batch.is_empty() {
-        return;
+        return true;
     }
     let spans = std::mem::take(batch);
     let n = spans.len();
     match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(spans)).await {
         Ok(Ok(())) => {
             stats.exported.fetch_add(n as u64, Ordering::Relaxed);
+            true
         }
         Ok(Err(err)) => {
             stats.drop_spans(n);
             tracing::debug!(error = %err, spans = n, "span export failed");
+            false
         }
         Err(_) => {
             stats.drop_spans(n);
             tracing::debug!(spans = n, "span export timed out");
+            false
         }
     }
 }
