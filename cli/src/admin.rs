@@ -10,6 +10,10 @@
 //!
 //! Off unless `[admin] listen` is set. Shared by `rpaflow orchestrator`, `rpaflow worker` and
 //! `rpaflow dev` (which serves both parts' metrics on one listener).
+//!
+//! With `[admin] metrics_token_file`, `/metrics` answers only `Authorization: Bearer <token>`
+//! (401 otherwise): metrics name every namespace's flows. The probes stay open, as gRPC health
+//! does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +42,10 @@ pub struct AdminConfig {
     /// first. Default: none.
     #[serde(with = "rpaflow_core::time::human")]
     pub drain_delay: std::time::Duration,
+    /// A file holding the bearer token a scraper must send for `/metrics` (Prometheus:
+    /// `authorization: { credentials_file: ... }`); none: `/metrics` is open to whoever reaches
+    /// the listener.
+    pub metrics_token_file: Option<std::path::PathBuf>,
 }
 
 impl AdminConfig {
@@ -50,6 +58,23 @@ impl AdminConfig {
             "admin.drain_delay must be at most 5m"
         );
         Ok(())
+    }
+
+    /// The token `/metrics` requires, read from `metrics_token_file`.
+    pub fn metrics_token(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.metrics_token_file else {
+            return Ok(None);
+        };
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("admin.metrics_token_file: cannot read {}", path.display()))?
+            .trim()
+            .to_owned();
+        anyhow::ensure!(
+            !token.is_empty(),
+            "admin.metrics_token_file: {} is empty",
+            path.display()
+        );
+        Ok(Some(token))
     }
 
     /// Says NOT_SERVING (cancels `draining`) and waits `drain_delay`.
@@ -75,6 +100,8 @@ pub struct Admin {
     checks: Vec<Check>,
     /// Cancelled when the service starts draining: not ready any more.
     draining: CancellationToken,
+    /// What `/metrics` requires as a bearer token, if anything.
+    metrics_token: Option<String>,
 }
 
 impl Admin {
@@ -84,7 +111,28 @@ impl Admin {
             refresh: Vec::new(),
             checks: Vec::new(),
             draining,
+            metrics_token: None,
         }
+    }
+
+    /// Makes `/metrics` require `Authorization: Bearer <token>` ([`AdminConfig::metrics_token`]).
+    pub fn metrics_token(mut self, token: Option<String>) -> Self {
+        self.metrics_token = token;
+        self
+    }
+
+    /// Whether a scrape with these headers may read the metrics.
+    fn may_scrape(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.metrics_token else {
+            return true;
+        };
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| {
+                rpaflow_core::signature::same_secret(given.trim().as_bytes(), token.as_bytes())
+            })
     }
 
     /// The orchestrator's metrics; ready while the broker answers (`on_kafka`). Its storage is
@@ -203,6 +251,14 @@ pub async fn serve(addr: SocketAddr, admin: Admin, who: &str) -> anyhow::Result<
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if !admin.may_scrape(&headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is required (admin.metrics_token_file)\n",
+        )
+            .into_response();
+    }
     let openmetrics = headers
         .get_all(header::ACCEPT)
         .iter()
@@ -279,6 +335,39 @@ mod tests {
             "# HELP a_runs_total Runs.\n# TYPE a_runs_total counter\na_runs_total{flow=\"x\"} 2\n\
              # HELP a_seconds Time.\n# TYPE a_seconds histogram\n\
              a_seconds_sum 0.5\na_seconds_count 1\na_seconds_bucket{le=\"+Inf\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn a_metrics_token_is_required_when_one_is_set() {
+        let open = Admin::new(CancellationToken::new());
+        assert!(open.may_scrape(&HeaderMap::new()));
+        let closed = Admin::new(CancellationToken::new()).metrics_token(Some("s3cret".into()));
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            headers
+        };
+        assert!(!closed.may_scrape(&HeaderMap::new()));
+        assert!(!closed.may_scrape(&with("Bearer wrong")));
+        assert!(!closed.may_scrape(&with("s3cret")));
+        assert!(closed.may_scrape(&with("Bearer s3cret")));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let config = AdminConfig {
+            metrics_token_file: Some(file.clone()),
+            ..AdminConfig::default()
+        };
+        assert_eq!(config.metrics_token().unwrap().as_deref(), Some("s3cret"));
+        std::fs::write(&file, "\n").unwrap();
+        assert!(
+            config
+                .metrics_token()
+                .unwrap_err()
+                .to_string()
+                .contains("is empty")
         );
     }
 

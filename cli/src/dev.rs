@@ -273,7 +273,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let admin = match config.admin.listen {
         Some(admin_addr) => {
             let on_kafka = config.kafka.is_enabled();
-            let mut admin = Admin::new(draining.clone()).orchestrator(&embedded.handle, on_kafka);
+            let mut admin = Admin::new(draining.clone())
+                .metrics_token(config.admin.metrics_token()?)
+                .orchestrator(&embedded.handle, on_kafka);
             if let Some(worker) = &embedded.worker {
                 admin = admin.worker(worker, on_kafka);
             }

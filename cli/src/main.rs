@@ -139,6 +139,9 @@ struct InferenceCommand {
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address.
     #[arg(long, value_name = "ADDR", env = "RPAFLOW_ADMIN__LISTEN")]
     admin_listen: Option<std::net::SocketAddr>,
+    /// A file holding the bearer token `/metrics` requires (none: open).
+    #[arg(long, value_name = "FILE", env = "RPAFLOW_ADMIN__METRICS_TOKEN_FILE")]
+    admin_metrics_token_file: Option<std::path::PathBuf>,
 }
 
 async fn inference(cmd: InferenceCommand) -> anyhow::Result<ExitCode> {
@@ -150,9 +153,16 @@ async fn inference(cmd: InferenceCommand) -> anyhow::Result<ExitCode> {
         rpaflow_inference_node::cli::serve(cmd.node, dev::wait_for_signal()).await?;
         return Ok(ExitCode::SUCCESS);
     };
+    let token = admin::AdminConfig {
+        metrics_token_file: cmd.admin_metrics_token_file.clone(),
+        ..admin::AdminConfig::default()
+    }
+    .metrics_token()?;
     let node = rpaflow_inference_node::server::start(cmd.node.node_config()).await?;
     let draining = tokio_util::sync::CancellationToken::new();
-    let admin = admin::Admin::new(draining.clone()).inference(node.engine());
+    let admin = admin::Admin::new(draining.clone())
+        .metrics_token(token)
+        .inference(node.engine());
     let admin = admin::serve(admin_addr, admin, "inference").await?;
     rpaflow_inference_node::cli::serving(&node);
     dev::wait_for_signal().await;

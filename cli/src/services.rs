@@ -119,7 +119,9 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
     // The admin listener answers until the very end of the drain.
     let admin = match config.admin.listen {
         Some(addr) => {
-            let admin = Admin::new(draining.clone()).orchestrator(&handle, true);
+            let admin = Admin::new(draining.clone())
+                .metrics_token(config.admin.metrics_token()?)
+                .orchestrator(&handle, true);
             Some(crate::admin::serve(addr, admin, "orchestrator").await?)
         }
         None => None,
@@ -256,7 +258,9 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let draining = CancellationToken::new();
     let admin = match config.admin.listen {
         Some(addr) => {
-            let admin = Admin::new(draining.clone()).worker(&worker.handle(), true);
+            let admin = Admin::new(draining.clone())
+                .metrics_token(config.admin.metrics_token()?)
+                .worker(&worker.handle(), true);
             Some(crate::admin::serve(addr, admin, "worker").await?)
         }
         None => None,

@@ -47,6 +47,11 @@ steps:
 
 /// `GET url` over plain HTTP/1.1: the status and the body.
 async fn get(url: &str) -> (u16, String) {
+    get_with(url, "").await
+}
+
+/// [`get`] with extra header lines (each ending in `\r\n`).
+async fn get_with(url: &str, headers: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").expect("an http:// URL");
     let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
     let path = if path.starts_with('/') {
@@ -57,7 +62,8 @@ async fn get(url: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(host)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {host}: {e}"));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{headers}\r\n");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut raw = Vec::new();
     tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut raw))
@@ -540,4 +546,32 @@ async fn the_inference_node_serves_its_metrics() {
     assert_eq!(value(&after, "rpaflow_inference_batch_current_size"), 0.0);
     promtool_check(&text);
     let _ = node.kill().await;
+}
+
+/// With `admin.metrics_token_file`, `/metrics` (which names every namespace's flows) answers
+/// only the bearer token; the probes stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_the_token_when_one_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("metrics.token");
+    std::fs::write(&file, "scrape-me-7f1\n").unwrap();
+    let dev = Dev::launch_env(
+        &[],
+        &[
+            ("RPAFLOW_ADMIN__LISTEN", "127.0.0.1:0"),
+            ("RPAFLOW_ADMIN__METRICS_TOKEN_FILE", file.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let metrics = format!("{}/metrics", dev.admin_url());
+    let (status, body) = get(&metrics).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains("rpaflow_"), "{body}");
+    let (status, _) = get_with(&metrics, "Authorization: Bearer wrong\r\n").await;
+    assert_eq!(status, 401);
+    let (status, body) = get_with(&metrics, "Authorization: Bearer scrape-me-7f1\r\n").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("# TYPE rpaflow_dead_letters_total counter"), "{body}");
+    assert_eq!(get(&format!("{}/healthz", dev.admin_url())).await.0, 200);
+    assert_eq!(get(&format!("{}/readyz", dev.admin_url())).await.0, 200);
 }
