@@ -167,16 +167,21 @@ async fn export_loop(
     stats: &ExportStats,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // Whether the last export got through: a stopping service does not wait on a collector
+    // that has been failing.
+    let mut healthy = true;
     let mut tick = tokio::time::interval(BATCH_DELAY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Below MAX_BATCH here: a full batch is sent as soon as it fills.
+        let room = MAX_BATCH - batch.len();
         tokio::select! {
             biased;
             asked = control.recv() => {
                 // Everything queued so far goes out before the answer, unless the collector
-                // fails: then the rest is dropped (counted) rather than tried batch by batch,
-                // so a stopping service does not wait on a collector that is down.
-                let mut healthy = true;
+                // failed last time or fails now: then the rest is dropped (counted) rather
+                // than tried batch by batch, so a stopping service does not wait on a
+                // collector that is down.
                 while let Ok(span) = spans.try_recv() {
                     if !healthy {
                         stats.drop_spans(1);
@@ -188,7 +193,7 @@ async fn export_loop(
                     }
                 }
                 if healthy {
-                    export(&exporter, &mut batch, stats).await;
+                    healthy = export(&exporter, &mut batch, stats).await;
                 } else {
                     stats.drop_spans(batch.len());
                     batch.clear();
@@ -205,17 +210,19 @@ async fn export_loop(
                     None => return,
                 }
             }
-            received = spans.recv_many(&mut batch, MAX_BATCH) => {
+            received = spans.recv_many(&mut batch, room) => {
                 if received == 0 {
                     export(&exporter, &mut batch, stats).await;
                     return;
                 }
                 if batch.len() >= MAX_BATCH {
-                    export(&exporter, &mut batch, stats).await;
+                    healthy = export(&exporter, &mut batch, stats).await;
                 }
             }
             _ = tick.tick() => {
-                export(&exporter, &mut batch, stats).await;
+                if !batch.is_empty() {
+                    healthy = export(&exporter, &mut batch, stats).await;
+                }
             }
         }
     }
