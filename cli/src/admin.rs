@@ -121,6 +121,31 @@ impl Admin {
         self
     }
 
+    /// The process's trace export counts, `rpaflow_trace_spans_exported_total` and
+    /// `rpaflow_trace_spans_dropped_total` (dropped: a full queue, or a collector that refused or
+    /// did not answer); they stay 0 while traces are off.
+    pub fn trace_export(mut self, stats: rpaflow_core::telemetry::SpanStats) -> Self {
+        use prometheus_client::metrics::counter::Counter;
+        let exported = Counter::<u64>::default();
+        let dropped = Counter::<u64>::default();
+        self.registry.register(
+            "rpaflow_trace_spans_exported",
+            "Spans sent to the OTLP collector",
+            exported.clone(),
+        );
+        self.registry.register(
+            "rpaflow_trace_spans_dropped",
+            "Spans dropped: the export queue was full, or the collector refused or did not answer",
+            dropped.clone(),
+        );
+        self.refresh.push(Box::new(move || {
+            // The counters follow the export's own counts, which only grow.
+            exported.inc_by(stats.exported().saturating_sub(exported.get()));
+            dropped.inc_by(stats.dropped().saturating_sub(dropped.get()));
+        }));
+        self
+    }
+
     /// Whether a scrape with these headers may read the metrics.
     fn may_scrape(&self, headers: &HeaderMap) -> bool {
         let Some(token) = &self.metrics_token else {
@@ -335,6 +360,21 @@ mod tests {
             "# HELP a_runs_total Runs.\n# TYPE a_runs_total counter\na_runs_total{flow=\"x\"} 2\n\
              # HELP a_seconds Time.\n# TYPE a_seconds histogram\n\
              a_seconds_sum 0.5\na_seconds_count 1\na_seconds_bucket{le=\"+Inf\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn trace_export_counts_are_served_even_with_traces_off() {
+        let admin = Admin::new(CancellationToken::new())
+            .trace_export(rpaflow_core::telemetry::SpanStats::default());
+        let text = prometheus_text(&admin.metrics_text());
+        assert!(
+            text.contains("rpaflow_trace_spans_dropped_total 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rpaflow_trace_spans_exported_total 0"),
+            "{text}"
         );
     }
 

@@ -181,7 +181,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let Some(mut config) = args.settings.load::<DevConfig>(overrides)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry, "rpaflow-dev");
+    let telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry, "rpaflow-dev");
 
     // Validate the flow before starting anything, so a typo costs nothing.
     let flow_source = match &args.flow {
@@ -275,6 +275,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             let on_kafka = config.kafka.is_enabled();
             let mut admin = Admin::new(draining.clone())
                 .metrics_token(config.admin.metrics_token()?)
+                .trace_export(telemetry.span_stats())
                 .orchestrator(&embedded.handle, on_kafka);
             if let Some(worker) = &embedded.worker {
                 admin = admin.worker(worker, on_kafka);

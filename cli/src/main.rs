@@ -145,7 +145,7 @@ struct InferenceCommand {
 }
 
 async fn inference(cmd: InferenceCommand) -> anyhow::Result<ExitCode> {
-    let _telemetry = rpaflow_core::telemetry::init_telemetry(
+    let telemetry = rpaflow_core::telemetry::init_telemetry(
         &rpaflow_core::telemetry::TelemetryConfig::default(),
         "rpaflow-inference",
     );
@@ -162,6 +162,7 @@ async fn inference(cmd: InferenceCommand) -> anyhow::Result<ExitCode> {
     let draining = tokio_util::sync::CancellationToken::new();
     let admin = admin::Admin::new(draining.clone())
         .metrics_token(token)
+        .trace_export(telemetry.span_stats())
         .inference(node.engine());
     let admin = admin::serve(admin_addr, admin, "inference").await?;
     rpaflow_inference_node::cli::serving(&node);

@@ -79,7 +79,7 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
     let Some(config) = args.settings.load::<OrchestratorServiceConfig>(overrides)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let _telemetry =
+    let telemetry =
         rpaflow_core::telemetry::init_telemetry(&config.telemetry, "rpaflow-orchestrator");
 
     let bus = Arc::new(
@@ -121,6 +121,7 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
         Some(addr) => {
             let admin = Admin::new(draining.clone())
                 .metrics_token(config.admin.metrics_token()?)
+                .trace_export(telemetry.span_stats())
                 .orchestrator(&handle, true);
             Some(crate::admin::serve(addr, admin, "orchestrator").await?)
         }
@@ -239,7 +240,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let Some(config) = args.settings.load::<WorkerServiceConfig>(overrides)? else {
         return Ok(ExitCode::SUCCESS);
     };
-    let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry, "rpaflow-worker");
+    let telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry, "rpaflow-worker");
 
     let registry = Registry::for_config(&config.worker).context("cannot set up the executors")?;
     let source = KafkaTaskSource::connect(config.kafka.clone(), &config.queues, &config.worker.id)
@@ -260,6 +261,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         Some(addr) => {
             let admin = Admin::new(draining.clone())
                 .metrics_token(config.admin.metrics_token()?)
+                .trace_export(telemetry.span_stats())
                 .worker(&worker.handle(), true);
             Some(crate::admin::serve(addr, admin, "worker").await?)
         }

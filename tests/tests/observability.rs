@@ -10,9 +10,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rpaflow_tests::kafka::Broker;
-use rpaflow_tests::{Dev, WorkerProcess, pb};
+use rpaflow_tests::{Dev, WorkerProcess, http_get as get, http_get_with as get_with, pb};
 use serde_json::{Value as Json, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -44,41 +43,6 @@ name: slow
 steps:
   - { id: nap, uses: sleep, with: { duration: 4s } }
 "#;
-
-/// `GET url` over plain HTTP/1.1: the status and the body.
-async fn get(url: &str) -> (u16, String) {
-    get_with(url, "").await
-}
-
-/// [`get`] with extra header lines (each ending in `\r\n`).
-async fn get_with(url: &str, headers: &str) -> (u16, String) {
-    let rest = url.strip_prefix("http://").expect("an http:// URL");
-    let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
-    let path = if path.starts_with('/') {
-        path.to_owned()
-    } else {
-        format!("/{path}")
-    };
-    let mut stream = tokio::net::TcpStream::connect(host)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to {host}: {e}"));
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{headers}\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut raw))
-        .await
-        .expect("the admin listener answers in time")
-        .expect("read");
-    let raw = String::from_utf8(raw).expect("a UTF-8 answer");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status line");
-    (status, body.to_owned())
-}
 
 /// The samples of a Prometheus text scrape, by `name{labels}` as printed.
 fn samples(text: &str) -> BTreeMap<String, f64> {
@@ -571,7 +535,10 @@ async fn metrics_need_the_token_when_one_is_configured() {
     assert_eq!(status, 401);
     let (status, body) = get_with(&metrics, "Authorization: Bearer scrape-me-7f1\r\n").await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("# TYPE rpaflow_dead_letters_total counter"), "{body}");
+    assert!(
+        body.contains("# TYPE rpaflow_dead_letters_total counter"),
+        "{body}"
+    );
     assert_eq!(get(&format!("{}/healthz", dev.admin_url())).await.0, 200);
     assert_eq!(get(&format!("{}/readyz", dev.admin_url())).await.0, 200);
 }

@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use rpaflow_tests::{Dev, HttpServer, pb};
+use rpaflow_tests::{Dev, HttpServer, http_get, pb};
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -445,7 +445,10 @@ async fn a_collector_that_is_down_costs_runs_nothing() {
     let api = HttpServer::start();
     let mut dev = Dev::launch_env(
         &[],
-        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+            ("RPAFLOW_ADMIN__LISTEN", "127.0.0.1:0"),
+        ],
     )
     .await;
     dev.register(FLOW).await;
@@ -469,6 +472,15 @@ async fn a_collector_that_is_down_costs_runs_nothing() {
     );
     // Spans wait at most a batch delay, and the exports to the closed port fail.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The drops are counted where operators look: the metrics.
+    let (status, metrics) = http_get(&format!("{}/metrics", dev.admin_url())).await;
+    assert_eq!(status, 200, "{metrics}");
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rpaflow_trace_spans_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no dropped-spans counter:\n{metrics}"));
+    assert!(dropped > 0.0, "no span counted as dropped:\n{metrics}");
     let stopping = Instant::now();
     dev.terminate();
     let status = dev.wait_exit(Duration::from_secs(15));

@@ -189,6 +189,26 @@ impl TelemetryGuard {
     pub fn dropped_spans(&self) -> u64 {
         self.traces.as_ref().map_or(0, |t| t.stats.dropped())
     }
+
+    /// A handle on the export's counts, for metrics (zeros while traces are off).
+    pub fn span_stats(&self) -> SpanStats {
+        SpanStats(self.traces.as_ref().map(|t| t.stats.clone()))
+    }
+}
+
+/// How many spans trace export has sent and dropped; cheap to clone. The default counts
+/// nothing (traces off).
+#[derive(Debug, Clone, Default)]
+pub struct SpanStats(Option<std::sync::Arc<export::ExportStats>>);
+
+impl SpanStats {
+    pub fn exported(&self) -> u64 {
+        self.0.as_ref().map_or(0, |s| s.exported())
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.0.as_ref().map_or(0, |s| s.dropped())
+    }
 }
 
 impl Drop for TelemetryGuard {
