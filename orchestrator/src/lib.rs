@@ -32,9 +32,9 @@ pub mod metrics;
 pub mod orchestrator;
 pub mod registry;
 pub mod schedule;
+mod spans;
 pub mod state;
 pub mod store;
-mod spans;
 mod subflow;
 pub mod tls;
 
