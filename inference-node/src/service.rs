@@ -91,10 +91,10 @@ impl pb::inference_server::Inference for InferenceService {
             .await;
         match &answer {
             Ok(response) => record_generation(&span, started, response.get_ref()),
-            Err(status) => {
-                span.record("error.type", format!("{:?}", status.code()));
-                span.record("otel.status_code", "ERROR");
-            }
+            Err(status) => rpaflow_core::telemetry::run_trace::record_error(
+                &span,
+                &format!("{:?}", status.code()),
+            ),
         }
         answer
     }

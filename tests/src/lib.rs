@@ -17,6 +17,7 @@
 //! test.
 //!
 //! # Layout
+//! - `api`: [`served_methods`], every RPC of the services the orchestrator serves.
 //! - `binary`: where the `rpaflow` binary is (`$RPAFLOW_BIN`, else built once per test binary).
 //! - `dev`: [`Dev`], one `rpaflow dev` process on its data directory ([`Dev::launch`],
 //!   [`Dev::kill9`], [`Dev::restart`]) and the gRPC calls scenarios make.
@@ -26,6 +27,7 @@
 //! - `worker`: [`WorkerProcess`], one `rpaflow worker` service on Kafka.
 //! - [`kafka`]: [`kafka::Broker`], Apache Kafka (one node or a three-node cluster) for the distributed tests.
 
+mod api;
 mod binary;
 mod cli;
 mod dev;
@@ -35,6 +37,7 @@ pub mod kafka;
 mod setup;
 mod worker;
 
+pub use api::served_methods;
 pub use binary::{rpaflow_bin, workspace_root};
 pub use cli::{CliOutput, rpaflow, rpaflow_with_env};
 pub use dev::{Dev, describe_run};

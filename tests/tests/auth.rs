@@ -7,8 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use prost::Message as _;
-use rpaflow_tests::{Dev, rpaflow};
+use rpaflow_tests::{Dev, rpaflow, served_methods};
 use serde_json::{Value as Json, json};
 use tonic::Code;
 
@@ -58,31 +57,6 @@ fn allowed(role: &str, need: &str) -> bool {
         "viewer" => need == "read",
         other => panic!("unknown role {other}"),
     }
-}
-
-/// Every RPC of the services `rpaflow orchestrator` serves: (path, server-streaming).
-fn served_methods() -> Vec<(String, bool)> {
-    let set = prost_types::FileDescriptorSet::decode(rpaflow_proto::FILE_DESCRIPTOR_SET)
-        .expect("the compiled descriptors");
-    let mut out = Vec::new();
-    for file in &set.file {
-        for service in &file.service {
-            let full = format!("{}.{}", file.package(), service.name());
-            if !matches!(
-                full.as_str(),
-                "rpaflow.v1.FlowService" | "rpaflow.v1.AuthService"
-            ) {
-                continue;
-            }
-            for method in &service.method {
-                out.push((
-                    format!("/{full}/{}", method.name()),
-                    method.server_streaming(),
-                ));
-            }
-        }
-    }
-    out
 }
 
 /// Calls `path` with an empty message and `token`; the status code of the answer.

@@ -423,9 +423,10 @@ impl Shared {
                 }
                 Err(err) => {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    let span = tracing::Span::current();
-                    span.record("error.type", err.code.as_str());
-                    span.record("otel.status_code", "ERROR");
+                    rpaflow_core::telemetry::run_trace::record_error(
+                        &tracing::Span::current(),
+                        &err.code,
+                    );
                     if err.code == crate::codes::CANCELLED {
                         info!(elapsed_ms, "step cancelled");
                     } else {

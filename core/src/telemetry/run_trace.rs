@@ -99,6 +99,13 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
     }
 }
 
+/// Marks `span` failed: `error.type` (the error code) and an ERROR status, as OTel's
+/// conventions say. The span must declare both fields (`tracing::field::Empty`).
+pub fn record_error(span: &tracing::Span, error_type: &str) {
+    span.record("error.type", error_type);
+    span.record("otel.status_code", "ERROR");
+}
+
 /// The `traceparent` that names `span` (a `tracing` span) as the parent of what it calls;
 /// none when traces are not exported.
 pub fn traceparent_of(span: &tracing::Span) -> Option<String> {

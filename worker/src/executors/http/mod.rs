@@ -156,8 +156,7 @@ impl Executor for HttpExecutor {
             .instrument(span.clone())
             .await;
         if let Err(err) = &outcome {
-            span.record("error.type", err.code.as_str());
-            span.record("otel.status_code", "ERROR");
+            rpaflow_core::telemetry::run_trace::record_error(&span, &err.code);
         }
         outcome
     }
