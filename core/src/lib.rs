@@ -5,21 +5,24 @@
 //! - [`flow`]: flow definitions: the model, parsing with positioned diagnostics, Mermaid.
 //! - [`expr`]: the expression language (MiniJinja) for templates, conditions and transforms.
 //! - [`bus`]: the [`bus::StepBus`] / [`bus::TaskSource`] contract and the in-process bus.
-//! - [`kafka`]: the step bus over Kafka (`rdkafka`).
+//! - [`kafka`]: the step bus over Kafka (`rdkafka`); the default `kafka` feature.
 //! - [`namespace`]: namespaces, and the full names flows and secrets are kept under.
 //! - [`secrets`]: secret markers in step inputs, revealing and masking them.
 //! - [`signature`]: the HMAC signature of webhooks, sent and checked.
 //! - [`telemetry`]: logging and OTLP trace export; a run's trace.
+//! - [`trace_context`]: the W3C `traceparent` a step carries.
 //! - [`time`]: wall-clock helpers.
 
 pub mod bus;
 pub mod expr;
 pub mod flow;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod namespace;
 pub mod secrets;
 pub mod signature;
 pub mod telemetry;
+pub mod trace_context;
 
 pub mod time {
     //! Wall-clock helpers: rpaflow stores times as Unix milliseconds.

@@ -81,7 +81,7 @@ impl pb::inference_server::Inference for InferenceService {
             &span,
             request
                 .metadata()
-                .get(rpaflow_core::kafka::TRACEPARENT_HEADER)
+                .get(rpaflow_core::trace_context::TRACEPARENT_HEADER)
                 .and_then(|v| v.to_str().ok()),
         );
         let started = std::time::SystemTime::now();

@@ -1,4 +1,4 @@
-//! A run's trace. Its trace id is a function of the run id (see [`crate::kafka::traceparent`]),
+//! A run's trace. Its trace id is a function of the run id (see [`crate::trace_context::traceparent`]),
 //! so every service, and an orchestrator after a restart, names the same trace without storing
 //! anything. The orchestrator records two kinds of spans in it, with ids derived the same way:
 //!
@@ -39,13 +39,13 @@ pub(super) fn set_enabled() {
 
 /// The run's trace id.
 pub fn trace_id(run_id: &str) -> TraceId {
-    parse_traceparent(&crate::kafka::traceparent(run_id, "", None, 0))
+    parse_traceparent(&crate::trace_context::traceparent(run_id, "", None, 0))
         .map_or(TraceId::INVALID, |cx| cx.trace_id())
 }
 
 /// The span id of the run's root span (the same in every orchestrator that runs it).
 fn run_span_id(run_id: &str) -> SpanId {
-    parse_traceparent(&crate::kafka::traceparent(run_id, "", None, 0))
+    parse_traceparent(&crate::trace_context::traceparent(run_id, "", None, 0))
         .map_or(SpanId::INVALID, |cx| cx.span_id())
 }
 
@@ -289,7 +289,7 @@ mod tests {
             trace_id(run).to_string(),
             "01935f2a7c1e7b449a550d3c1f2e4b6a"
         );
-        let task = crate::kafka::traceparent(run, "fetch", Some(2), 3);
+        let task = crate::trace_context::traceparent(run, "fetch", Some(2), 3);
         let cx = parse_traceparent(&task).unwrap();
         assert_eq!(cx.trace_id(), trace_id(run));
         assert_ne!(cx.span_id(), run_span_id(run), "a step is not the run");
