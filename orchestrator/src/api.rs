@@ -1,6 +1,7 @@
 //! The `rpaflow.v1.FlowService` gRPC API over an [`OrchestratorHandle`], plus health and
-//! reflection. Every call acts in its caller's namespace (the [`crate::auth::Identity`] the auth
-//! layer put on the request) and sees nothing of any other.
+//! reflection, over gRPC and gRPC-Web (the web console's calls), with the console's assets on
+//! the same port. Every call acts in its caller's namespace (the [`crate::auth::Identity`] the
+//! auth layer put on the request) and sees nothing of any other.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -50,9 +51,15 @@ pub async fn serve(
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .build_v1()
         .expect("the descriptor sets compiled into the binary are valid");
-    // Every call is authenticated and authorized (crate::auth) before it reaches a service.
+    // Outermost first: requests that are not gRPC get the web console's assets
+    // (crate::console); gRPC-Web calls (the console's, over HTTP/1.1 or HTTP/2) become gRPC
+    // calls; every call, gRPC or gRPC-Web, is authenticated and authorized (crate::auth)
+    // before it reaches a service.
     let auth = handle.authenticator();
     let router = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .layer(crate::console::ConsoleLayer)
+        .layer(tonic_web::GrpcWebLayer::new())
         .layer(crate::auth::AuthLayer::new(auth.clone()))
         .add_service(health_service)
         .add_service(reflection)

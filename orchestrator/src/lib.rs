@@ -12,6 +12,7 @@
 //! - `subflow`: steps that run another flow and wait for it.
 //! - `spans`: the spans of a run's trace that the orchestrator records (run, dispatch).
 //! - [`api`]: the gRPC service, health and reflection; `convert`: proto conversions.
+//! - `console`: the web console's assets (`web/dist`, embedded), served on the gRPC port.
 //! - [`hooks`]: the webhook endpoint, `POST /hooks/{namespace}/{flow}`, that starts runs.
 //! - [`tls`]: TLS on the gRPC and webhook listeners, with certificate reload and mTLS.
 //! - [`kafka_triggers`]: one consumer per Kafka trigger, one run per message.
@@ -23,6 +24,7 @@ mod backlog;
 pub use actors::Published;
 pub mod api;
 pub mod auth;
+mod console;
 mod convert;
 pub mod error;
 mod evaluation;
