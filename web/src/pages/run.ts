@@ -1,0 +1,239 @@
+// One run: its flow drawn with each step coloured by state, live from WatchRun; per step its
+// attempts (from the events: inputs, outputs, errors, durations); the events timeline; cancel
+// and retry. Events arrive on the stream; after each batch the run itself is read again
+// (GetRun), so what is shown is always the server's state. Cells have fixed sizes, so updates
+// move nothing.
+import { describe, flows, isCode, Code } from "../api";
+import { badge, duration, fill, h, jsonBlock, notice, time } from "../dom";
+import { drawFlow, type Diagram, type StepState } from "../diagram";
+import { StepStatus, type Run, type RunEvent, type Step } from "../gen/rpaflow/v1/flow_pb";
+import type { Leave } from "../main";
+import { runStatus } from "./runs";
+
+/// One attempt of a step (of one item, for `for_each` steps), pieced together from events.
+interface Attempt {
+  item?: number;
+  attempt: number;
+  dispatchedMs: number;
+  finishedMs: number;
+  input?: unknown;
+  output?: unknown;
+  error?: { code?: string; message?: string };
+  outcome: string;
+}
+
+function stepStatus(s: StepStatus): string {
+  return (StepStatus[s] ?? "unspecified").toLowerCase();
+}
+
+export function runPage(main: HTMLElement, [runId]: string[]): Leave {
+  const abort = new AbortController();
+  let stopped = false;
+  const header = h("div", { class: "run-head" });
+  const actions = h("div", { class: "actions" });
+  const message = h("div", { "aria-live": "polite" });
+  const diagramBox = h("div", { class: "diagram-box", "aria-busy": "true" });
+  const stepsBody = h("div", { class: "steps" });
+  const timeline = h("ol", { class: "timeline", "aria-label": "Events" });
+  const outputs = h("div", {});
+  fill(main,
+    h("div", { class: "title-row" }, h("h1", {}, "Run ", h("span", { class: "mono" }, runId)), actions),
+    message, header,
+    h("section", { "aria-labelledby": "diagram-title" },
+      h("h2", { id: "diagram-title" }, "Diagram"), diagramBox),
+    h("section", { "aria-labelledby": "steps-title" }, h("h2", { id: "steps-title" }, "Steps"), stepsBody),
+    h("section", { "aria-labelledby": "outputs-title" }, h("h2", { id: "outputs-title" }, "Inputs and outputs"), outputs),
+    h("section", { "aria-labelledby": "events-title" }, h("h2", { id: "events-title" }, "Events"), timeline));
+
+  let diagram: Diagram | null = null;
+  let definitionSteps: Step[] = [];
+  const events: RunEvent[] = [];
+  let run: Run | null = null;
+  const open = new Set<string>();
+
+  const cancel = h("button", { type: "button", class: "danger", id: "cancel-run" }, "Cancel run");
+  const retry = h("button", { type: "button", id: "retry-run" }, "Retry from failed steps");
+  cancel.addEventListener("click", async () => {
+    if (!confirm("Cancel this run? Running steps are told to stop.")) return;
+    cancel.disabled = true;
+    try {
+      show(await flows.cancelRun({ runId, reason: "cancelled from the console" }));
+    } catch (err) {
+      fill(message, notice(`Cannot cancel: ${describe(err)}`, "error"));
+    }
+  });
+  retry.addEventListener("click", async () => {
+    retry.disabled = true;
+    try {
+      show(await flows.retryRun({ runId }));
+      void watch(BigInt(events.length + 1));
+    } catch (err) {
+      fill(message, notice(`Cannot retry: ${describe(err)}`, "error"));
+    }
+  });
+
+  function attempts(): Map<string, Attempt[]> {
+    const by = new Map<string, Map<string, Attempt>>();
+    for (const e of events) {
+      if (!e.stepId || !e.kind.startsWith("task_")) continue;
+      let detail: Record<string, unknown> = {};
+      try {
+        detail = JSON.parse(e.detailJson || "{}");
+      } catch {
+        /* shown as it is in the timeline */
+      }
+      const key = `${e.item ?? ""}/${e.attempt}`;
+      const steps = by.get(e.stepId) ?? new Map<string, Attempt>();
+      by.set(e.stepId, steps);
+      const a = steps.get(key) ?? { item: e.item, attempt: e.attempt, dispatchedMs: 0, finishedMs: 0, outcome: "running" };
+      steps.set(key, a);
+      if (e.kind === "task_dispatched") {
+        a.dispatchedMs = Number(e.atMs);
+        a.input = detail.input;
+      } else if (e.kind === "task_succeeded") {
+        a.finishedMs = Number(e.atMs);
+        a.output = detail.output;
+        a.outcome = "succeeded";
+      } else if (e.kind === "task_failed") {
+        a.finishedMs = Number(e.atMs);
+        a.error = detail.error as Attempt["error"];
+        a.outcome = "failed";
+      }
+    }
+    return new Map([...by].map(([k, v]) => [k, [...v.values()]]));
+  }
+
+  function show(r: Run): void {
+    run = r;
+    const status = runStatus(r.status);
+    fill(header,
+      h("dl", { class: "facts" },
+        h("div", {}, h("dt", {}, "Status"), h("dd", { class: "status-col", id: "run-status" }, badge(status))),
+        h("div", {}, h("dt", {}, "Flow"), h("dd", {},
+          h("a", { href: `/flows/${encodeURIComponent(r.flow)}/${r.flowVersion}` }, r.flow), ` v${r.flowVersion}`)),
+        h("div", {}, h("dt", {}, "Started"), h("dd", {}, time(r.createdAtMs))),
+        h("div", {}, h("dt", {}, "Duration"), h("dd", { class: "nowrap" },
+          duration(r.createdAtMs, status === "running" || status === "queued" ? 0 : r.updatedAtMs))),
+        h("div", {}, h("dt", {}, "Trigger"), h("dd", {}, r.trigger || "api")),
+        h("div", {}, h("dt", {}, "Namespace"), h("dd", {}, r.namespace))),
+      r.error ? notice(`${r.error.code}: ${r.error.message}`, "error") : null);
+    cancel.disabled = false;
+    retry.disabled = false;
+    fill(actions,
+      status === "running" || status === "queued" ? cancel : null,
+      status === "failed" ? retry : null);
+    const states = new Map<string, StepState>();
+    for (const s of r.steps) {
+      const st = stepStatus(s.status);
+      const detail = s.itemsTotal ? `${s.itemsDone}/${s.itemsTotal}` : s.attempt > 1 ? `attempt ${s.attempt}` : undefined;
+      states.set(s.stepId, { status: st, detail });
+    }
+    diagram?.update(states);
+    renderSteps(r);
+    fill(outputs,
+      h("div", { class: "io" },
+        h("div", {}, h("h3", {}, "Inputs"), jsonBlock(r.inputsJson)),
+        h("div", {}, h("h3", {}, "Outputs"), jsonBlock(r.outputsJson))));
+  }
+
+  function renderSteps(r: Run): void {
+    const all = attempts();
+    const byId = new Map(r.steps.map((s) => [s.stepId, s]));
+    const order = definitionSteps.length ? definitionSteps.map((s) => s.id) : r.steps.map((s) => s.stepId);
+    fill(stepsBody, order.map((id) => {
+      const s = byId.get(id);
+      const st = s ? stepStatus(s.status) : "pending";
+      const tries = all.get(id) ?? [];
+      const details = h("details", { id: `step-${id}`, class: "step", open: open.has(id),
+        ontoggle: (e: Event) => ((e.target as HTMLDetailsElement).open ? open.add(id) : open.delete(id)) },
+        h("summary", {},
+          h("span", { class: "step-id mono" }, id),
+          h("span", { class: "status-col" }, badge(st)),
+          h("span", { class: "nowrap muted num" }, s ? duration(s.startedAtMs, s.finishedAtMs) : "–"),
+          h("span", { class: "muted num" }, s?.itemsTotal ? `${s.itemsDone}/${s.itemsTotal} items` : s && s.attempt ? `attempt ${s.attempt}` : "")),
+        s?.error ? notice(`${s.error.code}: ${s.error.message}`, "error") : null,
+        h("h4", {}, "Output"), jsonBlock(s?.outputJson ?? ""),
+        h("h4", {}, `Attempts (${tries.length})`),
+        tries.length ? h("table", { class: "attempts" },
+          h("thead", {}, h("tr", {}, ["Item", "Attempt", "Outcome", "Dispatched", "Took", "Input", "Output or error"]
+            .map((t) => h("th", { scope: "col" }, t)))),
+          h("tbody", {}, tries.map((a) => h("tr", {},
+            h("td", {}, a.item === undefined ? "–" : String(a.item)),
+            h("td", {}, String(a.attempt)),
+            h("td", {}, badge(a.outcome)),
+            h("td", { class: "nowrap" }, time(a.dispatchedMs)),
+            h("td", { class: "nowrap" }, duration(a.dispatchedMs, a.finishedMs)),
+            h("td", {}, jsonBlock(a.input === undefined ? "" : JSON.stringify(a.input))),
+            h("td", {}, a.error ? h("span", { class: "error-text" }, `${a.error.code ?? ""}: ${a.error.message ?? ""}`)
+              : jsonBlock(a.output === undefined ? "" : JSON.stringify(a.output))))))) : h("p", { class: "muted" }, "None."));
+      return details;
+    }));
+  }
+
+  function addEvent(e: RunEvent): void {
+    events.push(e);
+    timeline.append(h("li", { "data-kind": e.kind },
+      h("span", { class: "seq muted num" }, `#${e.seq}`),
+      h("time", { class: "nowrap muted" }, time(e.atMs)),
+      h("span", { class: "kind" }, e.kind.replace(/_/g, " ")),
+      e.stepId ? h("span", { class: "mono" }, e.stepId + (e.item !== undefined ? `[${e.item}]` : "")) : null,
+      e.attempt ? h("span", { class: "muted" }, `attempt ${e.attempt}`) : null,
+      e.message ? h("span", { class: "event-message" }, e.message) : null));
+  }
+
+  let refresh = 0;
+  const reread = () => {
+    clearTimeout(refresh);
+    refresh = window.setTimeout(async () => {
+      try {
+        const r = await flows.getRun({ runId });
+        if (!stopped) show(r);
+      } catch (err) {
+        if (!stopped) fill(message, notice(`Cannot read the run: ${describe(err)}`, "error"));
+      }
+    }, 100);
+  };
+
+  async function watch(fromSeq: bigint): Promise<void> {
+    try {
+      for await (const e of flows.watchRun({ runId, fromSeq }, { signal: abort.signal })) {
+        if (e.seq <= BigInt(events.length)) continue;
+        addEvent(e);
+        reread();
+      }
+      reread();
+    } catch (err) {
+      if (!stopped && !abort.signal.aborted) {
+        fill(message, notice(`The live view stopped: ${describe(err)}; reload to resume.`, "error"));
+      }
+    }
+  }
+
+  void (async () => {
+    try {
+      const r = await flows.getRun({ runId });
+      const flow = await flows.getFlow({ name: r.flow, version: r.flowVersion });
+      if (stopped) return;
+      if (flow.definition) {
+        definitionSteps = flow.definition.steps;
+        diagram = drawFlow(flow.definition, true);
+        fill(diagramBox, diagram.element);
+      }
+      diagramBox.removeAttribute("aria-busy");
+      show(r);
+      void watch(1n);
+    } catch (err) {
+      if (stopped) return;
+      fill(main, h("h1", {}, "Run not found"),
+        notice(isCode(err, Code.NotFound) ? `There is no run ${runId} in this namespace.` : describe(err),
+          isCode(err, Code.NotFound) ? "info" : "error"),
+        h("p", {}, h("a", { href: "/runs" }, "Back to the runs")));
+    }
+  })();
+  return () => {
+    stopped = true;
+    abort.abort();
+    clearTimeout(refresh);
+    void run;
+  };
+}
