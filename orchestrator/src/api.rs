@@ -234,6 +234,15 @@ impl FlowService for Api {
                 ..StartRun::default()
             })
             .await?;
+        crate::spans::run_started(
+            &state.run_id,
+            crate::spans::Entry::Grpc {
+                method: "StartRun",
+            },
+            arrived,
+            caller.as_deref(),
+            created,
+        );
         Ok(Response::new(pb::StartRunResponse {
             run: Some(convert::run(&state)),
             created,
@@ -446,12 +455,23 @@ impl FlowService for Api {
         &self,
         req: Request<pb::ScheduleRef>,
     ) -> Result<Response<pb::StartRunResponse>, Status> {
+        let arrived = std::time::SystemTime::now();
         let ns = namespace(&req)?;
+        let caller = caller_trace(&req);
         let req = req.into_inner();
         let (state, created) = self
             .handle
             .trigger_schedule(&ns, &req.flow, &req.trigger)
             .await?;
+        crate::spans::run_started(
+            &state.run_id,
+            crate::spans::Entry::Grpc {
+                method: "TriggerSchedule",
+            },
+            arrived,
+            caller.as_deref(),
+            created,
+        );
         Ok(Response::new(pb::StartRunResponse {
             run: Some(convert::run(&state)),
             created,

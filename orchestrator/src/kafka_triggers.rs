@@ -235,6 +235,7 @@ async fn start(
     delivery: TriggerDelivery,
     stop: CancellationToken,
 ) {
+    let arrived = std::time::SystemTime::now();
     let TriggerDelivery { message, ack } = delivery;
     let (template, value) = (spec.input.clone(), message.value.clone());
     let mapped = handle
@@ -267,6 +268,17 @@ async fn start(
     loop {
         match handle.start_run(req.clone()).await {
             Ok((run, created)) => {
+                crate::spans::run_started(
+                    &run.run_id,
+                    crate::spans::Entry::Kafka {
+                        topic: &message.topic,
+                        partition: message.partition,
+                        offset: message.offset,
+                    },
+                    arrived,
+                    message.traceparent.as_deref(),
+                    created,
+                );
                 ack.ack();
                 if created {
                     tracing::debug!(flow = %spec.flow, trigger = %spec.trigger, run_id = %run.run_id, offset = message.offset, "kafka trigger started a run");

@@ -216,6 +216,20 @@ pub async fn get(url: &str) -> (u16, String) {
 
 /// [`get`] with extra header lines (each ending in `\r\n`).
 pub async fn get_with(url: &str, headers: &str) -> (u16, String) {
+    request("GET", url, headers, b"").await
+}
+
+/// `POST url` with `body` (JSON) and extra header lines (each ending in `\r\n`): the status and
+/// the body of the answer.
+pub async fn post_with(url: &str, headers: &str, body: &[u8]) -> (u16, String) {
+    let headers = format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n{headers}",
+        body.len()
+    );
+    request("POST", url, &headers, body).await
+}
+
+async fn request(method: &str, url: &str, headers: &str, body: &[u8]) -> (u16, String) {
     let rest = url.strip_prefix("http://").expect("an http:// URL");
     let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
     let path = if path.starts_with('/') {
@@ -227,15 +241,16 @@ pub async fn get_with(url: &str, headers: &str) -> (u16, String) {
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {host}: {e}"));
     let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{headers}\r\n");
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{headers}\r\n");
     stream.write_all(request.as_bytes()).await.expect("write");
+    stream.write_all(body).await.expect("write");
     let mut raw = Vec::new();
     tokio::time::timeout(
         std::time::Duration::from_secs(30),
         stream.read_to_end(&mut raw),
     )
     .await
-    .expect("the admin listener answers in time")
+    .unwrap_or_else(|_| panic!("{method} {url} answered in time"))
     .expect("read");
     let raw = String::from_utf8(raw).expect("a UTF-8 answer");
     let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");

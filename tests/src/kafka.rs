@@ -310,6 +310,17 @@ impl Broker {
     /// Produces one message (no headers) and returns the partition and offset it got. The topic
     /// must exist.
     pub async fn produce_raw(&self, topic: &str, key: &str, payload: &[u8]) -> (i32, i64) {
+        self.produce_with_headers(topic, key, payload, &[]).await
+    }
+
+    /// [`Broker::produce_raw`] with headers.
+    pub async fn produce_with_headers(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+    ) -> (i32, i64) {
         let producer = self.producer.get_or_init(|| {
             self.client_config()
                 .set("acks", "all")
@@ -320,7 +331,17 @@ impl Broker {
                 .create()
                 .unwrap_or_else(|e| self.fail(&format!("cannot create a producer: {e}")))
         });
-        let record = FutureRecord::to(topic).key(key).payload(payload);
+        let mut owned = rdkafka::message::OwnedHeaders::new();
+        for (name, value) in headers {
+            owned = owned.insert(rdkafka::message::Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(owned);
         match producer.send(record, REQUEST_TIMEOUT).await {
             Ok(delivery) => (delivery.partition, delivery.offset),
             Err((e, _)) => self.fail(&format!("producing to `{topic}` (key {key}) failed: {e}")),

@@ -42,7 +42,9 @@ pub use binary::{rpaflow_bin, workspace_root};
 pub use cli::{CliOutput, rpaflow, rpaflow_with_env};
 pub use dev::{Dev, describe_run};
 pub use events::{EventLog, Events};
-pub use http::{HttpServer, Recorded, get as http_get, get_with as http_get_with};
+pub use http::{
+    HttpServer, Recorded, get as http_get, get_with as http_get_with, post_with as http_post_with,
+};
 pub use rpaflow_proto::v1 as pb;
 pub use setup::{get_json, printed_outputs, psql, setup_script};
 pub use worker::{EGRESS_ALLOW_PRIVATE, WorkerProcess};

@@ -18,7 +18,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Headers as _, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
@@ -28,11 +28,14 @@ use tracing::{debug, error, info, warn};
 
 use super::connectivity::{ClientHealth, connectivity, is_transport, poll_error};
 use super::offsets::Offsets;
-use super::{Error, KafkaConfig, Origin, Producer, Result, dead_letter};
+use super::{Error, KafkaConfig, Origin, Producer, Result, TRACEPARENT_HEADER, dead_letter};
 use crate::bus::Ack;
+use crate::telemetry::messaging;
 
-/// Turns a message into what the application wants, or says why it cannot.
-pub(crate) type Decode<T> = fn(&OwnedMessage) -> std::result::Result<T, String>;
+/// Turns a message into what the application wants, or says why it cannot. The second argument
+/// is the trace context the application continues: the message's `process` span, when traces
+/// are exported and the message carries a `traceparent`.
+pub(crate) type Decode<T> = fn(&OwnedMessage, Option<&str>) -> std::result::Result<T, String>;
 
 type SharedOffsets = Arc<Mutex<Offsets>>;
 
@@ -380,15 +383,36 @@ impl<T: Send + 'static> Loop<T> {
         self.finish();
     }
 
-    /// Decodes a message; one that cannot be decoded goes to the dead-letter topic.
+    /// Decodes a message; one that cannot be decoded goes to the dead-letter topic. A message
+    /// with trace context gets a `process {topic}` span, ended when the application acknowledges
+    /// it.
     async fn take(&self, message: OwnedMessage) -> Option<(T, Ack)> {
         let topic = message.topic().to_owned();
         let (partition, offset) = (message.partition(), message.offset());
         lock(&self.offsets).delivered(&topic, partition, offset);
-        match (self.decode)(&message) {
+        let processing = messaging::Processing::start(
+            &messaging::Received {
+                topic: &topic,
+                group: &self.group,
+                partition,
+                offset,
+                key: message.key(),
+                body_size: message.payload().map_or(0, <[u8]>::len),
+            },
+            traceparent_header(&message),
+        );
+        match (self.decode)(
+            &message,
+            processing.as_ref().map(messaging::Processing::traceparent),
+        ) {
             Ok(item) => {
                 let offsets = Arc::clone(&self.offsets);
-                let ack = Ack::new(move || lock(&offsets).done(&topic, partition, offset));
+                let ack = Ack::new(move || {
+                    lock(&offsets).done(&topic, partition, offset);
+                    if let Some(processing) = processing {
+                        processing.end();
+                    }
+                });
                 Some((item, ack))
             }
             Err(reason) => {
@@ -396,6 +420,9 @@ impl<T: Send + 'static> Loop<T> {
                     topic = %topic, partition, offset, reason = %reason,
                     "message cannot be decoded; sending it to the dead-letter topic"
                 );
+                if let Some(processing) = processing {
+                    processing.fail("undecodable", &reason);
+                }
                 if self.dead_letter(&message, &reason).await {
                     lock(&self.offsets).done(&topic, partition, offset);
                 }
@@ -472,4 +499,13 @@ impl<T: Send + 'static> Loop<T> {
             "consumer stopped"
         );
     }
+}
+
+/// The message's W3C `traceparent` header, when it has one.
+pub(crate) fn traceparent_header(message: &OwnedMessage) -> Option<&str> {
+    message
+        .headers()?
+        .iter()
+        .find(|header| header.key == TRACEPARENT_HEADER)
+        .and_then(|header| std::str::from_utf8(header.value?).ok())
 }

@@ -46,9 +46,11 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
 
-pub use connectivity::{ClientHealth, Connectivity, connectivity};
+use crate::telemetry::messaging;
+
 /// The W3C trace context a step carries, here where the Kafka headers are written.
 pub use crate::trace_context::{TRACEPARENT_HEADER, traceparent};
+pub use connectivity::{ClientHealth, Connectivity, connectivity};
 pub use step_bus::KafkaStepBus;
 pub use task_source::KafkaTaskSource;
 pub use trigger::{KafkaTriggerSource, TriggerDelivery, TriggerMessage, trigger_group};
@@ -393,8 +395,9 @@ impl KafkaConfig {
     }
 }
 
-/// Produces one message and waits until the broker holds it (`acks=all`), with the W3C trace
-/// context in a `traceparent` header when given.
+/// Produces one message and waits until the broker holds it (`acks=all`). With a `trace` (the
+/// W3C trace context of the caller) the message carries a `traceparent` header: the caller's, or
+/// when traces are exported that of a `send {topic}` span recorded around the delivery.
 pub(crate) async fn produce(
     producer: &Producer,
     topic: &str,
@@ -402,21 +405,40 @@ pub(crate) async fn produce(
     payload: &[u8],
     trace: Option<&str>,
 ) -> crate::bus::Result<()> {
+    let sending =
+        trace.and_then(|parent| messaging::Sending::start(topic, key, payload.len(), parent));
+    let header = sending
+        .as_ref()
+        .map(messaging::Sending::traceparent)
+        .or(trace);
     let mut record = FutureRecord::to(topic).key(key).payload(payload);
-    if let Some(trace) = trace {
+    if let Some(trace) = header {
         record = record.headers(OwnedHeaders::new().insert(Header {
             key: TRACEPARENT_HEADER,
             value: Some(trace),
         }));
     }
-    producer
+    match producer
         .send(record, Timeout::After(Duration::from_secs(30)))
         .await
-        .map(|_| connectivity().ok())
-        .map_err(|(err, _)| crate::bus::BusError::Transport {
-            topic: topic.to_owned(),
-            message: err.to_string(),
-        })
+    {
+        Ok(delivery) => {
+            connectivity().ok();
+            if let Some(sending) = sending {
+                sending.delivered(delivery.partition, delivery.offset);
+            }
+            Ok(())
+        }
+        Err((err, _)) => {
+            if let Some(sending) = sending {
+                sending.failed(&err.to_string());
+            }
+            Err(crate::bus::BusError::Transport {
+                topic: topic.to_owned(),
+                message: err.to_string(),
+            })
+        }
+    }
 }
 
 /// Where a dead letter came from.

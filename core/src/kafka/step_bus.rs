@@ -158,7 +158,11 @@ impl StepBus for KafkaStepBus {
     }
 }
 
-fn decode_result(message: &OwnedMessage) -> std::result::Result<pb::TaskResult, String> {
+/// A result's trace needs nothing more: its `process` span ends when the result is durable.
+fn decode_result(
+    message: &OwnedMessage,
+    _trace: Option<&str>,
+) -> std::result::Result<pb::TaskResult, String> {
     let payload = message.payload().unwrap_or_default();
     let result =
         pb::TaskResult::decode(payload).map_err(|e| format!("not a rpaflow.v1.TaskResult: {e}"))?;

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use prost::Message as _;
 use rdkafka::Offset;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers as _, Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::Producer as _;
 use rpaflow_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::connectivity::{ClientHealth, poll_error};
-use super::consumer::{Partitions, PollLoop, all_partitions};
+use super::consumer::{Partitions, PollLoop, all_partitions, traceparent_header};
 use super::{
     CONTROL_TOPIC, DLQ_TOPIC, Error, KafkaConfig, Producer, RESULTS_TOPIC, Result,
     TRACEPARENT_HEADER, produce, tasks_topic, traceparent, worker_group,
@@ -101,8 +101,13 @@ impl TaskSource for KafkaTaskSource {
         Some(TaskDelivery { task, ack })
     }
 
+    /// The result's message continues the caller's span (the worker's `step` span) when traces
+    /// are exported, else the step's own trace context.
     async fn publish(&self, result: pb::TaskResult) -> crate::bus::Result<()> {
-        let trace = traceparent(&result.run_id, &result.step_id, result.item, result.attempt);
+        let trace = crate::telemetry::run_trace::traceparent_of(&tracing::Span::current())
+            .unwrap_or_else(|| {
+                traceparent(&result.run_id, &result.step_id, result.item, result.attempt)
+            });
         let payload = result.encode_to_vec();
         produce(
             &self.producer,
@@ -128,7 +133,12 @@ impl TaskSource for KafkaTaskSource {
     }
 }
 
-fn decode_task(message: &OwnedMessage) -> std::result::Result<pb::Task, String> {
+/// A task continues its message's `process` span when there is one; otherwise the trace
+/// context it carries (the orchestrator's dispatch span), or else the message's header.
+fn decode_task(
+    message: &OwnedMessage,
+    trace: Option<&str>,
+) -> std::result::Result<pb::Task, String> {
     let payload = message.payload().unwrap_or_default();
     let mut task = pb::Task::decode(payload).map_err(|e| format!("not a rpaflow.v1.Task: {e}"))?;
     if task.run_id.is_empty()
@@ -138,17 +148,14 @@ fn decode_task(message: &OwnedMessage) -> std::result::Result<pb::Task, String> 
     {
         return Err("a Task needs run_id, step_id, kind and attempt".into());
     }
-    if !task.headers.contains_key(TRACEPARENT_HEADER)
-        && let Some(headers) = message.headers()
-    {
-        for header in headers.iter() {
-            if header.key == TRACEPARENT_HEADER
-                && let Some(value) = header.value.and_then(|v| std::str::from_utf8(v).ok())
-            {
-                task.headers
-                    .insert(TRACEPARENT_HEADER.to_owned(), value.to_owned());
-            }
-        }
+    let trace = trace.or_else(|| {
+        (!task.headers.contains_key(TRACEPARENT_HEADER))
+            .then(|| traceparent_header(message))
+            .flatten()
+    });
+    if let Some(trace) = trace {
+        task.headers
+            .insert(TRACEPARENT_HEADER.to_owned(), trace.to_owned());
     }
     Ok(task)
 }

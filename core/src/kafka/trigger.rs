@@ -40,6 +40,9 @@ pub struct TriggerMessage {
     pub offset: i64,
     /// The message, parsed as JSON.
     pub value: Json,
+    /// The trace context to continue: the message's `process` span, when the message came with
+    /// a `traceparent` and traces are exported.
+    pub traceparent: Option<String>,
     /// The raw key and payload, for the dead-letter topic.
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
@@ -133,7 +136,10 @@ impl KafkaTriggerSource {
     }
 }
 
-fn decode_trigger(message: &OwnedMessage) -> std::result::Result<TriggerMessage, String> {
+fn decode_trigger(
+    message: &OwnedMessage,
+    trace: Option<&str>,
+) -> std::result::Result<TriggerMessage, String> {
     let payload = message.payload().unwrap_or_default();
     let value: Json =
         serde_json::from_slice(payload).map_err(|e| format!("message is not JSON: {e}"))?;
@@ -142,6 +148,7 @@ fn decode_trigger(message: &OwnedMessage) -> std::result::Result<TriggerMessage,
         partition: message.partition(),
         offset: message.offset(),
         value,
+        traceparent: trace.map(str::to_owned),
         key: message.key().map(<[u8]>::to_vec),
         payload: payload.to_vec(),
     })
@@ -167,14 +174,14 @@ mod tests {
 
     #[test]
     fn messages_are_json_with_their_place() {
-        let decoded = decode_trigger(&message(br#"{"id": 7}"#)).unwrap();
+        let decoded = decode_trigger(&message(br#"{"id": 7}"#), None).unwrap();
         assert_eq!(decoded.value, serde_json::json!({"id": 7}));
         assert_eq!(
             (decoded.topic.as_str(), decoded.partition, decoded.offset),
             ("orders", 2, 41)
         );
         assert_eq!(decoded.key.as_deref(), Some(&b"k"[..]));
-        let err = decode_trigger(&message(b"{not json")).unwrap_err();
+        let err = decode_trigger(&message(b"{not json"), None).unwrap_err();
         assert!(err.starts_with("message is not JSON: "), "{err}");
         assert_eq!(trigger_group("f", "t"), "rpaflow-trigger-f-t");
     }

@@ -8,10 +8,12 @@
 //! - this file: [`TelemetryConfig`], how the standard `OTEL_*` variables and the file combine
 //!   ([`TraceSettings`]), [`init_telemetry`] and its [`TelemetryGuard`].
 //! - [`export`]: the span queue and its exporter task on a tokio runtime of its own.
+//! - [`messaging`]: Kafka's `send` and `process` spans.
 //! - [`run_trace`]: a run's trace (its id comes from the run id), the spans the orchestrator
 //!   records in it, and W3C `traceparent` parsing.
 
 mod export;
+pub mod messaging;
 pub mod run_trace;
 
 use std::time::Duration;

@@ -8,6 +8,10 @@
 //! - `dispatch {step}` ([`DISPATCH_SPAN`]), PRODUCER, child of the run span: one per step
 //!   attempt sent to a queue. Its span id is the one in the task's `traceparent`, so the worker's
 //!   `step {kind}` span is its child.
+//! - the start of the run ([`record_start`]), child of the run span: the gRPC server span of the
+//!   `StartRun` call, the webhook's HTTP server span, or the Kafka trigger's. A caller's own
+//!   trace context (a `traceparent` on the call, the request or the message) becomes a span
+//!   link: the run keeps its own trace, and the caller's trace leads to it.
 
 use std::cell::Cell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -219,7 +223,8 @@ pub fn record_dispatch(dispatch: &Dispatch<'_>) {
         KeyValue::new("rpaflow.step.id", dispatch.step.to_owned()),
         KeyValue::new("rpaflow.step.kind", dispatch.kind.to_owned()),
         KeyValue::new("rpaflow.step.attempt", i64::from(dispatch.attempt)),
-        KeyValue::new("messaging.operation.type", "send"),
+        // The task message is created here; the bus sends it (Kafka's `send` span).
+        KeyValue::new("messaging.operation.type", "create"),
         KeyValue::new("messaging.destination.name", dispatch.queue.to_owned()),
     ];
     if let Some(item) = dispatch.item {
@@ -240,6 +245,56 @@ pub fn record_dispatch(dispatch: &Dispatch<'_>) {
         );
         opentelemetry::trace::Span::set_status(&mut span, Status::error(error.to_owned()));
     }
+    opentelemetry::trace::Span::end(&mut span);
+}
+
+/// How a run was started, for its start span.
+#[derive(Debug)]
+pub struct Start<'a> {
+    pub run_id: &'a str,
+    /// The span's name: `rpaflow.v1.FlowService/StartRun`, `POST /hooks/{namespace}/{flow}`,
+    /// `process {topic}`.
+    pub name: String,
+    pub kind: SpanKind,
+    /// When the call or message arrived.
+    pub started: SystemTime,
+    pub attributes: Vec<KeyValue>,
+    /// The caller's trace context, linked from the span.
+    pub caller: Option<&'a str>,
+}
+
+/// Records how the run was started, as a child of the run span; does nothing when traces are
+/// not exported.
+pub fn record_start(start: Start<'_>) {
+    if !enabled() {
+        return;
+    }
+    let trace = trace_id(start.run_id);
+    if trace == TraceId::INVALID {
+        return;
+    }
+    let tracer = opentelemetry::global::tracer(TRACER_NAME);
+    let parent = SpanContext::new(
+        trace,
+        run_span_id(start.run_id),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    let mut attributes = start.attributes;
+    attributes.push(KeyValue::new("rpaflow.run.id", start.run_id.to_owned()));
+    let links = start
+        .caller
+        .and_then(parse_traceparent)
+        .map(|caller| vec![opentelemetry::trace::Link::with_context(caller)])
+        .unwrap_or_default();
+    let mut span = tracer
+        .span_builder(start.name)
+        .with_kind(start.kind)
+        .with_start_time(start.started)
+        .with_attributes(attributes)
+        .with_links(links)
+        .start_with_context(&tracer, &Context::new().with_remote_span_context(parent));
     opentelemetry::trace::Span::end(&mut span);
 }
 

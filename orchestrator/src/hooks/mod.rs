@@ -52,6 +52,9 @@ use crate::error::Error;
 use crate::orchestrator::{OrchestratorHandle, StartRun};
 use crate::tls::ServerTls;
 
+/// The webhook route, as `http.route` names it.
+pub(crate) const ROUTE: &str = "/hooks/{namespace}/{flow}";
+
 pub const SIGNATURE_HEADER: &str = signature::HEADER;
 pub const DELIVERY_HEADER: &str = signature::DELIVERY_HEADER;
 /// What a 429 asks the sender to wait, in seconds.
@@ -135,7 +138,7 @@ pub async fn serve(
 /// The webhook routes over an orchestrator.
 pub fn router(handle: OrchestratorHandle, config: HooksConfig) -> Router {
     Router::new()
-        .route("/hooks/{namespace}/{flow}", post(deliver))
+        .route(ROUTE, post(deliver))
         .with_state(Hooks { handle, config })
 }
 
@@ -258,6 +261,7 @@ async fn accept(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, Refusal> {
+    let arrived = std::time::SystemTime::now();
     let Admitted {
         view,
         trigger_id,
@@ -319,6 +323,17 @@ async fn accept(
     } else {
         StatusCode::OK
     };
+    crate::spans::run_started(
+        &run.run_id,
+        crate::spans::Entry::Webhook {
+            status: status.as_u16(),
+        },
+        arrived,
+        headers
+            .get(rpaflow_core::trace_context::TRACEPARENT_HEADER)
+            .and_then(|v| v.to_str().ok()),
+        created,
+    );
     let answer = json!({
         "run_id": run.run_id,
         "created": created,

@@ -6,22 +6,19 @@
 //! naming that CLIENT span; and after a kill -9 and a restart mid-run (the run waiting for its
 //! approval) the spans of the new process are in the same trace.
 
+//!
+//! `distributed`: the same across the services on Kafka, into the inference node.
+
+mod distributed;
+mod receiver;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use rpaflow_tests::{Dev, HttpServer, http_get, pb};
 use serde_json::json;
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+use self::receiver::{Received, Receiver, SpanKind, TIMEOUT, count, describe};
 
 const FLOW: &str = r#"
 name: traced
@@ -40,136 +37,6 @@ steps:
   - { id: gate, uses: approval, needs: items }
   - { id: after, uses: sleep, needs: gate, with: { duration: 10ms } }
 "#;
-
-/// One span as the receiver got it.
-#[derive(Debug, Clone)]
-struct Received {
-    service: String,
-    trace_id: String,
-    span_id: String,
-    parent: String,
-    name: String,
-    kind: SpanKind,
-    attributes: BTreeMap<String, String>,
-}
-
-/// An OTLP/gRPC receiver on `127.0.0.1:<free port>` that keeps every span.
-#[derive(Debug, Clone, Default)]
-struct Receiver {
-    spans: Arc<Mutex<Vec<Received>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut kept = self.spans.lock().unwrap_or_else(|e| e.into_inner());
-        for resource in request.into_inner().resource_spans {
-            let resource_attributes = resource
-                .resource
-                .map(|r| attributes(&r.attributes))
-                .unwrap_or_default();
-            let service = resource_attributes
-                .get("service.name")
-                .cloned()
-                .unwrap_or_default();
-            for scope in resource.scope_spans {
-                for span in scope.spans {
-                    kept.push(Received {
-                        service: service.clone(),
-                        trace_id: hex(&span.trace_id),
-                        span_id: hex(&span.span_id),
-                        parent: hex(&span.parent_span_id),
-                        kind: span.kind(),
-                        name: span.name,
-                        attributes: attributes(&span.attributes),
-                    });
-                }
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-impl Receiver {
-    async fn start() -> (Self, String) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("cannot bind the receiver");
-        let addr = listener
-            .local_addr()
-            .expect("a bound listener has an address");
-        let receiver = Self::default();
-        let service = TraceServiceServer::new(receiver.clone());
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        (receiver, format!("http://{addr}"))
-    }
-
-    fn spans(&self) -> Vec<Received> {
-        self.spans.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Waits until `done` holds for the spans received so far.
-    async fn wait_until(&self, what: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let spans = self.spans();
-            if done(&spans) {
-                return spans;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {what} within {TIMEOUT:?}; spans received:\n{}",
-                describe(&spans)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-fn attributes(
-    list: &[opentelemetry_proto::tonic::common::v1::KeyValue],
-) -> BTreeMap<String, String> {
-    list.iter()
-        .map(|kv| {
-            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                Some(Value::StringValue(s)) => s.clone(),
-                Some(Value::IntValue(i)) => i.to_string(),
-                Some(Value::BoolValue(b)) => b.to_string(),
-                Some(Value::DoubleValue(d)) => d.to_string(),
-                other => format!("{other:?}"),
-            };
-            (kv.key.clone(), value)
-        })
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn describe(spans: &[Received]) -> String {
-    spans
-        .iter()
-        .map(|s| {
-            format!(
-                "  {} {} {:?} trace={} span={} parent={} {:?}",
-                s.service, s.name, s.kind, s.trace_id, s.span_id, s.parent, s.attributes
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn count(spans: &[Received], name: &str) -> usize {
-    spans.iter().filter(|s| s.name == name).count()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_is_one_trace_across_retries_and_restarts() {
@@ -231,6 +98,7 @@ async fn a_run_is_one_trace_across_retries_and_restarts() {
         );
     };
     expect("run traced", 1);
+    expect("rpaflow.v1.FlowService/StartRun", 1);
     expect("dispatch fetch", 2);
     expect("dispatch items", 3);
     expect("dispatch after", 1);
@@ -262,6 +130,7 @@ async fn a_run_is_one_trace_across_retries_and_restarts() {
     for span in &trace {
         let expected_parent = match span.name.as_str() {
             n if n.starts_with("dispatch ") => Some("run traced".to_owned()),
+            "rpaflow.v1.FlowService/StartRun" => Some("run traced".to_owned()),
             "step http" => Some("dispatch fetch".to_owned()),
             "GET" => Some("step http".to_owned()),
             _ => continue,
@@ -285,6 +154,17 @@ async fn a_run_is_one_trace_across_retries_and_restarts() {
     }
     for span in trace.iter().filter(|s| s.name.starts_with("dispatch ")) {
         assert_eq!(span.kind, SpanKind::Producer, "{all}");
+    }
+    for span in trace
+        .iter()
+        .filter(|s| s.name == "rpaflow.v1.FlowService/StartRun")
+    {
+        assert_eq!(span.kind, SpanKind::Server, "{all}");
+        assert_eq!(
+            span.attributes.get("rpc.method").map(String::as_str),
+            Some("StartRun"),
+            "{all}"
+        );
     }
 
     // The retried step: its first attempt failed with the API's error, the second did not.
@@ -423,7 +303,7 @@ async fn an_llm_step_is_traced_into_the_inference_node() {
         "{all}"
     );
     let server = one(
-        &|s| s.name == "rpaflow.v1.Inference/Generate",
+        &|s| s.name == "rpaflow.v1.Inference/GenerateStream",
         "server span",
     );
     assert_eq!(server.kind, SpanKind::Server, "{all}");
@@ -494,5 +374,75 @@ async fn a_collector_that_is_down_costs_runs_nothing() {
     assert!(
         output.contains("spans were dropped"),
         "no count of dropped spans when stopping:\n{output}"
+    );
+}
+
+/// A webhook delivery that carries a `traceparent` starts a run whose trace holds the delivery's
+/// HTTP server span, linked to the sender's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_run_links_to_the_senders_trace() {
+    const HOOK_FLOW: &str = r#"
+name: traced-hook
+inputs:
+  n: { type: integer }
+triggers:
+  - id: raw
+    webhook: { token_secret: HOOK_TOKEN }
+steps:
+  - { id: show, uses: echo, with: { n: "{{ inputs.n }}" } }
+"#;
+    const SENDER: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let (receiver, endpoint) = Receiver::start().await;
+    let dev = Dev::launch_env(
+        &["--hooks-listen", "127.0.0.1:0"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    )
+    .await;
+    dev.client()
+        .await
+        .set_secret(pb::SetSecretRequest {
+            name: "HOOK_TOKEN".into(),
+            value: "hook-token-5e1d".into(),
+        })
+        .await
+        .expect("SetSecret");
+    dev.register(HOOK_FLOW).await;
+    let (status, body) = rpaflow_tests::http_post_with(
+        &format!("{}/hooks/default/traced-hook", dev.hooks_url()),
+        &format!("Authorization: Bearer hook-token-5e1d\r\ntraceparent: {SENDER}\r\n"),
+        br#"{"n": 3}"#,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("a JSON answer");
+    let run_id = answer["run_id"].as_str().expect("a run id").to_owned();
+    dev.wait_succeeded(&run_id, TIMEOUT).await;
+    let route = "POST /hooks/{namespace}/{flow}";
+    let spans = receiver
+        .wait_until("the run span and the delivery's span", |spans| {
+            count(spans, "run traced-hook") == 1 && count(spans, route) == 1
+        })
+        .await;
+    let all = describe(&spans);
+    let run = spans
+        .iter()
+        .find(|s| s.name == "run traced-hook")
+        .expect("the run span");
+    let delivery = spans.iter().find(|s| s.name == route).expect("the span");
+    assert_eq!(delivery.trace_id, run.trace_id, "{all}");
+    assert_eq!(delivery.parent, run.span_id, "{all}");
+    assert_eq!(delivery.kind, SpanKind::Server, "{all}");
+    assert_eq!(
+        delivery
+            .attributes
+            .get("http.response.status_code")
+            .map(String::as_str),
+        Some("201"),
+        "{all}"
+    );
+    assert_eq!(
+        delivery.links,
+        vec![(SENDER[3..35].to_owned(), SENDER[36..52].to_owned())],
+        "the sender's trace is linked:\n{all}"
     );
 }
