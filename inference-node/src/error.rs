@@ -17,6 +17,9 @@ pub enum Error {
     /// The engine thread has stopped (shut down, or failed).
     #[error("inference engine is not running")]
     NotRunning,
+    /// The node began to drain while the request still waited in the queue: it was not started.
+    #[error("inference node is shutting down; the request was not started")]
+    Drained,
     /// `ORT_DYLIB_PATH` does not name the ONNX Runtime library.
     #[error(
         "ORT_DYLIB_PATH is not set: point it at libonnxruntime.so (scripts/setup-inference.sh prints it)"
@@ -100,6 +103,15 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument { .. } => tonic::Status::invalid_argument(message),
             Error::QueueFull { .. } => tonic::Status::resource_exhausted(message),
             Error::NotRunning => tonic::Status::unavailable(message),
+            // Says so in metadata, so that a client can send the request to another node.
+            Error::Drained => {
+                let mut status = tonic::Status::unavailable(message);
+                status.metadata_mut().insert(
+                    rpaflow_proto::NOT_STARTED_METADATA,
+                    tonic::metadata::MetadataValue::from_static("true"),
+                );
+                status
+            }
             Error::Tokenize { .. } => tonic::Status::invalid_argument(message),
             Error::RuntimeNotConfigured
             | Error::RuntimeLoad { .. }

@@ -64,37 +64,24 @@ impl pb::inference_server::Inference for InferenceService {
         &self,
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<pb::GenerateResponse>, Status> {
-        let span = tracing::info_span!(
-            GENERATE_SPAN,
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-            rpc.system = "grpc",
-            rpc.service = "rpaflow.v1.Inference",
-            rpc.method = "Generate",
-            gen_ai.operation.name = "text_completion",
-            gen_ai.usage.input_tokens = tracing::field::Empty,
-            gen_ai.usage.output_tokens = tracing::field::Empty,
-        );
-        // The caller's `traceparent` metadata (the `llm` step's CLIENT span) is the parent.
-        rpaflow_core::telemetry::run_trace::continue_trace(
-            &span,
-            request
-                .metadata()
-                .get(rpaflow_core::trace_context::TRACEPARENT_HEADER)
-                .and_then(|v| v.to_str().ok()),
-        );
+        let span = server_span(&request, "Generate");
         let started = std::time::SystemTime::now();
         let answer = self
             .generate_whole(request.into_inner())
             .instrument(span.clone())
             .await;
         match &answer {
-            Ok(response) => record_generation(&span, started, response.get_ref()),
-            Err(status) => rpaflow_core::telemetry::run_trace::record_error(
-                &span,
-                &format!("{:?}", status.code()),
-            ),
+            Ok(response) => {
+                let r = response.get_ref();
+                record_generation(
+                    &span,
+                    started,
+                    r.prompt_tokens,
+                    r.generated_tokens,
+                    r.timings,
+                );
+            }
+            Err(status) => record_failure(&span, status),
         }
         answer
     }
@@ -105,24 +92,55 @@ impl pb::inference_server::Inference for InferenceService {
         &self,
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        // The span lives as long as the stream: it ends when the last chunk is sent or the
+        // client goes away.
+        let span = server_span(&request, "GenerateStream");
+        let started = std::time::SystemTime::now();
         let request = request.into_inner();
-        let params = GenerationParams::try_from(request.params)?;
-        let (_, events) = self
-            .engine
-            .submit(&request.prompt, params, Delivery::Stream)?;
+        let submitted = span.in_scope(|| {
+            let params = GenerationParams::try_from(request.params)?;
+            self.engine
+                .submit(&request.prompt, params, Delivery::Stream)
+                .map_err(Status::from)
+        });
+        let events = match submitted {
+            Ok((_, events)) => events,
+            Err(status) => {
+                record_failure(&span, &status);
+                return Err(status);
+            }
+        };
         // When the client disconnects, tonic drops this stream and with it the receiver.
-        let chunks = UnboundedReceiverStream::new(events).map(|event| match event {
-            Event::Token(token) => Ok(pb::GenerateChunk {
-                token_id: token.token_id,
-                text: token.text,
-                finish_reason: token
-                    .finished
-                    .as_ref()
-                    .map(|f| pb::FinishReason::from(f.reason).into()),
-                summary: token.finished.as_ref().map(pb::GenerateSummary::from),
-            }),
-            Event::Failed(e) => Err(e.into()),
-            Event::Completed(_) => Err(Error::NotRunning.into()),
+        let chunks = UnboundedReceiverStream::new(events).map(move |event| {
+            let chunk = match event {
+                Event::Token(token) => {
+                    if let Some(f) = &token.finished {
+                        let timings = Some(pb::GenerationTimings::from(f.timings));
+                        record_generation(
+                            &span,
+                            started,
+                            f.prompt_tokens,
+                            f.generated_tokens,
+                            timings,
+                        );
+                    }
+                    Ok(pb::GenerateChunk {
+                        token_id: token.token_id,
+                        text: token.text,
+                        finish_reason: token
+                            .finished
+                            .as_ref()
+                            .map(|f| pb::FinishReason::from(f.reason).into()),
+                        summary: token.finished.as_ref().map(pb::GenerateSummary::from),
+                    })
+                }
+                Event::Failed(e) => Err(Status::from(e)),
+                Event::Completed(_) => Err(Error::NotRunning.into()),
+            };
+            if let Err(status) = &chunk {
+                record_failure(&span, status);
+            }
+            chunk
         });
         Ok(Response::new(Box::pin(chunks)))
     }
@@ -152,8 +170,39 @@ impl pb::inference_server::Inference for InferenceService {
 }
 
 /// The server span of a `Generate` call; its children `queue`, `prefill` and `decode` are
-/// timed by the engine.
+/// timed by the engine. A `GenerateStream` call's is `rpaflow.v1.Inference/GenerateStream`.
 pub const GENERATE_SPAN: &str = "rpaflow.v1.Inference/Generate";
+
+/// The server span of a call, continuing the caller's `traceparent` metadata (the `llm` step's
+/// CLIENT span).
+fn server_span<T>(request: &Request<T>, method: &'static str) -> tracing::Span {
+    let span = tracing::info_span!(
+        GENERATE_SPAN,
+        otel.name = %format_args!("rpaflow.v1.Inference/{method}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = "rpaflow.v1.Inference",
+        rpc.method = method,
+        gen_ai.operation.name = "text_completion",
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+    );
+    rpaflow_core::telemetry::run_trace::continue_trace(
+        &span,
+        request
+            .metadata()
+            .get(rpaflow_core::trace_context::TRACEPARENT_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
+    span
+}
+
+/// A failed call: its gRPC code as `error.type`.
+fn record_failure(span: &tracing::Span, status: &Status) {
+    rpaflow_core::telemetry::run_trace::record_error(span, &format!("{:?}", status.code()));
+}
 
 impl InferenceService {
     async fn generate_whole(
@@ -185,11 +234,13 @@ impl InferenceService {
 fn record_generation(
     span: &tracing::Span,
     started: std::time::SystemTime,
-    r: &pb::GenerateResponse,
+    prompt_tokens: u32,
+    generated_tokens: u32,
+    timings: Option<pb::GenerationTimings>,
 ) {
-    span.record("gen_ai.usage.input_tokens", r.prompt_tokens);
-    span.record("gen_ai.usage.output_tokens", r.generated_tokens);
-    if let Some(t) = &r.timings {
+    span.record("gen_ai.usage.input_tokens", prompt_tokens);
+    span.record("gen_ai.usage.output_tokens", generated_tokens);
+    if let Some(t) = timings {
         let ms = |v: f64| std::time::Duration::from_secs_f64(v.max(0.0) / 1e3);
         let (queue, first, total) = (ms(t.queue_ms), ms(t.time_to_first_token_ms), ms(t.total_ms));
         rpaflow_core::telemetry::run_trace::record_phases(

@@ -22,6 +22,12 @@ pub mod onnx {
     tonic::include_proto!("onnx");
 }
 
+/// Metadata an inference node puts on an error status to say that it never started the request
+/// (it was still queued when the node began to drain), so that a client may send it to another
+/// node without risk of generating it twice. An error without it, after the node accepted a
+/// `GenerateStream` call, may come from a request that had produced tokens.
+pub const NOT_STARTED_METADATA: &str = "rpaflow-not-started";
+
 /// The encoded `FileDescriptorSet` of every rpaflow proto file, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/rpaflow_descriptor.bin"));

@@ -329,8 +329,12 @@ impl Registry {
             config.expr_limits(),
             config.transform_fuel,
         ));
-        if let Some(endpoint) = &config.inference_endpoint {
-            registry.register(executors::LlmExecutor::new(endpoint)?);
+        let endpoints = config.inference_endpoints();
+        if !endpoints.is_empty() {
+            registry.register(executors::LlmExecutor::new(
+                &endpoints,
+                config.inference_refresh,
+            )?);
         }
         Ok(registry)
     }

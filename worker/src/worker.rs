@@ -61,8 +61,16 @@ pub struct WorkerConfig {
     /// The timeout for tasks that do not set one.
     #[serde(with = "crate::duration")]
     pub default_timeout: Duration,
-    /// The inference node `llm` steps use (`http://host:port`); without one they fail saying so.
+    /// The inference node `llm` steps use (`http://host:port` or `host:port`), or several,
+    /// comma-separated (`RPAFLOW_WORKER__INFERENCE_ENDPOINT=a:50061,b:50061`); without one they
+    /// fail saying so. Taken together with `inference_endpoints`.
     pub inference_endpoint: Option<String>,
+    /// More inference nodes, a list. A name may resolve to several addresses (a Kubernetes
+    /// headless Service): each is a node, and requests are balanced over them.
+    pub inference_endpoints: Vec<String>,
+    /// How often the endpoints' names are resolved again, to find nodes that came or went.
+    #[serde(with = "crate::duration")]
+    pub inference_refresh: Duration,
     /// How long a stopping worker waits for its steps in flight; those still running then are
     /// handed back unacknowledged, to be delivered again.
     #[serde(with = "crate::duration")]
@@ -94,6 +102,8 @@ impl Default for WorkerConfig {
             max_output_bytes: 1024 * 1024,
             default_timeout: Duration::from_secs(300),
             inference_endpoint: None,
+            inference_endpoints: Vec::new(),
+            inference_refresh: crate::executors::llm::DEFAULT_REFRESH,
             drain_timeout: Duration::from_secs(60),
             expr_fuel: rpaflow_core::expr::DEFAULT_FUEL,
             expr_max_output_bytes: rpaflow_core::expr::DEFAULT_MAX_OUTPUT_BYTES,
@@ -133,6 +143,18 @@ impl WorkerConfig {
         }
     }
 
+    /// Every inference endpoint configured: `inference_endpoint` (comma-separated) and
+    /// `inference_endpoints`.
+    pub fn inference_endpoints(&self) -> Vec<String> {
+        let single = self.inference_endpoint.iter().flat_map(|e| e.split(','));
+        single
+            .chain(self.inference_endpoints.iter().map(String::as_str))
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Checks the values before anything starts.
     pub fn validate(&self) -> Result<()> {
         let fail = |field: &'static str, message: &str| {
@@ -166,6 +188,13 @@ impl WorkerConfig {
             return fail("expr_max_output_bytes", "must be at least 1");
         }
         crate::egress::EgressPolicies::new(&self.egress, &self.egress_namespaces)?;
+        if self.inference_refresh < Duration::from_secs(1) {
+            return fail("inference_refresh", "must be at least 1s");
+        }
+        let endpoints = self.inference_endpoints();
+        if !endpoints.is_empty() {
+            crate::executors::LlmExecutor::new(&endpoints, self.inference_refresh)?;
+        }
         Ok(())
     }
 }

@@ -104,7 +104,7 @@ impl Runner {
         loop {
             if queue.shutdown {
                 for request in queue.waiting.drain(..) {
-                    let _ = request.events.send(Event::Failed(Error::NotRunning));
+                    let _ = request.events.send(Event::Failed(Error::Drained));
                 }
                 if self.seqs.is_empty() {
                     queue.stopped = true;
