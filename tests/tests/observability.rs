@@ -349,6 +349,26 @@ async fn the_orchestrator_and_worker_services_serve_their_own_metrics() {
     assert_eq!(value(&work_after, "rpaflow_worker_free_slots"), 16.0);
     promtool_check(&text);
     promtool_check(&work_text);
+
+    // A result that cannot be decoded goes to the dead-letter topic, and is counted.
+    let dead_before = value(&orch_after, "rpaflow_dead_letters_total");
+    broker
+        .produce_raw("rpaflow.results", "junk", b"not a TaskResult")
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, now) = scrape(&orchestrator_admin).await;
+        let dead = value(&now, "rpaflow_dead_letters_total");
+        if dead == dead_before + 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rpaflow_dead_letters_total is {dead}, not {}",
+            dead_before + 1.0
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     prometheus_scrapes(&[orchestrator_admin, worker_admin]).await;
 }
 
