@@ -234,6 +234,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let tls = ServerTls::load(&config.tls).context("cannot set up tls")?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let mut embedded = Embedded::start(&config).await?;
     if let Some(hooks_addr) = config.hooks_listen {
         let listen = crate::services::HooksListener {
@@ -287,6 +288,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    // The console is on the gRPC port (gRPC-Web); with tokens on, it asks for one.
+    let first_token = config.orchestrator.data_dir.join("admin.token");
+    let sign_in = match config.auth.enabled {
+        false => String::new(),
+        true if first_token.is_file() => {
+            format!("; sign in with the token in {}", first_token.display())
+        }
+        true => "; sign in with an API token (rpaflow token create)".to_owned(),
+    };
+    println!("rpaflow dev: web console on {scheme}://{addr}/{sign_in}");
     println!(
         "rpaflow dev: serving gRPC on {addr} (data in {})",
         config.orchestrator.data_dir.display()

@@ -19,6 +19,7 @@
 //! # Layout
 //! - `api`: [`served_methods`], every RPC of the services the orchestrator serves.
 //! - `binary`: where the `rpaflow` binary is (`$RPAFLOW_BIN`, else built once per test binary).
+//! - `browser`: [`Browser`], a headless Chromium over WebDriver, for the web console.
 //! - `dev`: [`Dev`], one `rpaflow dev` process on its data directory ([`Dev::launch`],
 //!   [`Dev::kill9`], [`Dev::restart`]) and the gRPC calls scenarios make.
 //! - `events`: [`Events`], a run's events with counting helpers, and [`EventLog`], a live watcher.
@@ -29,6 +30,7 @@
 
 mod api;
 mod binary;
+mod browser;
 mod cli;
 mod dev;
 mod events;
@@ -39,6 +41,7 @@ mod worker;
 
 pub use api::served_methods;
 pub use binary::{rpaflow_bin, workspace_root};
+pub use browser::Browser;
 pub use cli::{CliOutput, rpaflow, rpaflow_with_env};
 pub use dev::{Dev, describe_run};
 pub use events::{EventLog, Events};

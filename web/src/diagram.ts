@@ -9,6 +9,7 @@ const H = 52;
 const GAP_X = 28;
 const GAP_Y = 40;
 const PAD = 12;
+const LANE = 20;
 
 export interface StepState {
   /// `pending`, `running`, `succeeded`, ... (the StepStatus names in lower case).
@@ -39,6 +40,7 @@ interface Placed {
   id: string;
   x: number;
   y: number;
+  layer: number;
 }
 
 /// Layers by longest path from the roots; within a layer, ordered by where the step's needs
@@ -67,6 +69,14 @@ export function layout(def: FlowDefinition): { nodes: Placed[]; width: number; h
       if (--indegree[c] === 0) queue.push(c);
     }
   }
+  // Steps that need nothing sit just above their first dependant, not all in the top row
+  // (`table` beside `rows` rather than above `collect`), which keeps their edges short.
+  for (let k = queue.length - 1; k >= 0; k--) {
+    const i = queue[k];
+    if (parents[i].length === 0 && children[i].length > 0) {
+      layer[i] = Math.max(layer[i], Math.min(...children[i].map((c) => layer[c])) - 1);
+    }
+  }
   const layers: number[][] = [];
   steps.forEach((_, i) => (layers[layer[i]] ??= []).push(i));
   const column = new Map<number, number>();
@@ -80,14 +90,15 @@ export function layout(def: FlowDefinition): { nodes: Placed[]; width: number; h
     row.forEach((i, c) => column.set(i, c));
   }
   const widest = Math.max(1, ...layers.map((r) => r?.length ?? 0));
-  const width = PAD * 2 + widest * W + (widest - 1) * GAP_X;
+  // LANE on each side: room for the edges that skip layers (drawn around them).
+  const width = (PAD + LANE) * 2 + widest * W + (widest - 1) * GAP_X;
   const nodes: Placed[] = [];
   layers.forEach((row, l) => {
     if (!row) return;
     const rowWidth = row.length * W + (row.length - 1) * GAP_X;
     const left = (width - rowWidth) / 2;
     row.forEach((i, c) =>
-      nodes.push({ id: steps[i].id, x: left + c * (W + GAP_X), y: PAD + l * (H + GAP_Y) }),
+      nodes.push({ id: steps[i].id, x: left + c * (W + GAP_X), y: PAD + l * (H + GAP_Y), layer: l }),
     );
   });
   const height = PAD * 2 + layers.length * H + Math.max(0, layers.length - 1) * GAP_Y;
@@ -120,15 +131,39 @@ export function drawFlow(def: FlowDefinition, linkSteps: boolean): Diagram {
   defs.append(marker);
   root.append(defs);
 
+  // Where the steps of each layer are, to route edges that skip layers around them.
+  const byLayer = new Map<number, Placed[]>();
+  for (const n of nodes) {
+    const row = byLayer.get(n.layer) ?? [];
+    row.push(n);
+    byLayer.set(n.layer, row);
+  }
   const edge = (from: Placed, to: Placed, dashed: boolean) => {
     const x1 = from.x + W / 2;
     const y1 = from.y + H;
     const x2 = to.x + W / 2;
     const y2 = to.y;
     const mid = (y1 + y2) / 2;
+    const between: Placed[] = [];
+    for (let l = from.layer + 1; l < to.layer; l++) between.push(...(byLayer.get(l) ?? []));
+    const hits = between.some((n) => {
+      // The straight line's x at that layer's height.
+      const t = (n.y + H / 2 - y1) / (y2 - y1);
+      const x = x1 + (x2 - x1) * t;
+      return x > n.x - 6 && x < n.x + W + 6;
+    });
+    let d = `M ${x1} ${y1} C ${x1} ${mid} ${x2} ${mid} ${x2} ${y2 - 2}`;
+    if (hits) {
+      const right = Math.max(...between.map((n) => n.x + W)) + LANE / 2 + 4;
+      const left = Math.min(...between.map((n) => n.x)) - LANE / 2 - 4;
+      const lane = Math.abs(right - (x1 + x2) / 2) <= Math.abs(left - (x1 + x2) / 2) ? right : left;
+      const g = GAP_Y / 2;
+      d = `M ${x1} ${y1} C ${x1} ${y1 + g} ${lane} ${y1 + g / 2} ${lane} ${y1 + g} ` +
+        `L ${lane} ${y2 - g} C ${lane} ${y2 - g / 2} ${x2} ${y2 - g} ${x2} ${y2 - 2}`;
+    }
     root.append(
       svg("path", {
-        d: `M ${x1} ${y1} C ${x1} ${mid} ${x2} ${mid} ${x2} ${y2 - 2}`,
+        d,
         class: dashed ? "edge compensation" : "edge",
         "marker-end": "url(#arrow)",
       }),

@@ -58,8 +58,10 @@ document.addEventListener("click", (e) => {
 });
 window.addEventListener("popstate", () => void render());
 
+// A call refused for want of a valid token (one expired or revoked meanwhile): sign in again.
+// Not while finding out who the console is (identify handles that answer itself).
 whenUnauthenticated(() => {
-  if (authOff) return;
+  if (authOff || !me) return;
   endSession();
   me = null;
   void render();

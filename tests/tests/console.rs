@@ -1,0 +1,398 @@
+//! The web console (issue 16) in a real headless Chromium, against `rpaflow dev` with API tokens
+//! on: a signed-out visitor sees only the sign-in; an admin starts the customer-service example
+//! from the flow's page, watches its diagram turn green step by step (live, without reloading),
+//! approves the refund from the approvals inbox in another tab (signed in there too: the
+//! session is kept per tab), and sees the run succeed; a user
+//! of another namespace sees none of it. Every page is saved as a screenshot under
+//! `target/console-screenshots/`.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use rpaflow_tests::{Browser, Dev, setup_script, workspace_root};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// The customer-service flow's steps, and the steps each needs.
+const NEEDS: &[(&str, &[&str])] = &[
+    ("collect", &[]),
+    ("table", &[]),
+    ("clean", &["collect"]),
+    ("rows", &["clean"]),
+    ("store", &["rows", "table"]),
+    ("handle", &["clean", "store"]),
+];
+
+/// A flow with a schedule, for the schedules page.
+const NIGHTLY: &str = r#"
+name: nightly-report
+description: A report every night
+triggers:
+  - { id: nightly, schedule: { cron: "0 2 * * *" } }
+steps:
+  - id: report
+    uses: log
+    with: { message: "nightly" }
+"#;
+
+/// Starts the example's customer API on a free port; returns it and its base URL.
+async fn customer_api() -> (tokio::process::Child, String) {
+    let mut api = tokio::process::Command::new("python3")
+        .arg(workspace_root().join("examples/customer-api/server.py"))
+        .args(["--port", "0"])
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cannot start the customer API");
+    let mut lines = BufReader::new(api.stdout.take().expect("piped stdout")).lines();
+    let base = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(url) = line.strip_prefix("customer API on ") {
+                return url.trim().to_owned();
+            }
+        }
+        panic!("the customer API ended without serving");
+    })
+    .await
+    .expect("the customer API did not start in time");
+    (api, base)
+}
+
+/// The status of each step as the run page's diagram shows it.
+async fn diagram(browser: &Browser) -> HashMap<String, String> {
+    let shown = browser
+        .eval(
+            "return Object.fromEntries([...document.querySelectorAll('svg.diagram g.node')]\
+             .map(g => [g.dataset.step, g.dataset.status]));",
+        )
+        .await;
+    serde_json::from_value(shown).expect("a map of step to status")
+}
+
+/// Watches the diagram until step `until` is green, noting the order in which steps first turn
+/// green and whether the diagram was ever partly green.
+async fn watch(
+    browser: &Browser,
+    first_green: &mut Vec<String>,
+    saw_partial: &mut bool,
+    until: &str,
+) {
+    browser
+        .until(&format!("step `{until}` to succeed"), async || {
+            let shown = diagram(browser).await;
+            for (step, _) in NEEDS {
+                if shown.get(*step).map(String::as_str) == Some("succeeded")
+                    && !first_green.iter().any(|s| s == step)
+                {
+                    first_green.push((*step).to_owned());
+                }
+            }
+            let green = shown.values().filter(|s| *s == "succeeded").count();
+            *saw_partial |= green > 0 && green < NEEDS.len();
+            shown.get(until).map(String::as_str) == Some("succeeded")
+        })
+        .await;
+}
+
+/// Signs in through the sign-in page and waits for the console's navigation.
+async fn sign_in(browser: &Browser, token: &str) {
+    browser.type_into("#token", token).await;
+    browser.click(".signin button[type=submit]").await;
+    browser.find("header.top nav").await;
+}
+
+async fn sign_out(browser: &Browser) {
+    browser.click("header.top .who button").await;
+    browser.find("form.signin").await;
+}
+
+/// What a signed-out visitor sees: the sign-in form, no navigation, no data.
+async fn only_sign_in(browser: &Browser, url: &str, secret: &str) {
+    browser.goto(url).await;
+    browser.find("form.signin").await;
+    assert!(browser.all("header.top").await.is_empty(), "{url}");
+    assert!(browser.all("table, svg.diagram").await.is_empty(), "{url}");
+    let text = browser.page_text().await;
+    assert!(!text.contains(secret), "{url} shows {secret}:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces_apart() {
+    let env = setup_script("setup-inference.sh");
+    setup_script("setup-postgres.sh");
+    let (mut api, base) = customer_api().await;
+    let dev = Dev::launch_env(
+        &[
+            "--model",
+            &env["RPAFLOW_TEST_MODEL"],
+            "--onnxruntime",
+            &env["ORT_DYLIB_PATH"],
+        ],
+        &[("RPAFLOW_AUTH__ENABLED", "true")],
+    )
+    .await;
+    assert!(
+        dev.output()
+            .contains(&format!("web console on http://{}/", dev.addr())),
+        "rpaflow dev printed no console address:\n{}",
+        dev.output()
+    );
+    let root = std::fs::read_to_string(dev.data_dir().join("admin.token"))
+        .expect("the first admin token")
+        .trim()
+        .to_owned();
+    for file in [
+        "examples/customer-service/handle-message.yaml",
+        "examples/customer-service.yaml",
+    ] {
+        let path = workspace_root().join(file);
+        dev.cli_json(&root, &["flow", "register", &path.display().to_string()])
+            .await;
+    }
+    let nightly = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::fs::write(nightly.path(), NIGHTLY).expect("a writable file");
+    dev.cli_json(
+        &root,
+        &["flow", "register", &nightly.path().display().to_string()],
+    )
+    .await;
+    dev.cli_json(&root, &["namespace", "create", "team-b"])
+        .await;
+    let other = dev
+        .cli_json(
+            &root,
+            &[
+                "token",
+                "create",
+                "--namespace",
+                "team-b",
+                "--role",
+                "admin",
+                "--name",
+                "team-b-admin",
+            ],
+        )
+        .await["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+
+    let console = format!("http://{}", dev.addr());
+    let browser = Browser::start(1280, 900).await;
+
+    // Signed out: only the sign-in, whatever the address; a wrong token is refused.
+    only_sign_in(&browser, &format!("{console}/runs"), "customer-service").await;
+    browser.screenshot("signin").await;
+    only_sign_in(&browser, &format!("{console}/approvals"), "Refund").await;
+    browser.type_into("#token", "rpf_000000000000_wrong").await;
+    browser.click(".signin button[type=submit]").await;
+    browser.wait_text("Not signed in").await;
+    assert!(browser.all("header.top").await.is_empty());
+
+    // The admin of `default` starts the example from its flow page.
+    browser.goto(&format!("{console}/flows")).await;
+    sign_in(&browser, &root).await;
+    browser.find("tr[data-flow=customer-service]").await;
+    browser.screenshot("flows").await;
+    browser.click("tr[data-flow=customer-service] a").await;
+    browser.find("svg.diagram").await;
+    browser.screenshot("flow").await;
+    browser
+        .type_into("#run-inputs", &json!({ "api": base }).to_string())
+        .await;
+    browser.click("#start-run button[type=submit]").await;
+    browser
+        .until("the run's page", async || {
+            browser.path().await.starts_with("/runs/")
+        })
+        .await;
+    let run_id = browser.path().await["/runs/".len()..].to_owned();
+    browser.find("svg.diagram g.node").await;
+    // Set in the page: still there at the end means the page was never reloaded.
+    browser
+        .eval("window.__sameRunPage = true; return null;")
+        .await;
+
+    // The diagram turns green step by step, in an order its edges allow, up to the subflows
+    // (one of which waits for a person).
+    let mut first_green: Vec<String> = Vec::new();
+    let mut saw_partial = false;
+    watch(&browser, &mut first_green, &mut saw_partial, "store").await;
+    let shown = diagram(&browser).await;
+    assert_eq!(shown["handle"], "running", "{shown:?}");
+    browser.screenshot("run-waiting").await;
+
+    // The refund waits in the inbox, with what the approver needs; approved in another tab.
+    let run_tab = browser.client().window().await.expect("the run's tab");
+    let inbox = browser
+        .client()
+        .new_window(true)
+        .await
+        .expect("a new tab")
+        .handle;
+    browser
+        .client()
+        .switch_to_window(inbox)
+        .await
+        .expect("the new tab");
+    // sessionStorage is per tab: a new tab signs in again.
+    browser.goto(&format!("{console}/approvals")).await;
+    sign_in(&browser, &root).await;
+    let card = browser.find("article.approval").await;
+    let text = card.text().await.expect("the card's text");
+    assert!(text.contains("Refund of 2400"), "{text}");
+    assert!(text.contains("dave@example.com"), "{text}");
+    assert!(text.contains("handle-message"), "{text}");
+    assert_eq!(browser.all("article.approval").await.len(), 1);
+    let child = card
+        .attr("data-run")
+        .await
+        .expect("an attribute")
+        .expect("the approval's run");
+    browser
+        .type_into(
+            "article.approval textarea",
+            "refund checked against the order",
+        )
+        .await;
+    browser.screenshot("approvals").await;
+    browser
+        .click("article.approval button[data-action=approve]")
+        .await;
+    browser.wait_text("Nothing waits for an answer.").await;
+
+    // Back on the run's tab, not reloaded: the rest turns green and the run succeeds.
+    browser
+        .client()
+        .switch_to_window(run_tab)
+        .await
+        .expect("the run's tab");
+    watch(&browser, &mut first_green, &mut saw_partial, "handle").await;
+    browser
+        .until("the run to succeed", async || {
+            browser
+                .all("#run-status .badge[data-status=succeeded]")
+                .await
+                .len()
+                == 1
+        })
+        .await;
+    assert_eq!(
+        browser.eval("return window.__sameRunPage === true;").await,
+        json!(true),
+        "the run page was reloaded"
+    );
+    assert!(
+        saw_partial,
+        "never saw the diagram partly green: {first_green:?}"
+    );
+    for (step, needs) in NEEDS {
+        let at = |s: &str| first_green.iter().position(|g| g == s);
+        let mine = at(step).unwrap_or_else(|| panic!("{step} never turned green"));
+        for need in *needs {
+            assert!(
+                at(need).is_some_and(|n| n <= mine),
+                "{step} turned green before {need}: {first_green:?}"
+            );
+        }
+    }
+    browser.wait_text("run succeeded").await;
+    browser.screenshot("run-succeeded").await;
+
+    // The answer is recorded with who gave it (the token's name), as the child run shows.
+    browser.goto(&format!("{console}/runs/{child}")).await;
+    let answered = browser
+        .find("ol.timeline li[data-kind=approval_answered]")
+        .await;
+    let answered = answered.text().await.expect("the event's text");
+    assert!(answered.contains("approve"), "{answered}");
+
+    // The other pages.
+    browser.goto(&format!("{console}/runs")).await;
+    browser
+        .find(&format!(
+            "tr[data-run='{run_id}'] .badge[data-status=succeeded]"
+        ))
+        .await;
+    browser.screenshot("runs").await;
+    browser.goto(&format!("{console}/schedules")).await;
+    browser
+        .click("tr[data-schedule='nightly-report/nightly'] button")
+        .await;
+    browser
+        .find("tr[data-schedule='nightly-report/nightly'] .badge[data-status=paused]")
+        .await;
+    browser.screenshot("schedules").await;
+    browser
+        .click("tr[data-schedule='nightly-report/nightly'] button")
+        .await;
+    browser
+        .find("tr[data-schedule='nightly-report/nightly'] .badge[data-status=active]")
+        .await;
+    browser.goto(&format!("{console}/secrets")).await;
+    browser.type_into("#secret-name", "CRM_API_KEY").await;
+    browser.type_into("#secret-value", "s3cr3t-value").await;
+    browser.click("#set-secret button[type=submit]").await;
+    browser.find("tr[data-secret=CRM_API_KEY]").await;
+    assert!(!browser.page_text().await.contains("s3cr3t-value"));
+    browser.screenshot("secrets").await;
+
+    // Signed out, the run's own address shows only the sign-in.
+    sign_out(&browser).await;
+    only_sign_in(&browser, &format!("{console}/runs/{run_id}"), &run_id).await;
+
+    // A user of another namespace sees none of it.
+    sign_in(&browser, &other).await;
+    let ns = browser.find("header.top .ns").await;
+    assert_eq!(ns.text().await.expect("text"), "team-b");
+    browser.goto(&format!("{console}/runs")).await;
+    browser.wait_text("No runs.").await;
+    browser.screenshot("other-namespace-runs").await;
+    for (page, empty) in [
+        ("flows", "No flows."),
+        ("approvals", "Nothing waits for an answer."),
+        ("schedules", "No schedules"),
+        ("secrets", "No secrets."),
+    ] {
+        browser.goto(&format!("{console}/{page}")).await;
+        browser.wait_text(empty).await;
+        let text = browser.page_text().await;
+        for theirs in [
+            "customer-service",
+            "nightly-report",
+            "CRM_API_KEY",
+            "Refund",
+        ] {
+            assert!(
+                !text.contains(theirs),
+                "team-b's {page} shows {theirs}:\n{text}"
+            );
+        }
+    }
+    browser.goto(&format!("{console}/runs/{run_id}")).await;
+    browser.wait_text("Run not found").await;
+    assert!(browser.all("svg.diagram").await.is_empty());
+    browser
+        .goto(&format!("{console}/flows/customer-service"))
+        .await;
+    browser.find(".notice").await;
+    assert!(browser.all("svg.diagram").await.is_empty());
+
+    // A phone-sized screen: the run page in one column.
+    sign_out(&browser).await;
+    sign_in(&browser, &root).await;
+    browser
+        .client()
+        .set_window_size(390, 844)
+        .await
+        .expect("a smaller window");
+    browser.goto(&format!("{console}/runs/{run_id}")).await;
+    browser
+        .find("svg.diagram g.node[data-status=succeeded]")
+        .await;
+    browser.screenshot("phone-run").await;
+
+    browser.close().await;
+    let _ = api.kill().await;
+}
