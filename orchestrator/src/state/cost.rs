@@ -10,8 +10,13 @@ const VALUE: usize = 32;
 const MAP_NODE: usize = 11 * (24 + VALUE) + 16;
 /// Entries per B-tree leaf.
 const MAP_NODE_ENTRIES: usize = 11;
-/// What the allocator adds to every allocation, roughly.
-const ALLOCATION: usize = 16;
+/// An internal B-tree node: a leaf and its 12 child pointers.
+const MAP_INTERNAL_NODE: usize = MAP_NODE + 12 * 8;
+/// Entries per leaf on average once a map has split: nodes split in half when full, so a map
+/// built one key at a time has its leaves between half and entirely full.
+const MAP_FILLED_ENTRIES: usize = 7;
+/// What the allocator adds to every allocation (glibc: an 8-byte header, rounded up to 16).
+const ALLOCATION: usize = 8;
 
 /// About how many bytes `json` takes as a `serde_json::Value` (64-bit, the default `Map`).
 /// Small objects are the costly case: `{"a":1}` is 7 bytes of text and ~650 bytes in memory.
@@ -25,32 +30,31 @@ pub fn json_memory_bytes_up_to(json: &Json, stop: usize) -> usize {
     measure(json, stop)
 }
 
-/// [`json_memory_bytes`], stopping once past `stop`.
+/// [`json_memory_bytes`], stopping once past `stop`. A value inside an array or a map lives in
+/// its parent's allocation, so only the root counts its own [`VALUE`].
 fn measure(json: &Json, stop: usize) -> usize {
-    let mut total = 0usize;
+    let mut total = VALUE;
     let mut todo = vec![json];
     while let Some(value) = todo.pop() {
         if total > stop {
             break;
         }
-        total = total.saturating_add(VALUE);
         match value {
             Json::Null | Json::Bool(_) | Json::Number(_) => {}
-            Json::String(s) => total = total.saturating_add(heap(s.len())),
+            Json::String(s) => total = total.saturating_add(heap(s.capacity())),
             Json::Array(items) => {
-                total = total.saturating_add(heap(items.len() * VALUE));
+                total = total.saturating_add(heap(items.capacity() * VALUE));
                 if total <= stop {
                     todo.extend(items);
                 }
             }
             Json::Object(map) => {
-                let nodes = map.len().div_ceil(MAP_NODE_ENTRIES);
-                total = total.saturating_add(nodes * (MAP_NODE + ALLOCATION));
+                total = total.saturating_add(map_nodes(map.len()));
                 for (key, item) in map {
                     if total > stop {
                         break;
                     }
-                    total = total.saturating_add(heap(key.len()));
+                    total = total.saturating_add(heap(key.capacity()));
                     todo.push(item);
                 }
             }
@@ -59,9 +63,27 @@ fn measure(json: &Json, stop: usize) -> usize {
     total
 }
 
-/// A heap allocation of `len` bytes (none for zero).
+/// The B-tree nodes of a map of `len` entries.
+fn map_nodes(len: usize) -> usize {
+    if len <= MAP_NODE_ENTRIES {
+        return len.min(1) * heap(MAP_NODE);
+    }
+    let leaves = len.div_ceil(MAP_FILLED_ENTRIES);
+    let internal = leaves.div_ceil(MAP_FILLED_ENTRIES - 1);
+    leaves * heap(MAP_NODE) + internal * heap(MAP_INTERNAL_NODE)
+}
+
+/// A heap allocation of `len` bytes (none for zero): glibc's chunk, the bytes and its header
+/// rounded up to 16, at least 32.
 fn heap(len: usize) -> usize {
-    if len == 0 { 0 } else { len + ALLOCATION }
+    if len == 0 {
+        0
+    } else {
+        len.saturating_add(ALLOCATION)
+            .div_ceil(16)
+            .saturating_mul(16)
+            .max(32)
+    }
 }
 
 #[cfg(test)]
@@ -100,7 +122,7 @@ mod tests {
         for _ in 0..200_000 {
             deep = Json::Array(vec![deep]);
         }
-        assert!(json_memory_bytes(&deep) > 200_000 * VALUE);
+        assert!(json_memory_bytes(&deep) > 200_000 * heap(VALUE));
         // Dropping it would recurse; leak it on purpose in this test.
         std::mem::forget(deep);
     }
