@@ -306,7 +306,10 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
         .find("ol.timeline li[data-kind=approval_answered]")
         .await;
     let answered = answered.text().await.expect("the event's text");
-    assert!(answered.contains("approve"), "{answered}");
+    assert!(
+        answered.contains("approved by bootstrap-admin: refund checked against the order"),
+        "{answered}"
+    );
 
     // The other pages.
     browser.goto(&format!("{console}/runs")).await;
@@ -395,4 +398,129 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
 
     browser.close().await;
     let _ = api.kill().await;
+}
+
+/// One HTTP/1.1 request on a new connection (closed after the answer): the answer's head in
+/// lower case and its body (chunked bodies as sent, chunk sizes included).
+async fn http1(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the gRPC port accepts");
+    let request = format!(
+        "{head}\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("sent");
+    stream.write_all(body).await.expect("sent");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    (
+        String::from_utf8_lossy(&answer[..split]).to_lowercase(),
+        answer[split + 4..].to_vec(),
+    )
+}
+
+/// The gRPC status of a gRPC-Web answer: in its head (an error without a body) or in its
+/// trailer frame.
+fn grpc_web_status(head: &str, body: &[u8]) -> u32 {
+    let text = format!("{head}\n{}", String::from_utf8_lossy(body).to_lowercase());
+    let at = text
+        .find("grpc-status:")
+        .unwrap_or_else(|| panic!("no grpc-status in\n{text}"));
+    text[at + "grpc-status:".len()..]
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .expect("a status code")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_port_serves_the_console_and_checks_grpc_web_calls_like_grpc_calls() {
+    let dev = Dev::launch_env(&[], &[("RPAFLOW_AUTH__ENABLED", "true")]).await;
+    let root = std::fs::read_to_string(dev.data_dir().join("admin.token"))
+        .expect("the first admin token")
+        .trim()
+        .to_owned();
+    let viewer = dev
+        .cli_json(
+            &root,
+            &["token", "create", "--role", "viewer", "--name", "looker"],
+        )
+        .await["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    let addr = dev.addr();
+
+    // The console: index.html for its routes, hashed assets cached for good, 404 otherwise.
+    let (head, page) = http1(addr, "GET /runs/some-run HTTP/1.1", b"").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(head.contains("cache-control: no-cache"), "{head}");
+    assert!(
+        head.contains("content-security-policy: default-src 'self'"),
+        "{head}"
+    );
+    let page = String::from_utf8(page).expect("UTF-8");
+    assert!(page.contains(r#"<div id="app">"#), "{page}");
+    let script = page
+        .split('"')
+        .find(|s| s.starts_with("/assets/") && s.ends_with(".js"))
+        .unwrap_or_else(|| panic!("no script in {page}"));
+    let (head, js) = http1(addr, &format!("GET {script} HTTP/1.1"), b"").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/javascript"), "{head}");
+    assert!(head.contains("immutable"), "{head}");
+    assert!(js.len() > 10_000, "{} bytes", js.len());
+    let (head, _) = http1(addr, "GET /assets/missing-123.js HTTP/1.1", b"").await;
+    assert!(head.starts_with("http/1.1 404"), "{head}");
+
+    // gRPC-Web over HTTP/1.1, as the browser calls: the same authentication and roles.
+    let call = async |method: &str, token: &str, message: &[u8]| {
+        let auth = if token.is_empty() {
+            String::new()
+        } else {
+            format!("\r\nAuthorization: Bearer {token}")
+        };
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
+        frame.extend_from_slice(message);
+        let (head, body) = http1(
+            addr,
+            &format!(
+                "POST /rpaflow.v1.FlowService/{method} HTTP/1.1\r\n\
+                 Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1{auth}"
+            ),
+            &frame,
+        )
+        .await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(
+            head.contains("content-type: application/grpc-web"),
+            "{head}"
+        );
+        grpc_web_status(&head, &body)
+    };
+    const UNAUTHENTICATED: u32 = 16;
+    const PERMISSION_DENIED: u32 = 7;
+    assert_eq!(call("ListFlows", "", b"").await, UNAUTHENTICATED);
+    assert_eq!(
+        call("ListFlows", "rpf_000000000000_wrong", b"").await,
+        UNAUTHENTICATED
+    );
+    assert_eq!(call("ListFlows", &viewer, b"").await, 0);
+    // SetSecret { name: "K", value: "v" } needs the admin role.
+    let set = [0x0a, 1, b'K', 0x12, 1, b'v'];
+    assert_eq!(call("SetSecret", &viewer, &set).await, PERMISSION_DENIED);
+    assert_eq!(call("SetSecret", &root, &set).await, 0);
 }

@@ -1,8 +1,9 @@
 // The approvals inbox (ListApprovals): what waits for a person, with the step's message (the
-// data the flow put there for the approver), who may answer and until when; approve or reject
-// with a comment (SignalRun, recorded with the caller's name).
+// data the flow put there for the approver) and the run's inputs, who may answer and until
+// when; approve or reject with a comment (SignalRun; the server records the caller's token name
+// as who answered).
 import { describe, flows } from "../api";
-import { fill, h, notice, time } from "../dom";
+import { fill, h, jsonBlock, notice, time } from "../dom";
 import type { Approval } from "../gen/rpaflow/v1/flow_pb";
 import type { Leave } from "../main";
 import { caller } from "../state";
@@ -46,6 +47,9 @@ export function approvalsPage(main: HTMLElement): Leave {
       h("button", { type: "button", class: "primary", onclick: () => answer(true), "data-action": "approve" }, "Approve"),
       h("button", { type: "button", class: "danger", onclick: () => answer(false), "data-action": "reject" }, "Reject"),
     ];
+    // The run's inputs (for a subflow, the item it handles), for a closer look.
+    const inputs = h("details", { class: "run-inputs" }, h("summary", {}, "The run's inputs"));
+    flows.getRun({ runId: a.runId }).then((r) => inputs.append(jsonBlock(r.inputsJson)), () => inputs.remove());
     const who = [...a.approverRoles.map((r) => `role ${r}`), ...a.approverNames];
     const el = h("article", { class: "card approval", "data-run": a.runId, "data-step": a.stepId, "aria-labelledby": `title-${id}` },
       h("h2", { id: `title-${id}` }, a.flow, h("span", { class: "muted" }, ` v${a.flowVersion} · ${a.stepId}`)),
@@ -55,6 +59,7 @@ export function approvalsPage(main: HTMLElement): Leave {
         h("div", {}, h("dt", {}, "Waiting since"), h("dd", {}, time(a.requestedAtMs))),
         h("div", {}, h("dt", {}, "Deadline"), h("dd", {}, a.deadlineMs ? time(a.deadlineMs) : "none")),
         h("div", {}, h("dt", {}, "Who may answer"), h("dd", {}, who.length ? who.join(", ") : "any approver"))),
+      inputs,
       h("label", { for: `comment-${id}` }, "Comment"),
       comment,
       h("div", { class: "actions" }, buttons),
