@@ -14,6 +14,10 @@ use crate::{
     service::InferenceService,
 };
 
+/// How long a stopping node's server may take, once the last generation is over, to send what
+/// is left and see its clients' connections close.
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Everything a node needs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -105,14 +109,23 @@ impl RunningNode {
         &self.engine
     }
 
-    /// Stops accepting requests, lets running generations finish, and waits for the server and
-    /// the engine thread to end.
+    /// Says NOT_SERVING, stops accepting requests, lets running generations finish, and waits
+    /// for the engine thread and then the server to end. Connections still open [`DRAIN_GRACE`]
+    /// after the last generation (a client's health watch never ends by itself) are closed.
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.stop.send(());
         self.engine.shutdown();
-        let served = self.server.await;
         let thread = self.thread;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        let mut server = self.server;
+        let Ok(served) = tokio::time::timeout(DRAIN_GRACE, &mut server).await else {
+            tracing::warn!(
+                grace = ?DRAIN_GRACE,
+                "connections still open after the last generation; closing them"
+            );
+            server.abort();
+            return Ok(());
+        };
         match served {
             Ok(result) => result,
             Err(e) => Err(Error::Generation {

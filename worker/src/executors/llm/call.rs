@@ -4,8 +4,11 @@
 //! The call is `GenerateStream`: the node answers with its response headers once it has queued
 //! the request, so the worker knows whether the node took it.
 //! - Before the node took it: `UNAVAILABLE` (no connection, the connection refused or reset, the
-//!   node draining) and `RESOURCE_EXHAUSTED` (its queue is full) are refusals, and the request
-//!   goes to another node. Nothing was generated, or nothing that anyone will see.
+//!   node draining), `RESOURCE_EXHAUSTED` (its queue is full), and any failure of the transport
+//!   itself (a status with a source error, whatever its code: the node never answered) are
+//!   refusals, and the request goes to another node. Nothing was generated, or nothing that
+//!   anyone will see: the call's connection is gone, and the node drops a request whose caller
+//!   went away.
 //! - After the node took it, an error status that carries `rpaflow-not-started` metadata is a
 //!   refusal too: the node says the request was still queued when it began to drain.
 //! - Any other failure after the node took it (the node died, the connection broke, an engine
@@ -83,9 +86,19 @@ pub(super) async fn generate(
     }
 }
 
-/// The node answered `status` instead of taking the request.
+/// The node answered `status` instead of taking the request, or the call failed before the
+/// node answered at all.
 fn before_start(node: &Node, status: &tonic::Status) -> Tried {
+    // A status with a source was made by this side's transport (the connection failed or
+    // broke), not sent by the node: the node never answered, and nothing it may have done can
+    // reach anyone now.
+    let transport = std::error::Error::source(status).is_some();
     match status.code() {
+        _ if transport => Tried::Refused {
+            code: codes::UNAVAILABLE,
+            message: format!("inference node {}: {}", node.addr, status.message()),
+            unreachable: true,
+        },
         tonic::Code::Unavailable => Tried::Refused {
             code: codes::UNAVAILABLE,
             message: format!("inference node {}: {}", node.addr, status.message()),

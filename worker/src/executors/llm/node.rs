@@ -3,9 +3,10 @@
 //! outstanding on it.
 //!
 //! A node is healthy while its health watch says SERVING for `rpaflow.v1.Inference` (it turns
-//! NOT_SERVING when SIGTERM starts its drain) and it has told its model. A broken watch (the node
-//! died, the connection dropped) makes it unhealthy at once; the watch is tried again, and the
-//! node comes back when it says SERVING again.
+//! NOT_SERVING when SIGTERM starts its drain) and it has told its model. Any other status, or a
+//! broken watch (the node died, the connection dropped), makes it unhealthy at once; the watch is
+//! tried again after a pause (growing to `max_backoff`), and the node comes back when it says
+//! SERVING again.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -177,9 +178,11 @@ impl Node {
                     self.set_healthy(true, "serving");
                 }
                 Ok(Some(reply)) => {
+                    // Not kept open: a draining node's server waits for its streams to end, and
+                    // this one would not. Watched again after a pause.
                     let status = ServingStatus::try_from(reply.status)
-                        .map_or("unknown", |s| s.as_str_name());
-                    self.set_healthy(false, status);
+                        .map_or("UNKNOWN", |s| s.as_str_name());
+                    return format!("health says {status}");
                 }
                 Ok(None) => return "health watch ended".to_owned(),
                 Err(status) => return format!("health watch broke: {}", status.message()),
