@@ -221,7 +221,6 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
     watch(&browser, &mut first_green, &mut saw_partial, "store").await;
     let shown = diagram(&browser).await;
     assert_eq!(shown["handle"], "running", "{shown:?}");
-    browser.screenshot("run-waiting").await;
 
     // The refund waits in the inbox, with what the approver needs; approved in another tab.
     let run_tab = browser.client().window().await.expect("the run's tab");
@@ -233,7 +232,7 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
         .handle;
     browser
         .client()
-        .switch_to_window(inbox)
+        .switch_to_window(inbox.clone())
         .await
         .expect("the new tab");
     // sessionStorage is per tab: a new tab signs in again.
@@ -245,6 +244,27 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
     assert!(text.contains("dave@example.com"), "{text}");
     assert!(text.contains("handle-message"), "{text}");
     assert_eq!(browser.all("article.approval").await.len(), 1);
+    // Meanwhile the run's tab shows the other messages handled and one waiting.
+    browser
+        .client()
+        .switch_to_window(run_tab.clone())
+        .await
+        .expect("the run's tab");
+    browser
+        .until("three of four messages handled", async || {
+            diagram(&browser).await.len() == NEEDS.len()
+                && browser
+                    .page_text()
+                    .await
+                    .contains("subflow · running · 3/4")
+        })
+        .await;
+    browser.screenshot("run-waiting").await;
+    browser
+        .client()
+        .switch_to_window(inbox.clone())
+        .await
+        .expect("the inbox's tab");
     let child = card
         .attr("data-run")
         .await
@@ -306,6 +326,9 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
         .find("ol.timeline li[data-kind=approval_answered]")
         .await;
     let answered = answered.text().await.expect("the event's text");
+    // The child links to its parent run, the step that started it.
+    browser.find(&format!("a[href='/runs/{run_id}']")).await;
+    browser.wait_text("Started by").await;
     assert!(
         answered.contains("approved by bootstrap-admin: refund checked against the order"),
         "{answered}"
@@ -523,4 +546,46 @@ async fn the_grpc_port_serves_the_console_and_checks_grpc_web_calls_like_grpc_ca
     let set = [0x0a, 1, b'K', 0x12, 1, b'v'];
     assert_eq!(call("SetSecret", &viewer, &set).await, PERMISSION_DENIED);
     assert_eq!(call("SetSecret", &root, &set).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_authentication_off_the_console_opens_as_is_and_switches_namespaces() {
+    // `rpaflow dev` as a newcomer runs it: tokens off, a flow run at start.
+    let dev = Dev::launch_with(&[workspace_root()
+        .join("examples/hello.yaml")
+        .to_str()
+        .expect("a UTF-8 path")])
+    .await;
+    let url = dev.url();
+    rpaflow_tests::rpaflow(
+        &["namespace", "create", "team-x", "--server", &url],
+        Duration::from_secs(30),
+    )
+    .await
+    .expect_success();
+    let browser = Browser::start(1280, 900).await;
+    browser.goto(&format!("{url}/runs")).await;
+    browser
+        .find("tr[data-run] .badge[data-status=succeeded]")
+        .await;
+    assert!(browser.all("form.signin").await.is_empty());
+    browser.wait_text("authentication off").await;
+
+    // Another namespace, chosen in the header: nothing of default's there.
+    let switch = browser.find("header.top select.ns").await;
+    switch
+        .select_by_value("team-x")
+        .await
+        .expect("team-x is offered");
+    browser
+        .until("the console to act in team-x", async || {
+            browser
+                .all("header.top select.ns[data-namespace=team-x]")
+                .await
+                .len()
+                == 1
+        })
+        .await;
+    browser.wait_text("No runs.").await;
+    browser.close().await;
 }

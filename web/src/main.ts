@@ -7,7 +7,7 @@
 // - pages/: one module per page; each renders into the main element and returns a function
 //   that stops its timers and streams when the page is left.
 import "./style.css";
-import { authAs, endSession, isCode, Code, session, whenUnauthenticated } from "./api";
+import { auth, authAs, endSession, isCode, Code, saveSession, session, whenUnauthenticated } from "./api";
 import { fill, h } from "./dom";
 import type { TokenInfo } from "./gen/rpaflow/v1/auth_pb";
 import { approvalsPage } from "./pages/approvals";
@@ -139,13 +139,33 @@ function shell(section: string): HTMLElement {
     h(
       "div",
       { class: "who" },
-      h("span", { class: "ns", title: "namespace", "data-namespace": who.namespace }, who.namespace),
+      authOff ? namespaceSwitch(who.namespace)
+        : h("span", { class: "ns", title: "namespace", "data-namespace": who.namespace }, who.namespace),
       h("span", { class: "muted" }, ` ${who.name} · ${who.role}`),
       authOff
         ? h("span", { class: "muted" }, " · authentication off")
         : h("button", { type: "button", class: "link", onclick: signOut }, "Sign out"),
     ),
   );
+}
+
+/// With authentication off every caller is an admin of `default` and may act in any namespace
+/// (the `rpaflow-namespace` header): a choice of them, kept like a session.
+function namespaceSwitch(current: string): HTMLElement {
+  const select = h("select", { class: "ns", "aria-label": "Namespace", "data-namespace": current },
+    h("option", { value: current, selected: true }, current));
+  void auth.listNamespaces({}).then((r) => {
+    for (const ns of r.namespaces) {
+      if (ns.name !== current) select.append(h("option", { value: ns.name }, ns.name));
+    }
+  }, () => {});
+  select.addEventListener("change", () => {
+    saveSession({ token: "", namespace: select.value });
+    me = null;
+    history.pushState(null, "", "/runs");
+    void render();
+  });
+  return select;
 }
 
 void render();

@@ -103,6 +103,9 @@ export function runPage(main: HTMLElement, [runId]: string[]): Leave {
     return new Map([...by].map(([k, v]) => [k, [...v.values()]]));
   }
 
+  /// The run a `subflow` step started this one from, as its `run_started` event says.
+  let parent: { run_id: string; step: string } | null = null;
+
   function show(r: Run): void {
     run = r;
     const status = runStatus(r.status);
@@ -114,7 +117,9 @@ export function runPage(main: HTMLElement, [runId]: string[]): Leave {
         h("div", {}, h("dt", {}, "Started"), h("dd", {}, time(r.createdAtMs))),
         h("div", {}, h("dt", {}, "Duration"), h("dd", { class: "nowrap" },
           duration(r.createdAtMs, status === "running" || status === "queued" ? 0 : r.updatedAtMs))),
-        h("div", {}, h("dt", {}, "Trigger"), h("dd", {}, r.trigger || "api")),
+        h("div", {}, h("dt", {}, parent ? "Started by" : "Trigger"), h("dd", {}, parent
+          ? h("a", { href: `/runs/${parent.run_id}`, class: "mono", title: parent.run_id }, `${parent.run_id.slice(0, 13)} · ${parent.step}`)
+          : r.trigger || "api")),
         h("div", {}, h("dt", {}, "Namespace"), h("dd", {}, r.namespace))),
       r.error ? notice(`${r.error.code}: ${r.error.message}`, "error") : null);
     cancel.disabled = false;
@@ -172,6 +177,13 @@ export function runPage(main: HTMLElement, [runId]: string[]): Leave {
 
   function addEvent(e: RunEvent): void {
     events.push(e);
+    if (e.kind === "run_started" || e.kind === "run_queued") {
+      try {
+        parent = JSON.parse(e.detailJson).parent ?? null;
+      } catch {
+        /* no parent shown */
+      }
+    }
     timeline.append(h("li", { "data-kind": e.kind },
       h("span", { class: "seq muted num" }, `#${e.seq}`),
       h("time", { class: "nowrap muted" }, time(e.atMs)),
