@@ -1,5 +1,6 @@
 //! Tests of the run state machine: behaviour, and replay equivalence as a property.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use proptest::prelude::*;
@@ -143,7 +144,105 @@ impl Sim {
             _ => None,
         })
     }
+
+    /// The run after a crash now: rebuilt from its stored events and recovered as the
+    /// orchestrator recovers it (redispatches, then the timers it re-arms).
+    fn recover(&self) -> Self {
+        let mut state = RunState::replay(
+            &self.state.run_id,
+            self.state.flow.clone(),
+            1,
+            &stored(&self.events),
+        );
+        let recovered = state.handle(Input::Recover, self.now).unwrap_or_default();
+        let mut actions = state.actions_for(&recovered);
+        actions.extend(state.pending_timers());
+        let mut events = self.events.clone();
+        events.extend(recovered);
+        Self {
+            state,
+            events,
+            actions,
+            now: self.now,
+        }
+    }
+
+    /// The attempts the state has out with workers.
+    fn in_flight(&self) -> BTreeSet<Attempt> {
+        let mut out = BTreeSet::new();
+        for (def, st) in self.state.flow.steps.iter().zip(&self.state.steps) {
+            for (i, unit) in st.units.iter().enumerate() {
+                if matches!(unit.status, UnitStatus::Dispatched { .. }) {
+                    let item = st.items.as_ref().map(|_| i as u32);
+                    out.insert((def.id.clone(), item, unit.attempt));
+                }
+            }
+        }
+        out
+    }
+
+    /// The dispatches waiting in `actions`.
+    fn dispatching(&self) -> BTreeSet<Attempt> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Dispatch(spec) => Some((spec.step.clone(), spec.item, spec.attempt)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The retry timers armed and not fired.
+    fn retry_timers(&self) -> BTreeSet<(i64, Attempt)> {
+        self.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SetTimer {
+                    at_ms,
+                    timer:
+                        Timer::RetryDue {
+                            step,
+                            item,
+                            attempt,
+                        },
+                } => Some((*at_ms, (step.clone(), *item, *attempt))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every attempt ever handed to a worker.
+    fn ever_dispatched(&self) -> BTreeSet<Attempt> {
+        self.events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::TaskDispatched {
+                    step,
+                    item,
+                    attempt,
+                    ..
+                } => Some((step.clone(), *item, *attempt)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Answers every dispatch with success and fires every timer until the run ends.
+    fn run_to_end(&mut self) {
+        let mut out = self.take_dispatches();
+        for _ in 0..500 {
+            out.extend(self.take_dispatches());
+            if let Some(spec) = out.pop() {
+                self.succeed(&spec, json!("ok"));
+            } else if !self.fire_next_timer() {
+                break;
+            }
+        }
+    }
 }
+
+/// A step attempt: step, item, attempt.
+type Attempt = (String, Option<u32>, u32);
 
 /// A run that starts queued: nothing is dispatched until `Dequeue`.
 fn start_queued(src: &str) -> Sim {
@@ -822,10 +921,27 @@ proptest! {
                 9 if pick.index(20) == 0 => { let _ = sim.handle(Input::Cancel { reason: "test".into() }); }
                 _ => {}
             }
-            // A crash at this point: recovery from the stored events alone.
-            let mut rebuilt = RunState::replay("run-1", sim.state.flow.clone(), 1, &stored(&sim.events));
+            // A crash at this point: recovery from the stored events alone rebuilds the live
+            // state (and `Sim::handle` checked that after every step too)...
+            let rebuilt = RunState::replay("run-1", sim.state.flow.clone(), 1, &stored(&sim.events));
             prop_assert_eq!(&rebuilt, &sim.state);
-            let _ = rebuilt.handle(Input::Recover, sim.now);
+            // ...hands out again exactly the attempts that were out, none it never dispatched,
+            // re-arms only retries the live run had armed, and runs to one end from there.
+            if pick.index(3) == 0 {
+                let mut recovered = sim.recover();
+                let redispatched = recovered.dispatching();
+                prop_assert_eq!(&redispatched, &sim.in_flight());
+                prop_assert!(redispatched.is_subset(&sim.ever_dispatched()));
+                let rearmed = recovered.retry_timers();
+                prop_assert!(
+                    rearmed.is_subset(&sim.retry_timers()),
+                    "re-armed {rearmed:?}, armed live {:?}", sim.retry_timers()
+                );
+                recovered.run_to_end();
+                prop_assert!(recovered.state.status.is_finished(), "recovered run left hanging: {:?}", recovered.state.status);
+                let terminal = recovered.events.iter().filter(|e| e.kind.is_outcome()).count();
+                prop_assert_eq!(terminal, 1, "a recovered run finishes exactly once");
+            }
         }
         // Drive to the end: answer everything, fire every timer.
         for _ in 0..500 {
