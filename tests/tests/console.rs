@@ -589,3 +589,81 @@ async fn with_authentication_off_the_console_opens_as_is_and_switches_namespaces
     browser.wait_text("No runs.").await;
     browser.close().await;
 }
+
+/// A step that fails until its API recovers, and a run that waits for a person.
+const FLAKY: &str = r#"
+name: flaky
+inputs:
+  api: { type: string }
+steps:
+  - id: call
+    uses: http
+    retry: { max_attempts: 1 }
+    with: { url: "{{ inputs.api }}/flaky" }
+  - id: after
+    uses: log
+    needs: call
+    with: { message: "called" }
+"#;
+const WAITS: &str = r#"
+name: waits
+steps:
+  - id: ok
+    uses: approval
+    with: { message: "never answered" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_page_retries_a_failed_run_and_cancels_a_waiting_one() {
+    let api = rpaflow_tests::HttpServer::start();
+    api.fail_first("/flaky", u32::MAX);
+    let dev = Dev::launch().await;
+    dev.register(FLAKY).await;
+    dev.register(WAITS).await;
+    let failed = dev.run("flaky", json!({ "api": api.url() })).await;
+    dev.wait_failed(&failed, Duration::from_secs(30)).await;
+    let waiting = dev.run("waits", json!({})).await;
+
+    let browser = Browser::start(1280, 900).await;
+    let console = dev.url();
+    browser.goto(&format!("{console}/runs/{failed}")).await;
+    browser
+        .find("svg.diagram g.node[data-step=call][data-status=failed]")
+        .await;
+    browser.find("#run-status .badge[data-status=failed]").await;
+    browser.screenshot("run-failed").await;
+    api.fail_first("/flaky", 0);
+    browser.click("#retry-run").await;
+    browser
+        .find("#run-status .badge[data-status=succeeded]")
+        .await;
+    browser
+        .find("svg.diagram g.node[data-step=after][data-status=succeeded]")
+        .await;
+    // Both attempts of the step, the failed one with its error.
+    browser.click("details#step-call summary").await;
+    let step = browser.find("details#step-call[open]").await;
+    let text = step.text().await.expect("the step's text");
+    assert!(text.contains("Attempts (2)"), "{text}");
+    assert!(text.contains("503"), "{text}");
+    assert!(browser.all("#retry-run, #cancel-run").await.is_empty());
+
+    browser.goto(&format!("{console}/runs/{waiting}")).await;
+    browser
+        .find("svg.diagram g.node[data-step=ok][data-status=waiting_approval]")
+        .await;
+    browser.click("#cancel-run").await;
+    browser
+        .client()
+        .accept_alert()
+        .await
+        .expect("the confirmation");
+    browser
+        .find("#run-status .badge[data-status=cancelled]")
+        .await;
+    assert_eq!(
+        dev.get(&waiting).await.status(),
+        rpaflow_tests::pb::RunStatus::Cancelled
+    );
+    browser.close().await;
+}
