@@ -3,7 +3,8 @@
 //! Throughput mode registers a flow of K chained `echo` steps and runs N of them, C at a time.
 //! Step latency is the time between a run's consecutive step completions as an observer sees
 //! them (dispatch, execution, the result made durable, the next dispatch). Waiting mode starts N
-//! runs that wait for an approval and reports the memory they hold.
+//! runs that wait for an approval and reports the memory they hold. Recovery mode starts N such
+//! runs, stops the orchestrator, and times a fresh one on the same data until every run is back.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -37,8 +38,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub templated: bool,
     /// Instead: start this many runs that wait for an approval, and report memory per run.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "recovery")]
     pub waiting: Option<usize>,
+    /// Instead: start this many runs that wait for an approval, stop the orchestrator, start a
+    /// fresh one on the same data and report how long until every run is back and answers.
+    #[arg(long)]
+    pub recovery: Option<usize>,
     /// Where to keep the data (default: a fresh temporary directory).
     #[arg(long)]
     pub data: Option<std::path::PathBuf>,
@@ -78,6 +83,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let _telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry, "rpaflow-dev");
     let embedded = Embedded::start_with(&config, !args.external_workers).await?;
+    if let Some(n) = args.recovery {
+        return recovery(embedded, &config, !args.external_workers, n)
+            .await
+            .map(|()| ExitCode::SUCCESS);
+    }
     let result = match args.waiting {
         Some(n) => waiting(&embedded.handle, n).await,
         None => throughput(&embedded.handle, &args).await,
@@ -317,10 +327,12 @@ fn percentile(values: &mut [Duration], q: f64) -> f64 {
     values[i].as_secs_f64() * 1000.0
 }
 
+/// A flow whose runs wait for an approval.
+const WAITING_FLOW: &str = "name: bench-waiting\nsteps:\n  - { id: approve, uses: approval, with: { message: 'ok?' } }\n  - { id: after, uses: echo, needs: approve }\n";
+
 async fn waiting(handle: &OrchestratorHandle, n: usize) -> anyhow::Result<()> {
-    let yaml = "name: bench-waiting\nsteps:\n  - { id: approve, uses: approval, with: { message: 'ok?' } }\n  - { id: after, uses: echo, needs: approve }\n";
     handle
-        .register_flow(DEFAULT_NAMESPACE, "bench-waiting.yaml", yaml)
+        .register_flow(DEFAULT_NAMESPACE, "bench-waiting.yaml", WAITING_FLOW)
         .await?;
     // Warm up the allocator and the actor system.
     for _ in 0..100 {
@@ -352,6 +364,59 @@ async fn waiting(handle: &OrchestratorHandle, n: usize) -> anyhow::Result<()> {
         before as f64 / 1024.0,
         after as f64 / 1024.0,
         per_run
+    );
+    Ok(())
+}
+
+/// Starts `n` waiting runs, stops the orchestrator (a clean stop: storage flushed), then times a
+/// fresh orchestrator on the same data: `recovery_s` until it has rebuilt every unfinished run
+/// and serves, then `verify_s` for asking every run for its state (GetRun's path) and checking
+/// that each still waits for its approval.
+async fn recovery(
+    embedded: Embedded,
+    config: &DevConfig,
+    with_worker: bool,
+    n: usize,
+) -> anyhow::Result<()> {
+    let handle = embedded.handle.clone();
+    handle
+        .register_flow(DEFAULT_NAMESPACE, "bench-waiting.yaml", WAITING_FLOW)
+        .await?;
+    let started = Instant::now();
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (state, _) = handle
+            .start_run(StartRun {
+                flow: "bench-waiting".into(),
+                ..StartRun::default()
+            })
+            .await?;
+        ids.push(state.run_id);
+    }
+    let start_s = started.elapsed().as_secs_f64();
+    drop(handle);
+    embedded.stop().await;
+
+    let reopened = Instant::now();
+    let fresh = Embedded::start_with(config, with_worker).await?;
+    let recovery_s = reopened.elapsed().as_secs_f64();
+    let verified = Instant::now();
+    let mut recovered = 0usize;
+    for id in &ids {
+        let state = fresh.handle.get_run(DEFAULT_NAMESPACE, id).await?;
+        if state.status == RunStatus::Running {
+            recovered += 1;
+        }
+    }
+    let verify_s = verified.elapsed().as_secs_f64();
+    fresh.stop().await;
+    println!(
+        "waiting_runs={n} start_s={start_s:.2} recovered_runs={recovered} recovery_s={recovery_s:.2} verify_s={verify_s:.2}"
+    );
+    anyhow::ensure!(
+        recovered == n,
+        "{} of {n} runs did not come back waiting",
+        n - recovered
     );
     Ok(())
 }
