@@ -24,6 +24,12 @@ const NEEDS: &[(&str, &[&str])] = &[
     ("handle", &["clean", "store"]),
 ];
 
+/// Where the run page's diagram, its steps and the step rows are: the same while a run updates.
+const LAYOUT: &str = "const r = (e) => { const b = e.getBoundingClientRect(); \
+     return [b.x, b.y, b.width, b.height]; }; \
+     return [r(document.querySelector('svg.diagram')), \
+     ...[...document.querySelectorAll('details.step summary')].map(r)];";
+
 /// A flow with a schedule, for the schedules page.
 const NIGHTLY: &str = r#"
 name: nightly-report
@@ -260,6 +266,7 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
         })
         .await;
     browser.screenshot("run-waiting").await;
+    let layout_waiting = browser.eval(LAYOUT).await;
     browser
         .client()
         .switch_to_window(inbox.clone())
@@ -318,6 +325,11 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
         }
     }
     browser.wait_text("run succeeded").await;
+    assert_eq!(
+        browser.eval(LAYOUT).await,
+        layout_waiting,
+        "the run page moved while the run finished"
+    );
     browser.screenshot("run-succeeded").await;
 
     // The answer is recorded with who gave it (the token's name), as the child run shows.
@@ -665,5 +677,46 @@ async fn the_run_page_retries_a_failed_run_and_cancels_a_waiting_one() {
         dev.get(&waiting).await.status(),
         rpaflow_tests::pb::RunStatus::Cancelled
     );
+
+    // The runs list: filters by status and flow, 20 runs a page.
+    browser.goto(&format!("{console}/runs")).await;
+    browser.find(&format!("tr[data-run='{failed}']")).await;
+    browser
+        .find("#filter-status")
+        .await
+        .select_by_value("cancelled")
+        .await
+        .expect("a status to filter by");
+    browser
+        .until("only the cancelled run", async || {
+            let rows = browser.all("tr[data-run]").await;
+            rows.len() == 1
+                && rows[0].attr("data-run").await.ok().flatten() == Some(waiting.clone())
+        })
+        .await;
+    dev.register("name: quick\nsteps: [{ id: a, uses: log, with: { message: hi } }]\n")
+        .await;
+    for _ in 0..23 {
+        dev.run("quick", json!({})).await;
+    }
+    browser.goto(&format!("{console}/runs?flow=quick")).await;
+    browser
+        .until("a first page of 20 runs", async || {
+            browser.all("tr[data-run]").await.len() == 20
+        })
+        .await;
+    browser.click("a[rel=next]").await;
+    browser
+        .until("a second page of 3 runs", async || {
+            browser.all("tr[data-run]").await.len() == 3
+        })
+        .await;
+    assert!(browser.all("a[rel=next]").await.is_empty());
+    browser.click("a[rel=prev]").await;
+    browser
+        .until("the first page again", async || {
+            browser.all("tr[data-run]").await.len() == 20
+        })
+        .await;
     browser.close().await;
 }
