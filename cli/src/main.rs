@@ -135,30 +135,43 @@ fn main() -> ExitCode {
 #[derive(Debug, clap::Args)]
 struct InferenceCommand {
     #[command(flatten)]
+    settings: config::ConfigArgs,
+    #[command(flatten)]
     node: rpaflow_inference_node::cli::InferenceArgs,
-    /// Serve `/metrics`, `/healthz` and `/readyz` on this address.
-    #[arg(long, value_name = "ADDR", env = "RPAFLOW_ADMIN__LISTEN")]
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this address (`admin.listen`).
+    #[arg(long, value_name = "ADDR")]
     admin_listen: Option<std::net::SocketAddr>,
-    /// A file holding the bearer token `/metrics` requires (none: open).
-    #[arg(long, value_name = "FILE", env = "RPAFLOW_ADMIN__METRICS_TOKEN_FILE")]
+    /// A file holding the bearer token `/metrics` requires (`admin.metrics_token_file`; none:
+    /// open).
+    #[arg(long, value_name = "FILE")]
     admin_metrics_token_file: Option<std::path::PathBuf>,
 }
 
 async fn inference(cmd: InferenceCommand) -> anyhow::Result<ExitCode> {
-    let telemetry = rpaflow_core::telemetry::init_telemetry(
-        &rpaflow_core::telemetry::TelemetryConfig::default(),
-        "rpaflow-inference",
-    );
-    let Some(admin_addr) = cmd.admin_listen else {
-        rpaflow_inference_node::cli::serve(cmd.node, dev::wait_for_signal()).await?;
+    use config::Flag as _;
+    let overrides = figment::Figment::new()
+        .merge(figment::providers::Serialized::default(
+            "inference",
+            cmd.node.overrides(),
+        ))
+        .flag("admin.listen", cmd.admin_listen)
+        .flag(
+            "admin.metrics_token_file",
+            cmd.admin_metrics_token_file.as_ref(),
+        );
+    let Some(config) = cmd
+        .settings
+        .load::<config::InferenceServiceConfig>(overrides)?
+    else {
         return Ok(ExitCode::SUCCESS);
     };
-    let token = admin::AdminConfig {
-        metrics_token_file: cmd.admin_metrics_token_file.clone(),
-        ..admin::AdminConfig::default()
-    }
-    .metrics_token()?;
-    let node = rpaflow_inference_node::server::start(cmd.node.node_config()).await?;
+    let telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry, "rpaflow-inference");
+    let Some(admin_addr) = config.admin.listen else {
+        rpaflow_inference_node::cli::serve(&config.inference, dev::wait_for_signal()).await?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let token = config.admin.metrics_token()?;
+    let node = rpaflow_inference_node::server::start(config.inference.node_config()?).await?;
     let draining = tokio_util::sync::CancellationToken::new();
     let admin = admin::Admin::new(draining.clone())
         .metrics_token(token)
@@ -167,8 +180,11 @@ async fn inference(cmd: InferenceCommand) -> anyhow::Result<ExitCode> {
     let admin = admin::serve(admin_addr, admin, "inference").await?;
     rpaflow_inference_node::cli::serving(&node);
     dev::wait_for_signal().await;
+    // NOT_SERVING (gRPC health, /readyz) while still generating for `admin.drain_delay`, so that
+    // workers stop sending here before the node refuses; then the drain.
+    node.announce_drain().await;
+    config.admin.start_draining(&draining).await;
     tracing::info!("inference node shutting down");
-    draining.cancel();
     let stopped = node.shutdown().await;
     admin.stop().await;
     stopped?;

@@ -21,7 +21,8 @@ async fn main() -> anyhow::Result<()> {
         rpaflow_core::telemetry::init_telemetry(&Default::default(), "rpaflow-inference");
     match <Command as clap::Parser>::parse() {
         Command::Inference(args) => {
-            cli::serve(args, async {
+            let config = args.apply(&Default::default())?;
+            cli::serve(&config, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await?

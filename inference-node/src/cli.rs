@@ -9,31 +9,86 @@ use rpaflow_proto::v1 as pb;
 use tonic::transport::Channel;
 
 use crate::{
+    config::InferenceConfig,
     engine::EngineConfig,
     error::{Error, Result},
     model::Device,
-    server::{self, NodeConfig},
+    server,
 };
 
 fn parse_device(s: &str) -> std::result::Result<Device, String> {
     s.parse().map_err(|e: Error| e.to_string())
 }
 
-/// Serve a GPT-2 model over gRPC.
-#[derive(Debug, Clone, clap::Args)]
+/// Serve a GPT-2 model over gRPC. Every flag is also a setting of `[inference]` (in the file
+/// `--config` names, or `RPAFLOW_INFERENCE__<NAME>`); a flag given wins.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct InferenceArgs {
     /// The model directory: model.onnx (Optimum's text-generation-with-past export), config.json,
-    /// tokenizer.json.
+    /// tokenizer.json. Required (here or in the configuration).
     #[arg(long, env = "RPAFLOW_INFERENCE_MODEL")]
-    pub model: PathBuf,
-    /// `cpu` or `cuda:N`. Without a usable CUDA provider the node says so and runs on the CPU.
-    #[arg(long, default_value = "cpu", value_parser = parse_device)]
-    pub device: Device,
-    /// The address to serve on; port 0 picks a free port (printed once bound).
-    #[arg(long, default_value = "127.0.0.1:50061")]
-    pub listen: String,
-    #[command(flatten)]
-    pub engine: EngineArgs,
+    pub model: Option<PathBuf>,
+    /// `cpu` (the default) or `cuda:N`. Without a usable CUDA provider the node says so and runs
+    /// on the CPU.
+    #[arg(long, value_parser = parse_device)]
+    pub device: Option<Device>,
+    /// The address to serve on (default 127.0.0.1:50061); port 0 picks a free port (printed
+    /// once bound).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Sequences decoded together at most (default 64).
+    #[arg(long)]
+    pub max_batch_size: Option<usize>,
+    /// Prompt plus max new tokens of the running sequences, added up, at most (default 16384).
+    #[arg(long)]
+    pub max_total_tokens: Option<usize>,
+    /// Requests waiting at most; more are refused with RESOURCE_EXHAUSTED (default 256).
+    #[arg(long)]
+    pub max_queue: Option<usize>,
+    /// Tokens (padding included) in one prefill pass at most (default 256).
+    #[arg(long)]
+    pub max_prefill_tokens: Option<usize>,
+    /// The ONNX Runtime library (libonnxruntime.so), e.g. from the PyPI wheel onnxruntime.
+    #[arg(long = "onnxruntime", env = "ORT_DYLIB_PATH")]
+    pub onnxruntime: Option<PathBuf>,
+    /// ONNX Runtime threads (0, the default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl InferenceArgs {
+    /// The flags given, as `[inference]` settings: the last layer of the configuration.
+    pub fn overrides(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut map = serde_json::Map::new();
+        let mut set = |key: &str, value: Option<serde_json::Value>| {
+            if let Some(value) = value {
+                map.insert(key.to_owned(), value);
+            }
+        };
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string().into());
+        set("model", path(&self.model));
+        set("device", self.device.map(|d| d.to_string().into()));
+        set("listen", self.listen.clone().map(Into::into));
+        set("max_batch_size", self.max_batch_size.map(Into::into));
+        set("max_total_tokens", self.max_total_tokens.map(Into::into));
+        set("max_queue", self.max_queue.map(Into::into));
+        set(
+            "max_prefill_tokens",
+            self.max_prefill_tokens.map(Into::into),
+        );
+        set("onnxruntime", path(&self.onnxruntime));
+        set("threads", self.threads.map(Into::into));
+        map
+    }
+
+    /// `base` with the flags given set over it (for callers without a layered configuration).
+    pub fn apply(&self, base: &InferenceConfig) -> Result<InferenceConfig> {
+        let mut value = serde_json::to_value(base).map_err(|e| Error::Config(e.to_string()))?;
+        if let Some(fields) = value.as_object_mut() {
+            fields.extend(self.overrides());
+        }
+        serde_json::from_value(value).map_err(|e| Error::Config(e.to_string()))
+    }
 }
 
 /// The engine: its ONNX Runtime library, threads and budgets.
@@ -76,19 +131,10 @@ impl EngineArgs {
     }
 }
 
-impl InferenceArgs {
-    pub fn node_config(&self) -> NodeConfig {
-        NodeConfig {
-            engine: self.engine.engine_config(self.model.clone(), self.device),
-            listen: self.listen.clone(),
-        }
-    }
-}
-
 /// Serves until `shutdown` completes, then drains. Prints `rpaflow inference: serving gRPC on
 /// ADDR` once bound.
-pub async fn serve(args: InferenceArgs, shutdown: impl Future<Output = ()>) -> Result<()> {
-    let node = server::start(args.node_config()).await?;
+pub async fn serve(config: &InferenceConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let node = server::start(config.node_config()?).await?;
     serving(&node);
     shutdown.await;
     tracing::info!("inference node shutting down");

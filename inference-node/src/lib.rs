@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - [`cli`]: the `rpaflow inference`, `rpaflow generate` and `rpaflow bench-inference` commands.
+//! - [`config`]: [`InferenceConfig`], the node's settings (`[inference]`).
 //! - [`server`]: [`start`] a node in-process; the gRPC server.
 //! - [`service`]: the gRPC service over the engine.
 //! - [`engine`]: the engine thread, queue and budgets; continuous batching, sampling, text.
@@ -18,6 +19,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod error;
 pub mod model;
@@ -26,6 +28,7 @@ pub mod server;
 pub mod service;
 
 pub use self::{
+    config::InferenceConfig,
     engine::{EngineConfig, EngineHandle},
     error::{Error, Result},
     model::Device,

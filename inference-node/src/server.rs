@@ -32,6 +32,7 @@ pub struct RunningNode {
     addr: SocketAddr,
     engine: EngineHandle,
     stop: oneshot::Sender<()>,
+    health: tonic_health::server::HealthReporter,
     server: JoinHandle<Result<()>>,
     thread: EngineThread,
 }
@@ -69,6 +70,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stop, stopped) = oneshot::channel::<()>();
     let shutdown_engine = engine.clone();
+    let reporter = health.clone();
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(health_service)
@@ -89,6 +91,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         addr,
         engine,
         stop,
+        health: reporter,
         server,
         thread,
     })
@@ -107,6 +110,15 @@ impl RunningNode {
 
     pub fn engine(&self) -> &EngineHandle {
         &self.engine
+    }
+
+    /// Says NOT_SERVING on the health service while still taking requests: what a node does on
+    /// SIGTERM for `admin.drain_delay` before [`RunningNode::shutdown`], so that clients stop
+    /// sending to it before it refuses.
+    pub async fn announce_drain(&self) {
+        self.health
+            .set_not_serving::<InferenceServer<InferenceService>>()
+            .await;
     }
 
     /// Says NOT_SERVING, stops accepting requests, lets running generations finish, and waits

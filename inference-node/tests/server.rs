@@ -247,8 +247,11 @@ async fn health_reflection_and_model_info() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cuda_without_a_cuda_runtime_runs_on_the_cpu() {
-    // The CPU wheel has no CUDA provider: the node says so and serves on the CPU.
+async fn cuda_runs_on_the_gpu_when_the_runtime_has_it_and_on_the_cpu_otherwise() {
+    // With the CPU wheel (no CUDA provider) the node says so and serves on the CPU; with a CUDA
+    // build of ONNX Runtime in ORT_DYLIB_PATH (scripts/gpu-check.sh) it serves on the GPU.
+    let cuda = rpaflow_inference_node::model::cuda_available(Some(&setup().onnxruntime))
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut config = common::engine_config(&setup().model, 4, 8);
     config.device = Device::Cuda(0);
     let node = common::node_with(config).await;
@@ -258,7 +261,7 @@ async fn cuda_without_a_cuda_runtime_runs_on_the_cpu() {
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .into_inner();
-    assert_eq!(info.device, "cpu");
+    assert_eq!(info.device, if cuda { "cuda:0" } else { "cpu" });
     let got = c
         .generate(request("Hi", greedy(3)))
         .await

@@ -20,7 +20,7 @@ use tracing::info;
 
 pub use self::{
     kv::{KvCache, KvLayout, Pick},
-    runtime::environment,
+    runtime::{cuda_available, environment},
     spec::{Device, GptConfig, KvDtype, ModelSpec},
 };
 use crate::error::{Error, Result};

@@ -54,6 +54,13 @@ pub fn environment(library: Option<&Path>) -> Result<Environment> {
     Ok(env)
 }
 
+/// Whether the ONNX Runtime library (`library`, or `ORT_DYLIB_PATH`) has a usable CUDA execution
+/// provider: where `--device cuda:N` really runs on the GPU.
+pub fn cuda_available(library: Option<&Path>) -> Result<bool> {
+    environment(library)?;
+    Ok(ort::ep::CUDA::is_available().unwrap_or(false))
+}
+
 /// Opens `model.onnx` on `device`, falling back to the CPU (and saying so) when CUDA cannot be
 /// used. Returns the session and the device it really runs on.
 pub fn open_session(
