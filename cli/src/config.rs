@@ -514,6 +514,26 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_takes_inference_endpoints_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("RPAFLOW_WORKER__INFERENCE_ENDPOINT", "a:1,b:2");
+            jail.set_env("RPAFLOW_WORKER__INFERENCE_ENDPOINTS", "[\"c:3\", \"d:4\"]");
+            jail.set_env("RPAFLOW_WORKER__INFERENCE_REFRESH", "10s");
+            let kafka = Figment::from(Serialized::default("kafka.brokers", "k:9092"));
+            let cfg = WorkerServiceConfig::load(None, kafka).map_err(|e| e.to_string())?;
+            assert_eq!(
+                cfg.worker.inference_endpoints(),
+                ["a:1", "b:2", "c:3", "d:4"]
+            );
+            assert_eq!(
+                cfg.worker.inference_refresh,
+                std::time::Duration::from_secs(10)
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "[orchestrator]\narbitres = 3\n")?;

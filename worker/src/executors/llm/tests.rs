@@ -386,3 +386,45 @@ fn endpoints_are_checked_when_the_worker_is_configured() {
     assert!(err.to_string().contains("inference_endpoint"), "{err}");
     assert!(LlmExecutor::new(&[], DEFAULT_REFRESH).is_err());
 }
+
+#[test]
+fn the_worker_takes_a_comma_separated_endpoint_and_a_list() {
+    let config = crate::WorkerConfig {
+        inference_endpoint: Some("a:1, http://b:2,".into()),
+        inference_endpoints: vec!["c:3".into()],
+        ..Default::default()
+    };
+    assert_eq!(config.inference_endpoints(), ["a:1", "http://b:2", "c:3"]);
+    config.validate().unwrap();
+    let bad = crate::WorkerConfig {
+        inference_endpoints: vec!["c".into()],
+        ..Default::default()
+    };
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("inference_endpoint") && err.contains("port"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_name_resolves_to_the_nodes_behind_it() {
+    let node = FakeNode::start(Mode::Echo, "m").await;
+    let port = node.url.rsplit(':').next().unwrap().to_owned();
+    // `localhost` resolves to 127.0.0.1 (and ::1 where there is one, a node that is never
+    // healthy here): the requests go to the one that serves.
+    let llm = LlmExecutor::new(&[format!("localhost:{port}")], Duration::from_secs(1)).unwrap();
+    wait_healthy(&llm, 1).await;
+    let cluster = llm.cluster.as_ref().unwrap();
+    let addrs: Vec<_> = cluster.balancer.nodes().iter().map(|n| n.addr).collect();
+    assert!(
+        addrs
+            .iter()
+            .any(|a| a.to_string() == format!("127.0.0.1:{port}")),
+        "{addrs:?}"
+    );
+    for _ in 0..3 {
+        llm.execute(&ctx(), json!({"prompt": "x"})).await.unwrap();
+    }
+    assert_eq!(node.calls(), 3);
+}
