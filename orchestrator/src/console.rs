@@ -63,7 +63,8 @@ where
         if is_grpc(request.headers()) {
             return Box::pin(self.inner.call(request));
         }
-        let response = answer(request.method(), request.uri().path());
+        let gzip = accepts_gzip(request.headers());
+        let response = answer(request.method(), request.uri().path(), gzip);
         Box::pin(async move { Ok(response) })
     }
 }
@@ -77,6 +78,27 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
+/// Whether the client takes gzip-encoded answers (`Accept-Encoding: gzip`, not `;q=0`).
+fn accepts_gzip(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            parts
+                .next()
+                .is_some_and(|name| name.eq_ignore_ascii_case("gzip"))
+                && parts.all(|p| {
+                    !matches!(
+                        p.replace(' ', "").as_str(),
+                        "q=0" | "q=0.0" | "q=0.00" | "q=0.000"
+                    )
+                })
+        })
+}
+
 /// What the console is made of, for a request that is not for the API.
 #[derive(Debug, PartialEq, Eq)]
 struct Asset {
@@ -84,10 +106,13 @@ struct Asset {
     content_type: &'static str,
     cache_control: &'static str,
     body: &'static [u8],
+    /// Whether there is a gzip form of the file (`NAME.gz`, written by the build): the answer
+    /// varies by `Accept-Encoding`, and `body` is that form when the client takes it.
+    gzip: Option<bool>,
 }
 
-fn answer(method: &Method, path: &str) -> Response<tonic::body::Body> {
-    let asset = lookup(ASSETS, method, path);
+fn answer(method: &Method, path: &str, gzip: bool) -> Response<tonic::body::Body> {
+    let asset = lookup(ASSETS, method, path, gzip);
     let head = method == Method::HEAD;
     let mut response = Response::new(if head || asset.body.is_empty() {
         tonic::body::Body::empty()
@@ -108,15 +133,33 @@ fn answer(method: &Method, path: &str) -> Response<tonic::body::Body> {
         "content-security-policy",
         HeaderValue::from_static(CONTENT_SECURITY_POLICY),
     );
+    if let Some(encoded) = asset.gzip {
+        headers.insert(
+            http::header::VARY,
+            HeaderValue::from_static("accept-encoding"),
+        );
+        if encoded {
+            headers.insert(
+                http::header::CONTENT_ENCODING,
+                HeaderValue::from_static("gzip"),
+            );
+        }
+    }
     if asset.status == StatusCode::METHOD_NOT_ALLOWED {
         headers.insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
     response
 }
 
-/// The answer to `method path` from `assets`: the file itself; `index.html` for a path without
-/// an extension (one of the console's routes, such as `/runs/ID`); 404 otherwise.
-fn lookup(assets: &'static [(&'static str, &'static [u8])], method: &Method, path: &str) -> Asset {
+/// The answer to `method path` from `assets`: the file itself (its gzip form for a client that
+/// takes `gzip`, when there is one); `index.html` for a path without an extension (one of the
+/// console's routes, such as `/runs/ID`); 404 otherwise.
+fn lookup(
+    assets: &'static [(&'static str, &'static [u8])],
+    method: &Method,
+    path: &str,
+    gzip: bool,
+) -> Asset {
     const TEXT: &str = "text/plain; charset=utf-8";
     if method != Method::GET && method != Method::HEAD {
         return Asset {
@@ -124,6 +167,7 @@ fn lookup(assets: &'static [(&'static str, &'static [u8])], method: &Method, pat
             content_type: TEXT,
             cache_control: "no-store",
             body: b"only GET and HEAD are served here; the API is gRPC\n",
+            gzip: None,
         };
     }
     let find = |name: &str| {
@@ -134,7 +178,14 @@ fn lookup(assets: &'static [(&'static str, &'static [u8])], method: &Method, pat
     };
     let name = path.trim_start_matches('/');
     if let Some(body) = find(name).filter(|_| !name.is_empty()) {
+        let encoded = find(&format!("{name}.gz"));
+        let (body, gzip) = match encoded {
+            Some(encoded) if gzip => (encoded, Some(true)),
+            Some(_) => (body, Some(false)),
+            None => (body, None),
+        };
         return Asset {
+            gzip,
             status: StatusCode::OK,
             content_type: content_type(name),
             // Vite names what it builds under assets/ by a hash of its contents.
@@ -154,18 +205,21 @@ fn lookup(assets: &'static [(&'static str, &'static [u8])], method: &Method, pat
             content_type: "text/html; charset=utf-8",
             cache_control: "no-cache",
             body,
+            gzip: None,
         },
         Some(_) => Asset {
             status: StatusCode::NOT_FOUND,
             content_type: TEXT,
             cache_control: "no-cache",
             body: b"not found\n",
+            gzip: None,
         },
         None => Asset {
             status: StatusCode::NOT_FOUND,
             content_type: TEXT,
             cache_control: "no-cache",
             body: b"the console was not built into this binary (scripts/build-web.sh)\n",
+            gzip: None,
         },
     }
 }
@@ -192,37 +246,63 @@ mod tests {
 
     static SITE: &[(&str, &[u8])] = &[
         ("assets/index-abc123.js", b"js"),
+        ("assets/index-abc123.js.gz", b"gz"),
         ("favicon.svg", b"<svg/>"),
         ("index.html", b"<html>"),
     ];
 
     #[test]
     fn files_routes_and_missing_files() {
-        let js = lookup(SITE, &Method::GET, "/assets/index-abc123.js");
+        let js = lookup(SITE, &Method::GET, "/assets/index-abc123.js", false);
         assert_eq!(js.status, StatusCode::OK);
         assert_eq!(js.content_type, "text/javascript; charset=utf-8");
         assert!(js.cache_control.contains("immutable"));
         assert_eq!(js.body, b"js");
+        assert_eq!(js.gzip, Some(false));
+        let gz = lookup(SITE, &Method::GET, "/assets/index-abc123.js", true);
+        assert_eq!((gz.body, gz.gzip), (&b"gz"[..], Some(true)));
+        assert_eq!(gz.content_type, "text/javascript; charset=utf-8");
 
         for route in ["/", "/runs", "/runs/0193-abc", "/flows/hello/2"] {
-            let page = lookup(SITE, &Method::GET, route);
+            let page = lookup(SITE, &Method::GET, route, true);
             assert_eq!(page.status, StatusCode::OK, "{route}");
             assert_eq!(page.body, b"<html>", "{route}");
             assert_eq!(page.cache_control, "no-cache", "{route}");
         }
         assert_eq!(
-            lookup(SITE, &Method::GET, "/favicon.svg").content_type,
+            lookup(SITE, &Method::GET, "/favicon.svg", true).content_type,
             "image/svg+xml"
         );
         assert_eq!(
-            lookup(SITE, &Method::GET, "/assets/gone-123.js").status,
+            lookup(SITE, &Method::GET, "/assets/gone-123.js", true).status,
             StatusCode::NOT_FOUND
         );
         assert_eq!(
-            lookup(SITE, &Method::POST, "/").status,
+            lookup(SITE, &Method::POST, "/", true).status,
             StatusCode::METHOD_NOT_ALLOWED
         );
-        assert_eq!(lookup(&[], &Method::GET, "/").status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            lookup(&[], &Method::GET, "/", true).status,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn gzip_when_the_client_takes_it() {
+        let with = |value: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                http::header::ACCEPT_ENCODING,
+                HeaderValue::from_static(value),
+            );
+            accepts_gzip(&headers)
+        };
+        assert!(with("gzip, deflate, br, zstd"));
+        assert!(with("br;q=1.0, GZIP;q=0.5"));
+        assert!(!with("gzip;q=0"));
+        assert!(!with("br, deflate"));
+        assert!(!with("x-gzip-ish"));
+        assert!(!accepts_gzip(&http::HeaderMap::new()));
     }
 
     #[test]

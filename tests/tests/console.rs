@@ -517,6 +517,22 @@ async fn the_grpc_port_serves_the_console_and_checks_grpc_web_calls_like_grpc_ca
     assert!(head.contains("content-type: text/javascript"), "{head}");
     assert!(head.contains("immutable"), "{head}");
     assert!(js.len() > 10_000, "{} bytes", js.len());
+    assert!(head.contains("vary: accept-encoding"), "{head}");
+    assert!(!head.contains("content-encoding"), "{head}");
+    let (head, gz) = http1(
+        addr,
+        &format!("GET {script} HTTP/1.1\r\nAccept-Encoding: gzip, deflate"),
+        b"",
+    )
+    .await;
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(head.contains("content-type: text/javascript"), "{head}");
+    assert!(
+        gz.starts_with(&[0x1f, 0x8b]) && gz.len() < js.len() / 2,
+        "{} bytes gzipped of {}",
+        gz.len(),
+        js.len()
+    );
     let (head, _) = http1(addr, "GET /assets/missing-123.js HTTP/1.1", b"").await;
     assert!(head.starts_with("http/1.1 404"), "{head}");
 
