@@ -1,9 +1,10 @@
 //! Run actors: one actix actor per active run, spread over a few arbiters (threads).
 //!
 //! The actor owns the run's [`RunState`]. For every input it asks the state machine for events,
-//! makes them durable, and only then performs the actions: dispatches, timers, cancellations.
-//! While a batch is being persisted the actor takes no other message, so events and actions
-//! keep their order.
+//! makes them durable, and only then performs the actions: dispatches, child runs, timers,
+//! cancellations. While a batch is being persisted the actor takes no other message, so events
+//! and actions keep their order. Everything outside the run's state it reaches through one port,
+//! [`RunEffects`]; timers are its own (messages to itself).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,11 +13,11 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_rt::{Arbiter, ArbiterHandle, System};
 use rpaflow_core::bus::Ack;
-use tracing::{debug, error, warn};
+use tracing::error;
 
+use crate::effects::RunEffects;
 use crate::error::{Error, Result};
 use crate::evaluation::{self, Evaluator};
-use crate::orchestrator::Shared;
 use crate::state::{Action, Input, Rejection, RunEvent, RunState};
 
 /// The actix system on its own thread, with the arbiters that run actors.
@@ -77,15 +78,15 @@ impl ActorSystem {
     }
 
     /// Starts the actor of a run on the next arbiter; it performs `initial` actions first.
-    pub fn spawn_run(
+    pub(crate) fn spawn_run(
         &self,
         state: RunState,
-        shared: Arc<Shared>,
+        effects: Arc<dyn RunEffects>,
         initial: Vec<Action>,
     ) -> Addr<RunActor> {
         RunActor::start_in_arbiter(self.next_arbiter(), move |_| RunActor {
             state,
-            shared,
+            effects,
             initial,
         })
     }
@@ -106,7 +107,7 @@ impl Drop for ActorSystem {
 
 pub struct RunActor {
     state: RunState,
-    shared: Arc<Shared>,
+    effects: Arc<dyn RunEffects>,
     initial: Vec<Action>,
 }
 
@@ -169,7 +170,7 @@ impl Handler<Deliver> for RunActor {
         // The actor takes no other message until the state is back.
         let placeholder = self.state.placeholder();
         let state = std::mem::replace(&mut self.state, placeholder);
-        let evaluator = self.shared.evaluator.clone();
+        let evaluator = self.effects.evaluator().clone();
         let decide = async move {
             evaluator
                 .run(move || {
@@ -189,7 +190,7 @@ impl Handler<Deliver> for RunActor {
                     // The state is lost with the evaluation; the run is rebuilt from what is
                     // durable on the next start.
                     error!(run_id = %act.state.run_id, error = %err, "cannot decide the run's next step; run actor stops");
-                    act.shared.forget(&act.state.run_id);
+                    act.effects.abandoned(&act.state.run_id);
                     ctx.stop();
                     Box::pin(fut::ready(Ok(())))
                 }
@@ -221,33 +222,22 @@ impl RunActor {
             }
             return Box::pin(fut::ready(Ok(())));
         }
-        if let Err(err) = self.shared.track_approvals(&self.state, &events) {
-            warn!(run_id = %self.state.run_id, error = %err, "cannot update the pending approvals");
-        }
         let actions = self.state.actions_for(&events);
-        let status_changed = events.iter().any(|e| e.kind.changes_run_status());
-        let summary = status_changed.then(|| self.shared.summary(&self.state));
-        let store = self.shared.store.clone();
-        let run_id = self.state.run_id.clone();
-        let persist = async move {
-            store
-                .append(&run_id, &events, summary.as_ref())
-                .await
-                .map(|()| events)
-        };
+        let persist = self.effects.persist(&self.state, events);
         Box::pin(persist.into_actor(self).map(move |persisted, act, ctx| {
             match persisted {
                 Ok(events) => {
-                    if let Some(msg_ack) = ack { Ack::ack(msg_ack) }
-                    act.shared.metrics.record(&act.state, &events);
-                    act.shared.publish(&act.state.run_id, events);
+                    if let Some(msg_ack) = ack {
+                        Ack::ack(msg_ack)
+                    }
+                    act.effects.persisted(&act.state, events);
                     act.perform(actions, ctx);
                 }
                 Err(err) => {
                     // The state ran ahead of storage: leave memory without acknowledging; the
                     // run is rebuilt from what is durable on the next start.
                     error!(run_id = %act.state.run_id, error = %err, "cannot persist run events; run actor stops");
-                    act.shared.forget(&act.state.run_id);
+                    act.effects.abandoned(&act.state.run_id);
                     ctx.stop();
                 }
             }
@@ -255,27 +245,13 @@ impl RunActor {
         }))
     }
 
+    /// Performs one decision's actions, in order, through the effects port.
     fn perform(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
-        let mut tasks = Vec::new();
+        let mut specs = Vec::new();
         for action in actions {
             match action {
-                Action::Dispatch(spec) if spec.kind == "subflow" => {
-                    let (shared, run_id) = (self.shared.clone(), self.state.run_id.clone());
-                    // A subflow runs in its parent's namespace.
-                    let namespace = rpaflow_core::namespace::of(&self.state.flow.name).to_owned();
-                    actix_rt::spawn(crate::subflow::start_child(shared, namespace, run_id, spec));
-                }
-                Action::Dispatch(spec) => {
-                    let task = self.shared.task(&self.state, spec);
-                    self.shared.backlog.dispatched(
-                        &task.run_id,
-                        &task.step_id,
-                        task.item,
-                        task.attempt,
-                        &task.queue,
-                    );
-                    tasks.push(task);
-                }
+                Action::Dispatch(spec) => specs.push(spec),
+                Action::StartChild(spec) => self.effects.start_child(&self.state, spec),
                 Action::SetTimer { at_ms, timer } => {
                     let delay = u64::try_from(at_ms - rpaflow_core::time::now_ms()).unwrap_or(0);
                     // Through the mailbox, behind the results that arrived before it: a
@@ -288,66 +264,25 @@ impl RunActor {
                         });
                     });
                 }
-                Action::CancelWorkers => {
-                    let children = self.state.flow.steps.iter().any(|s| s.uses == "subflow");
-                    if children {
-                        actix_rt::spawn(crate::subflow::cancel_children(
-                            self.shared.clone(),
-                            self.state.clone(),
-                        ));
-                    }
-                    let bus = self.shared.bus.clone();
-                    let run_id = self.state.run_id.clone();
-                    // Not tied to the actor, which may stop right after.
-                    actix_rt::spawn(async move {
-                        if let Err(err) = bus.cancel_run(&run_id).await {
-                            warn!(run_id = %run_id, error = %err, "cannot tell workers to cancel");
-                        }
-                    });
-                }
+                Action::CancelWorkers => self.effects.cancel_workers(&self.state),
+                Action::CancelChildren => self.effects.cancel_children(&self.state),
+                Action::NotifyParent(parent) => self.effects.notify_parent(&self.state, &parent),
                 Action::Finished(status) => {
-                    crate::spans::run_finished(&self.state, status);
-                    crate::subflow::notify_parent(&self.shared, &self.state);
-                    debug!(run_id = %self.state.run_id, status = status.name(), "run finished");
-                    self.shared.forget(&self.state.run_id);
+                    self.effects.finished(&self.state, status);
                     ctx.stop();
                 }
             }
         }
-        if !tasks.is_empty() {
-            let bus = self.shared.bus.clone();
-            let run_id = self.state.run_id.clone();
-            // The actor waits so a later input cannot overtake its dispatches. The tasks of one
-            // batch (a fan-out, parallel steps) go out together: each dispatch is handed to the
-            // bus in order on the first poll (one run's tasks share a partition, and the
-            // idempotent producer keeps their order), and the acknowledgements are awaited
-            // together instead of one round trip after the other.
-            ctx.wait(
-                async move {
-                    let sent = tasks.into_iter().map(|task| {
-                        let bus = bus.clone();
-                        async move {
-                            let step = task.step_id.clone();
-                            let span = crate::spans::Dispatching::start(&task);
-                            let outcome = bus.dispatch(task).await;
-                            if let Some(span) = span {
-                                span.end(outcome.as_ref().err().map(|e| e as _));
-                            }
-                            (step, outcome)
-                        }
-                    });
-                    for (step, outcome) in futures::future::join_all(sent).await {
-                        if let Err(err) = outcome {
-                            // The attempt's deadline retries it.
-                            error!(run_id = %run_id, step = %step, error = %err, "dispatch failed");
-                        }
-                    }
-                }
-                .into_actor(self),
-            );
+        if !specs.is_empty() {
+            // The actor waits so a later input cannot overtake its dispatches.
+            let sent = self.effects.dispatch(&self.state, specs);
+            ctx.wait(sent.into_actor(self));
         }
     }
 }
 
 /// Events of one run that were just made durable.
 pub type Published = Arc<(String, Vec<RunEvent>)>;
+
+#[cfg(test)]
+mod tests;

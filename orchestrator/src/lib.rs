@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`orchestrator`]: the component ([`Orchestrator`]) and its handle ([`OrchestratorHandle`]).
 //! - [`state`]: the run state machine (events, decisions), pure and unit-tested.
-//! - `actors`: the actix actors that run it and perform its actions.
+//! - `actors`: the actix actors that run it and perform its actions through `effects`, their one
+//!   port to storage, the bus and the other runs.
 //! - `backlog`: tasks in flight per queue, and admission of new runs.
 //! - [`store`]: sled storage with grouped flushes.
 //! - [`registry`]: flow versions.
@@ -26,6 +27,7 @@ pub mod api;
 pub mod auth;
 mod console;
 mod convert;
+mod effects;
 pub mod error;
 mod evaluation;
 pub mod hooks;

@@ -98,7 +98,11 @@ pub(crate) async fn start_child(
     };
     let handle = OrchestratorHandle::from_shared(shared.clone());
     match handle.start_run(req).await {
-        Ok((child, _)) if child.status.is_finished() => notify_parent(&shared, &child),
+        Ok((child, _)) if child.status.is_finished() => {
+            if let Some(parent) = &child.parent {
+                notify_parent(&shared, parent, &child);
+            }
+        }
         Ok(_) => {}
         Err(err) => {
             let retryable = matches!(
@@ -131,9 +135,8 @@ async fn nesting(shared: &Arc<Shared>, run_id: &str, limit: usize) -> usize {
     depth
 }
 
-/// Delivers a finished child's outcome to its parent, if it has one.
-pub(crate) fn notify_parent(shared: &Shared, child: &RunState) {
-    let Some(parent) = &child.parent else { return };
+/// Delivers a finished child's outcome to its parent.
+pub(crate) fn notify_parent(shared: &Shared, parent: &ParentRef, child: &RunState) {
     let outcome = match child.status {
         RunStatus::Succeeded => Ok(child.outputs.clone().unwrap_or(Json::Null)),
         RunStatus::Failed => {

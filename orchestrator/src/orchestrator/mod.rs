@@ -11,6 +11,7 @@
 mod concurrency;
 mod config;
 mod handle;
+mod run_effects;
 mod shared;
 mod watch;
 

@@ -247,14 +247,12 @@ impl Shared {
         // when the new actor gets to them: back-to-back starts all see them. (The actor counts
         // them again when it dispatches; the same attempt only replaces itself.)
         for action in &initial {
-            if let crate::state::Action::Dispatch(spec) = action
-                && spec.kind != "subflow"
-            {
+            if let crate::state::Action::Dispatch(spec) = action {
                 self.backlog
                     .dispatched(&run_id, &spec.step, spec.item, spec.attempt, &spec.queue);
             }
         }
-        let addr = system.spawn_run(state, self.clone(), initial);
+        let addr = system.spawn_run(state, Arc::new(self.clone()), initial);
         if let Ok(mut held) = self.held_inputs.lock()
             && held.by_run.insert(run_id.clone(), input_bytes).is_none()
         {

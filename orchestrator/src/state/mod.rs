@@ -26,7 +26,7 @@ use serde_json::Value as Json;
 
 pub use cost::{json_memory_bytes, json_memory_bytes_up_to};
 pub use event::{ErrorInfo, EventKind, ParentRef, RunEvent, RunStart, StepOutcome};
-pub use machine::{Action, Input, Rejection, TaskSpec, Timer};
+pub use machine::{Action, Input, Rejection, SUBFLOW, TaskSpec, Timer};
 
 /// The largest JSON payload (inputs, a rendered step input) accepted by default.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;

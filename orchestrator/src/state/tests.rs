@@ -88,7 +88,7 @@ impl Sim {
     fn take_dispatches(&mut self) -> Vec<TaskSpec> {
         let mut out = Vec::new();
         self.actions.retain(|a| match a {
-            Action::Dispatch(spec) => {
+            Action::Dispatch(spec) | Action::StartChild(spec) => {
                 out.push(spec.clone());
                 false
             }
@@ -186,7 +186,9 @@ impl Sim {
         self.actions
             .iter()
             .filter_map(|a| match a {
-                Action::Dispatch(spec) => Some((spec.step.clone(), spec.item, spec.attempt)),
+                Action::Dispatch(spec) | Action::StartChild(spec) => {
+                    Some((spec.step.clone(), spec.item, spec.attempt))
+                }
                 _ => None,
             })
             .collect()

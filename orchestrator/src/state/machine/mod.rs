@@ -17,7 +17,8 @@ use rpaflow_core::flow::Step;
 use serde_json::{Value as Json, json};
 
 use super::{
-    ErrorInfo, EventKind, RunEvent, RunState, RunStatus, StepOutcome, StepStatus, UnitStatus,
+    ErrorInfo, EventKind, ParentRef, RunEvent, RunState, RunStatus, StepOutcome, StepStatus,
+    UnitStatus,
 };
 use advance::advance;
 use results::{on_result, on_timer};
@@ -71,16 +72,25 @@ pub enum Timer {
     },
 }
 
-/// What the actor must do once the events are durable.
+/// What the actor must do once the events are durable: every effect of a decision on the
+/// world outside the run's state, performed through [`crate::effects::RunEffects`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    /// Hand an attempt to the worker pool of its queue.
     Dispatch(TaskSpec),
+    /// Start (or find) the child run of a `subflow` attempt; its outcome comes back as the
+    /// attempt's result.
+    StartChild(TaskSpec),
     SetTimer {
         at_ms: i64,
         timer: Timer,
     },
     /// Tell workers to stop this run's steps.
     CancelWorkers,
+    /// Cancel the child runs its `subflow` steps still have.
+    CancelChildren,
+    /// Deliver the run's outcome to the parent run that started it.
+    NotifyParent(ParentRef),
     /// The run ended; the actor can leave memory.
     Finished(RunStatus),
 }
@@ -193,7 +203,7 @@ impl RunState {
         &mut self,
         inputs: Json,
         idempotency_key: String,
-        parent: Option<super::ParentRef>,
+        parent: Option<ParentRef>,
         queued: Option<String>,
         now_ms: i64,
     ) -> Vec<RunEvent> {
@@ -363,7 +373,11 @@ impl RunState {
                         && let Some(UnitStatus::Dispatched { deadline_ms }) =
                             self.unit_status(step, *item)
                     {
-                        actions.push(Action::Dispatch(spec));
+                        actions.push(if spec.kind == SUBFLOW {
+                            Action::StartChild(spec)
+                        } else {
+                            Action::Dispatch(spec)
+                        });
                         if deadline_ms != NO_DEADLINE {
                             actions.push(Action::SetTimer {
                                 at_ms: deadline_ms,
@@ -407,12 +421,18 @@ impl RunState {
                     });
                 }
                 EventKind::RunCancelled { .. } | EventKind::RunFailed { .. } => {
-                    actions.push(Action::CancelWorkers)
+                    actions.push(Action::CancelWorkers);
+                    if self.flow.steps.iter().any(|s| s.uses == SUBFLOW) {
+                        actions.push(Action::CancelChildren);
+                    }
                 }
                 _ => {}
             }
         }
         if self.status.is_finished() && events.iter().any(|e| e.kind.is_outcome()) {
+            if let Some(parent) = &self.parent {
+                actions.push(Action::NotifyParent(parent.clone()));
+            }
             actions.push(Action::Finished(self.status));
         }
         actions
@@ -448,6 +468,9 @@ fn deadline_after(now: i64, timeout: Duration) -> i64 {
         now.saturating_add(millis(timeout))
     }
 }
+
+/// The step kind that runs another flow as a child run ([`Action::StartChild`]).
+pub const SUBFLOW: &str = "subflow";
 
 /// The deadline of attempts that have none.
 pub const NO_DEADLINE: i64 = i64::MAX;
