@@ -297,7 +297,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
         true => "; sign in with an API token (rpaflow token create)".to_owned(),
     };
-    println!("rpaflow dev: web console on {scheme}://{addr}/{sign_in}");
+    // Said when the process stays up (no flow to run, or --keep-running).
+    if args.keep_running || flow_source.is_none() {
+        println!("rpaflow dev: web console on {scheme}://{addr}/{sign_in}");
+    }
     println!(
         "rpaflow dev: serving gRPC on {addr} (data in {})",
         config.orchestrator.data_dir.display()

@@ -145,6 +145,9 @@ pub async fn orchestrator(args: OrchestratorArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(KafkaTriggers::new(handle.clone(), config.kafka.clone()).run(intake.clone()));
     let orchestrator_stop = shutdown.clone();
     let running = tokio::spawn(async move { orchestrator.run(orchestrator_stop).await });
+    // The web console is on the gRPC port (docs/console.md).
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("rpaflow orchestrator: web console on {scheme}://{addr}/");
     println!(
         "rpaflow orchestrator: serving gRPC on {addr} (data in {}, kafka {})",
         config.orchestrator.data_dir.display(),

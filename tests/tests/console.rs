@@ -191,8 +191,10 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
     only_sign_in(&browser, &format!("{console}/runs"), "customer-service").await;
     browser.screenshot("signin").await;
     only_sign_in(&browser, &format!("{console}/approvals"), "Refund").await;
-    browser.type_into("#token", "rpf_000000000000_wrong").await;
-    browser.click(".signin button[type=submit]").await;
+    // By keyboard: the token field, then Enter.
+    browser
+        .type_into("#token", "rpf_000000000000_wrong\u{E007}")
+        .await;
     browser.wait_text("Not signed in").await;
     assert!(browser.all("header.top").await.is_empty());
 
