@@ -54,7 +54,7 @@ use serde_json::Value as Json;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use self::balancer::{Balancer, NoNode};
+use self::balancer::{Balancer, Lease, NoNode};
 use self::call::Tried;
 use self::discovery::{Discovery, Target};
 use crate::{Executor, StepError, TaskContext};
@@ -152,24 +152,17 @@ impl Cluster {
             .await;
     }
 
-    /// Sends the request to a node, and to others while nodes refuse it before starting it
-    /// (waiting a little when all have), in `span`, whose context the call carries.
-    async fn generate(
+    /// A node for the request: waits (50 ms, doubling to 2 s) while none is ready or all have
+    /// refused it, for at most a quarter of the step's timeout.
+    async fn lease(
         &self,
         ctx: &TaskContext,
-        ask: params::Ask,
-        span: &tracing::Span,
-    ) -> Result<Json, StepError> {
-        let traceparent = rpaflow_core::telemetry::run_trace::traceparent_of(span)
-            .and_then(|tp| tonic::metadata::MetadataValue::try_from(tp).ok());
-        let model = ask.model.as_deref();
-        let mut refused = BTreeSet::new();
-        let mut last_refusal: Option<(&'static str, String)> = None;
-        let mut backoff = Duration::from_millis(50);
-        let mut waited = Duration::ZERO;
+        model: Option<&str>,
+        tries: &mut Tries,
+    ) -> Result<Lease, StepError> {
         loop {
-            let lease = match self.balancer.pick(model, &refused) {
-                Ok(lease) => lease,
+            let (nodes, healthy) = match self.balancer.pick(model, &tries.refused) {
+                Ok(lease) => return Ok(lease),
                 Err(NoNode::UnknownModel { available }) => {
                     return Err(StepError::permanent(
                         codes::UNKNOWN_MODEL,
@@ -181,36 +174,47 @@ impl Cluster {
                         ),
                     ));
                 }
-                Err(NoNode::NoneReady { nodes, healthy }) => {
-                    // Every node refused it, or none is ready: wait, then try them all again.
-                    if waited + backoff > ctx.timeout / 4 {
-                        let (code, message) = last_refusal.unwrap_or_else(|| {
-                            let which = model.map_or(String::new(), |m| format!(" for model `{m}`"));
-                            (
-                                codes::UNAVAILABLE,
-                                format!(
-                                    "no inference node is ready{which} ({nodes} found at {}, {healthy} serving)",
-                                    self.endpoints
-                                ),
-                            )
-                        });
-                        return Err(StepError::retryable(code, message));
-                    }
-                    tokio::select! {
-                        () = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    waited += backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    refused.clear();
-                    continue;
-                }
+                Err(NoNode::NoneReady { nodes, healthy }) => (nodes, healthy),
             };
+            // Every node refused it, or none is ready: wait, then try them all again.
+            if tries.waited + tries.backoff > ctx.timeout / 4 {
+                let (code, message) = tries.last_refusal.take().unwrap_or_else(|| {
+                    let which = model.map_or(String::new(), |m| format!(" for model `{m}`"));
+                    (
+                        codes::UNAVAILABLE,
+                        format!(
+                            "no inference node is ready{which} ({nodes} found at {}, {healthy} serving)",
+                            self.endpoints
+                        ),
+                    )
+                });
+                return Err(StepError::retryable(code, message));
+            }
+            tokio::select! {
+                () = ctx.cancel.cancelled() => return Err(StepError::cancelled()),
+                () = tokio::time::sleep(tries.backoff) => {}
+            }
+            tries.waited += tries.backoff;
+            tries.backoff = (tries.backoff * 2).min(Duration::from_secs(2));
+            tries.refused.clear();
+        }
+    }
+
+    /// Sends the request to the node of `lease`, and to others while nodes refuse it before
+    /// starting it, in `span`, whose context the call carries.
+    async fn generate(
+        &self,
+        ctx: &TaskContext,
+        ask: &params::Ask,
+        mut lease: Lease,
+        mut tries: Tries,
+        span: &tracing::Span,
+    ) -> Result<Json, StepError> {
+        let traceparent = rpaflow_core::telemetry::run_trace::traceparent_of(span)
+            .and_then(|tp| tonic::metadata::MetadataValue::try_from(tp).ok());
+        loop {
             let node = lease.node();
-            let served = node.model().unwrap_or_default();
             span.record("server.address", tracing::field::display(node.addr));
-            span.record("gen_ai.request.model", served.as_str());
-            span.record("otel.name", format!("{LLM_SPAN} {served}"));
             let mut call = tonic::Request::new(ask.request.clone());
             if let Some(traceparent) = &traceparent {
                 call.metadata_mut().insert(
@@ -234,10 +238,33 @@ impl Cluster {
                         node.unreachable();
                     }
                     tracing::debug!(run_id = %ctx.run_id, step = %ctx.step_id, node = %node.addr, code, "inference node refused the request; trying another");
-                    refused.insert(node.addr);
-                    last_refusal = Some((code, message));
+                    tries.refused.insert(node.addr);
+                    tries.last_refusal = Some((code, message));
                 }
             }
+            lease = self.lease(ctx, ask.model.as_deref(), &mut tries).await?;
+        }
+    }
+}
+
+/// The tries of one request so far.
+#[derive(Debug)]
+struct Tries {
+    /// The nodes that refused it since the last pause.
+    refused: BTreeSet<std::net::SocketAddr>,
+    /// The last refusal, for the step's error when no node takes the request.
+    last_refusal: Option<(&'static str, String)>,
+    backoff: Duration,
+    waited: Duration,
+}
+
+impl Default for Tries {
+    fn default() -> Self {
+        Self {
+            refused: BTreeSet::new(),
+            last_refusal: None,
+            backoff: Duration::from_millis(50),
+            waited: Duration::ZERO,
         }
     }
 }
@@ -258,16 +285,24 @@ impl Executor for LlmExecutor {
             ));
         };
         cluster.start().await;
+        // The first node is chosen before the span starts, so that the span is named after the
+        // model that answers (`text_completion gpt2`).
+        let mut tries = Tries::default();
+        let first = cluster.lease(ctx, ask.model.as_deref(), &mut tries).await;
+        let model = match &first {
+            Ok(lease) => lease.node().model().unwrap_or_default(),
+            Err(_) => ask.model.clone().unwrap_or_default(),
+        };
         let params = ask.request.params.clone().unwrap_or_default();
         let span = tracing::info_span!(
             LLM_SPAN,
-            otel.name = tracing::field::Empty,
+            otel.name = %format_args!("{LLM_SPAN} {model}"),
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
             gen_ai.operation.name = LLM_SPAN,
             gen_ai.provider.name = "rpaflow",
-            gen_ai.request.model = tracing::field::Empty,
+            gen_ai.request.model = %model,
             gen_ai.request.max_tokens = params.max_new_tokens,
             gen_ai.request.temperature = params.temperature,
             gen_ai.request.top_k = params.top_k,
@@ -278,10 +313,15 @@ impl Executor for LlmExecutor {
             gen_ai.usage.output_tokens = tracing::field::Empty,
             server.address = tracing::field::Empty,
         );
-        let outcome = cluster
-            .generate(ctx, ask, &span)
-            .instrument(span.clone())
-            .await;
+        let outcome = match first {
+            Ok(lease) => {
+                cluster
+                    .generate(ctx, &ask, lease, tries, &span)
+                    .instrument(span.clone())
+                    .await
+            }
+            Err(err) => Err(err),
+        };
         if let Err(err) = &outcome {
             rpaflow_core::telemetry::run_trace::record_error(&span, &err.code);
         }
