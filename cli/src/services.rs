@@ -59,7 +59,8 @@ pub struct WorkerArgs {
     /// Names this worker in results and logs (default: HOSTNAME-RANDOM, unique per process).
     #[arg(long)]
     pub id: Option<String>,
-    /// The inference node for `llm` steps, `http://host:port`.
+    /// The inference node for `llm` steps, `host:port` or `http://host:port`, or several,
+    /// comma-separated; a name may resolve to several nodes (`worker.inference_endpoint`).
     #[arg(long, value_name = "URL")]
     pub inference: Option<String>,
     /// Serve `/metrics`, `/healthz` and `/readyz` on this address (`[admin] listen`).

@@ -363,8 +363,8 @@ impl EngineHandle {
         !self.shared.queue().shutdown
     }
 
-    /// Stops accepting requests, fails the waiting ones, and lets the running ones finish; the
-    /// engine thread then ends.
+    /// Stops accepting requests, fails the waiting ones ([`Error::Drained`]: not started), and
+    /// lets the running ones finish; the engine thread then ends.
     pub fn shutdown(&self) {
         self.shared.queue().shutdown = true;
         self.shared.wake.notify_all();
