@@ -671,8 +671,13 @@ async fn the_run_page_retries_a_failed_run_and_cancels_a_waiting_one() {
         .find("svg.diagram g.node[data-step=after][data-status=succeeded]")
         .await;
     // Both attempts of the step, the failed one with its error.
-    browser.click("details#step-call summary").await;
+    // Through the diagram: the step's node opens its details, on the same page.
+    browser
+        .eval("document.querySelector('main').dataset.mark = 'same'; return null;")
+        .await;
+    browser.click("svg.diagram a[href='#step-call']").await;
     let step = browser.find("details#step-call[open]").await;
+    browser.find("main[data-mark=same]").await;
     let text = step.text().await.expect("the step's text");
     assert!(text.contains("Attempts (2)"), "{text}");
     assert!(text.contains("503"), "{text}");

@@ -56,7 +56,11 @@ document.addEventListener("click", (e) => {
   e.preventDefault();
   navigate(href);
 });
-window.addEventListener("popstate", () => void render());
+// A change of the hash alone (a step of the run page's diagram) stays on the page.
+let shown = "";
+window.addEventListener("popstate", () => {
+  if (location.pathname + location.search !== shown) void render();
+});
 
 // A call refused for want of a valid token (one expired or revoked meanwhile): sign in again.
 // Not while finding out who the console is (identify handles that answer itself).
@@ -83,6 +87,7 @@ async function identify(): Promise<TokenInfo | null> {
 }
 
 async function render(): Promise<void> {
+  shown = location.pathname + location.search;
   leave();
   leave = () => {};
   if (!me) {

@@ -242,7 +242,20 @@ export function runPage(main: HTMLElement, [runId]: string[]): Leave {
         h("p", {}, h("a", { href: "/runs" }, "Back to the runs")));
     }
   })();
+  // A step of the diagram (a link to `#step-ID`) opens that step's details.
+  const onHash = () => {
+    if (!location.hash.startsWith("#step-")) return;
+    const id = decodeURIComponent(location.hash.slice("#step-".length));
+    open.add(id);
+    const details = document.getElementById(`step-${id}`) as HTMLDetailsElement | null;
+    if (details) {
+      details.open = true;
+      details.querySelector("summary")?.focus();
+    }
+  };
+  window.addEventListener("hashchange", onHash);
   return () => {
+    window.removeEventListener("hashchange", onHash);
     stopped = true;
     abort.abort();
     clearTimeout(refresh);
