@@ -48,6 +48,12 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium with a `width`x`height` window; screenshots
     /// go to `target/console-screenshots/`.
     pub async fn start(width: u32, height: u32) -> Self {
+        Self::start_with(width, height, &[]).await
+    }
+
+    /// [`Browser::start`] with more Chromium flags (`--ignore-certificate-errors` for a test
+    /// server's self-signed certificate).
+    pub async fn start_with(width: u32, height: u32, flags: &[&str]) -> Self {
         let chromium = binary("RPAFLOW_CHROMIUM", "/usr/bin/chromium");
         let chromedriver = binary("RPAFLOW_CHROMEDRIVER", "/usr/bin/chromedriver");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -78,7 +84,7 @@ impl Browser {
             .prefix("rpaflow-console-")
             .tempdir()
             .expect("a temporary profile directory");
-        let args = [
+        let mut args = vec![
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -89,9 +95,11 @@ impl Browser {
             "--no-first-run",
             "--no-default-browser-check",
             "--hide-scrollbars",
-            &format!("--window-size={width},{height}"),
-            &format!("--user-data-dir={}", profile.path().display()),
         ];
+        let window = format!("--window-size={width},{height}");
+        let data = format!("--user-data-dir={}", profile.path().display());
+        args.extend([window.as_str(), data.as_str()]);
+        args.extend(flags);
         let mut capabilities = serde_json::Map::new();
         capabilities.insert(
             "goog:chromeOptions".into(),

@@ -743,3 +743,37 @@ async fn the_run_page_retries_a_failed_run_and_cancels_a_waiting_one() {
         .await;
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_console_and_its_calls_share_the_grpc_port() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])
+        .expect("a self-signed certificate");
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, made.cert.pem()).expect("written");
+    std::fs::write(&key, made.signing_key.serialize_pem()).expect("written");
+    let hello = workspace_root().join("examples/hello.yaml");
+    let dev = Dev::launch_env(
+        &[hello.to_str().expect("a UTF-8 path")],
+        &[
+            ("RPAFLOW_TLS__CERT_FILE", cert.to_str().expect("UTF-8")),
+            ("RPAFLOW_TLS__KEY_FILE", key.to_str().expect("UTF-8")),
+        ],
+    )
+    .await;
+    let console = format!("https://{}", dev.addr());
+    assert!(
+        dev.output().contains(&format!("web console on {console}/")),
+        "{}",
+        dev.output()
+    );
+    // The test's certificate is its own; the browser is told to take it.
+    let browser = Browser::start_with(1280, 900, &["--ignore-certificate-errors"]).await;
+    browser.goto(&format!("{console}/runs")).await;
+    let run = browser
+        .find("tr[data-run] .badge[data-status=succeeded]")
+        .await;
+    assert_eq!(run.text().await.expect("text"), "succeeded");
+    browser.close().await;
+}
