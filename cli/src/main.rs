@@ -166,18 +166,19 @@ async fn inference(cmd: InferenceCommand) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let telemetry = rpaflow_core::telemetry::init_telemetry(&config.telemetry, "rpaflow-inference");
-    let Some(admin_addr) = config.admin.listen else {
-        rpaflow_inference_node::cli::serve(&config.inference, dev::wait_for_signal()).await?;
-        return Ok(ExitCode::SUCCESS);
-    };
     let token = config.admin.metrics_token()?;
     let node = rpaflow_inference_node::server::start(config.inference.node_config()?).await?;
     let draining = tokio_util::sync::CancellationToken::new();
-    let admin = admin::Admin::new(draining.clone())
-        .metrics_token(token)
-        .trace_export(telemetry.span_stats())
-        .inference(node.engine());
-    let admin = admin::serve(admin_addr, admin, "inference").await?;
+    let admin = match config.admin.listen {
+        Some(addr) => {
+            let admin = admin::Admin::new(draining.clone())
+                .metrics_token(token)
+                .trace_export(telemetry.span_stats())
+                .inference(node.engine());
+            Some(admin::serve(addr, admin, "inference").await?)
+        }
+        None => None,
+    };
     rpaflow_inference_node::cli::serving(&node);
     dev::wait_for_signal().await;
     // NOT_SERVING (gRPC health, /readyz) while still generating for `admin.drain_delay`, so that
@@ -186,7 +187,9 @@ async fn inference(cmd: InferenceCommand) -> anyhow::Result<ExitCode> {
     config.admin.start_draining(&draining).await;
     tracing::info!("inference node shutting down");
     let stopped = node.shutdown().await;
-    admin.stop().await;
+    if let Some(admin) = admin {
+        admin.stop().await;
+    }
     stopped?;
     Ok(ExitCode::SUCCESS)
 }
