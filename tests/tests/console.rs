@@ -24,9 +24,10 @@ const NEEDS: &[(&str, &[&str])] = &[
     ("handle", &["clean", "store"]),
 ];
 
-/// Where the run page's diagram, its steps and the step rows are: the same while a run updates.
+/// Where the run page's diagram and its step rows are on the page (not the viewport): the same
+/// while a run updates.
 const LAYOUT: &str = "const r = (e) => { const b = e.getBoundingClientRect(); \
-     return [b.x, b.y, b.width, b.height]; }; \
+     return [b.x + scrollX, b.y + scrollY, b.width, b.height]; }; \
      return [r(document.querySelector('svg.diagram')), \
      ...[...document.querySelectorAll('details.step summary')].map(r)];";
 
@@ -184,6 +185,15 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
         .expect("a token")
         .to_owned();
 
+    let viewer = dev
+        .cli_json(
+            &root,
+            &["token", "create", "--role", "viewer", "--name", "onlooker"],
+        )
+        .await["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
     let console = format!("http://{}", dev.addr());
     let browser = Browser::start(1280, 900).await;
 
@@ -243,9 +253,16 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
         .switch_to_window(inbox.clone())
         .await
         .expect("the new tab");
-    // sessionStorage is per tab: a new tab signs in again.
+    // sessionStorage is per tab: a new tab signs in again. A viewer may look, not answer.
     browser.goto(&format!("{console}/approvals")).await;
+    sign_in(&browser, &viewer).await;
+    browser
+        .click("article.approval button[data-action=approve]")
+        .await;
+    browser.wait_text("the `viewer` role may not call").await;
+    sign_out(&browser).await;
     sign_in(&browser, &root).await;
+    browser.click("a[href='/approvals']").await;
     let card = browser.find("article.approval").await;
     let text = card.text().await.expect("the card's text");
     assert!(text.contains("Refund of 2400"), "{text}");
@@ -269,6 +286,10 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
         .await;
     browser.screenshot("run-waiting").await;
     let layout_waiting = browser.eval(LAYOUT).await;
+    // Keyboard focus on a step survives the updates to come.
+    browser
+        .eval("document.querySelector('details#step-handle summary').focus(); return null;")
+        .await;
     browser
         .client()
         .switch_to_window(inbox.clone())
@@ -331,6 +352,13 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
         browser.eval(LAYOUT).await,
         layout_waiting,
         "the run page moved while the run finished"
+    );
+    assert_eq!(
+        browser
+            .eval("return document.activeElement.closest('details')?.id ?? null;")
+            .await,
+        json!("step-handle"),
+        "the updates took the keyboard focus away"
     );
     browser.screenshot("run-succeeded").await;
 

@@ -49,7 +49,6 @@ export function runPage(main: HTMLElement, [runId]: string[]): Leave {
   let definitionSteps: Step[] = [];
   const events: RunEvent[] = [];
   let run: Run | null = null;
-  const open = new Set<string>();
 
   const cancel = h("button", { type: "button", class: "danger", id: "cancel-run" }, "Cancel run");
   const retry = h("button", { type: "button", id: "retry-run" }, "Retry from failed steps");
@@ -72,35 +71,34 @@ export function runPage(main: HTMLElement, [runId]: string[]): Leave {
     }
   });
 
-  function attempts(): Map<string, Attempt[]> {
-    const by = new Map<string, Map<string, Attempt>>();
-    for (const e of events) {
-      if (!e.stepId || !e.kind.startsWith("task_")) continue;
-      let detail: Record<string, unknown> = {};
-      try {
-        detail = JSON.parse(e.detailJson || "{}");
-      } catch {
-        /* shown as it is in the timeline */
-      }
-      const key = `${e.item ?? ""}/${e.attempt}`;
-      const steps = by.get(e.stepId) ?? new Map<string, Attempt>();
-      by.set(e.stepId, steps);
-      const a = steps.get(key) ?? { item: e.item, attempt: e.attempt, dispatchedMs: 0, finishedMs: 0, outcome: "running" };
-      steps.set(key, a);
-      if (e.kind === "task_dispatched") {
-        a.dispatchedMs = Number(e.atMs);
-        a.input = detail.input;
-      } else if (e.kind === "task_succeeded") {
-        a.finishedMs = Number(e.atMs);
-        a.output = detail.output;
-        a.outcome = "succeeded";
-      } else if (e.kind === "task_failed") {
-        a.finishedMs = Number(e.atMs);
-        a.error = detail.error as Attempt["error"];
-        a.outcome = "failed";
-      }
+  /// Each step's attempts by `item/attempt`, kept up to date as events arrive.
+  const tries = new Map<string, Map<string, Attempt>>();
+
+  function record(e: RunEvent): void {
+    if (!e.stepId || !e.kind.startsWith("task_")) return;
+    let detail: Record<string, unknown> = {};
+    try {
+      detail = JSON.parse(e.detailJson || "{}");
+    } catch {
+      /* shown as it is in the timeline */
     }
-    return new Map([...by].map(([k, v]) => [k, [...v.values()]]));
+    const key = `${e.item ?? ""}/${e.attempt}`;
+    const steps = tries.get(e.stepId) ?? new Map<string, Attempt>();
+    tries.set(e.stepId, steps);
+    const a = steps.get(key) ?? { item: e.item, attempt: e.attempt, dispatchedMs: 0, finishedMs: 0, outcome: "running" };
+    steps.set(key, a);
+    if (e.kind === "task_dispatched") {
+      a.dispatchedMs = Number(e.atMs);
+      a.input = detail.input;
+    } else if (e.kind === "task_succeeded") {
+      a.finishedMs = Number(e.atMs);
+      a.output = detail.output;
+      a.outcome = "succeeded";
+    } else if (e.kind === "task_failed") {
+      a.finishedMs = Number(e.atMs);
+      a.error = detail.error as Attempt["error"];
+      a.outcome = "failed";
+    }
   }
 
   /// The run a `subflow` step started this one from, as its `run_started` event says.
@@ -141,42 +139,65 @@ export function runPage(main: HTMLElement, [runId]: string[]): Leave {
         h("div", {}, h("h3", {}, "Outputs"), jsonBlock(r.outputsJson))));
   }
 
+  /// One element per step, made once and updated in place (focus and open details survive
+  /// updates); a step's details are drawn only while open.
+  const stepEls = new Map<string, { details: HTMLDetailsElement; summary: HTMLElement; body: HTMLElement }>();
+
+  function stepEl(id: string) {
+    let el = stepEls.get(id);
+    if (!el) {
+      const summary = h("summary", {});
+      const body = h("div", { class: "step-body" });
+      const details = h("details", { id: `step-${id}`, class: "step" }, summary, body);
+      details.addEventListener("toggle", () => {
+        if (details.open) renderBody(id);
+      });
+      el = { details, summary, body };
+      stepEls.set(id, el);
+      stepsBody.append(details);
+    }
+    return el;
+  }
+
   function renderSteps(r: Run): void {
-    const all = attempts();
     const byId = new Map(r.steps.map((s) => [s.stepId, s]));
     const order = definitionSteps.length ? definitionSteps.map((s) => s.id) : r.steps.map((s) => s.stepId);
-    fill(stepsBody, order.map((id) => {
+    for (const id of order) {
       const s = byId.get(id);
-      const st = s ? stepStatus(s.status) : "pending";
-      const tries = all.get(id) ?? [];
-      const details = h("details", { id: `step-${id}`, class: "step", open: open.has(id),
-        ontoggle: (e: Event) => ((e.target as HTMLDetailsElement).open ? open.add(id) : open.delete(id)) },
-        h("summary", {},
-          h("span", { class: "step-id mono" }, id),
-          h("span", { class: "status-col" }, badge(st)),
-          h("span", { class: "nowrap muted num" }, s ? duration(s.startedAtMs, s.finishedAtMs) : "–"),
-          h("span", { class: "muted num" }, s?.itemsTotal ? `${s.itemsDone}/${s.itemsTotal} items` : s && s.attempt ? `attempt ${s.attempt}` : "")),
-        s?.error ? notice(`${s.error.code}: ${s.error.message}`, "error") : null,
-        h("h4", {}, "Output"), jsonBlock(s?.outputJson ?? ""),
-        h("h4", {}, `Attempts (${tries.length})`),
-        tries.length ? h("table", { class: "attempts" },
-          h("thead", {}, h("tr", {}, ["Item", "Attempt", "Outcome", "Dispatched", "Took", "Input", "Output or error"]
-            .map((t) => h("th", { scope: "col" }, t)))),
-          h("tbody", {}, tries.map((a) => h("tr", {},
-            h("td", {}, a.item === undefined ? "–" : String(a.item)),
-            h("td", {}, String(a.attempt)),
-            h("td", {}, badge(a.outcome)),
-            h("td", { class: "nowrap" }, time(a.dispatchedMs)),
-            h("td", { class: "nowrap" }, duration(a.dispatchedMs, a.finishedMs)),
-            h("td", {}, jsonBlock(a.input === undefined ? "" : JSON.stringify(a.input))),
-            h("td", {}, a.error ? h("span", { class: "error-text" }, `${a.error.code ?? ""}: ${a.error.message ?? ""}`)
-              : jsonBlock(a.output === undefined ? "" : JSON.stringify(a.output))))))) : h("p", { class: "muted" }, "None."));
-      return details;
-    }));
+      const el = stepEl(id);
+      fill(el.summary,
+        h("span", { class: "step-id mono" }, id),
+        h("span", { class: "status-col" }, badge(s ? stepStatus(s.status) : "pending")),
+        h("span", { class: "nowrap muted num" }, s ? duration(s.startedAtMs, s.finishedAtMs) : "–"),
+        h("span", { class: "muted num" }, s?.itemsTotal ? `${s.itemsDone}/${s.itemsTotal} items` : s && s.attempt ? `attempt ${s.attempt}` : ""));
+      if (el.details.open) renderBody(id);
+    }
+  }
+
+  function renderBody(id: string): void {
+    const s = run?.steps.find((x) => x.stepId === id);
+    const list = [...(tries.get(id)?.values() ?? [])];
+    fill(stepEl(id).body,
+      s?.error ? notice(`${s.error.code}: ${s.error.message}`, "error") : null,
+      h("h4", {}, "Output"), jsonBlock(s?.outputJson ?? ""),
+      h("h4", {}, `Attempts (${list.length})`),
+      list.length ? h("div", { class: "table-wrap" }, h("table", { class: "attempts" },
+        h("thead", {}, h("tr", {}, ["Item", "Attempt", "Outcome", "Dispatched", "Took", "Input", "Output or error"]
+          .map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, list.map((a) => h("tr", {},
+          h("td", {}, a.item === undefined ? "–" : String(a.item)),
+          h("td", {}, String(a.attempt)),
+          h("td", {}, badge(a.outcome)),
+          h("td", { class: "nowrap" }, time(a.dispatchedMs)),
+          h("td", { class: "nowrap" }, duration(a.dispatchedMs, a.finishedMs)),
+          h("td", {}, jsonBlock(a.input === undefined ? "" : JSON.stringify(a.input))),
+          h("td", {}, a.error ? h("span", { class: "error-text" }, `${a.error.code ?? ""}: ${a.error.message ?? ""}`)
+            : jsonBlock(a.output === undefined ? "" : JSON.stringify(a.output)))))))) : h("p", { class: "muted" }, "None."));
   }
 
   function addEvent(e: RunEvent): void {
     events.push(e);
+    record(e);
     if (e.kind === "run_started" || e.kind === "run_queued") {
       try {
         parent = JSON.parse(e.detailJson).parent ?? null;
@@ -246,7 +267,6 @@ export function runPage(main: HTMLElement, [runId]: string[]): Leave {
   const onHash = () => {
     if (!location.hash.startsWith("#step-")) return;
     const id = decodeURIComponent(location.hash.slice("#step-".length));
-    open.add(id);
     const details = document.getElementById(`step-${id}`) as HTMLDetailsElement | null;
     if (details) {
       details.open = true;
@@ -259,6 +279,5 @@ export function runPage(main: HTMLElement, [runId]: string[]): Leave {
     stopped = true;
     abort.abort();
     clearTimeout(refresh);
-    void run;
   };
 }
