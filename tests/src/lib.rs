@@ -24,6 +24,7 @@
 //!   [`Dev::kill9`], [`Dev::restart`]) and the gRPC calls scenarios make.
 //! - `events`: [`Events`], a run's events with counting helpers, and [`EventLog`], a live watcher.
 //! - `http`: [`HttpServer`], a recording HTTP server that can be scripted to fail.
+//! - `inference`: [`InferenceNode`], an `rpaflow inference` process serving the test model.
 //! - `cli`: [`rpaflow`], the CLI run as a process.
 //! - `worker`: [`WorkerProcess`], one `rpaflow worker` service on Kafka.
 //! - [`kafka`]: [`kafka::Broker`], Apache Kafka (one node or a three-node cluster) for the distributed tests.
@@ -35,6 +36,7 @@ mod cli;
 mod dev;
 mod events;
 mod http;
+mod inference;
 pub mod kafka;
 mod setup;
 mod worker;
@@ -48,6 +50,7 @@ pub use events::{EventLog, Events};
 pub use http::{
     HttpServer, Recorded, get as http_get, get_with as http_get_with, post_with as http_post_with,
 };
+pub use inference::InferenceNode;
 pub use rpaflow_proto::v1 as pb;
 pub use setup::{get_json, printed_outputs, psql, setup_script};
 pub use worker::{EGRESS_ALLOW_PRIVATE, WorkerProcess};

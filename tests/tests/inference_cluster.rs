@@ -4,15 +4,15 @@
 //! generates for its prompt, and every node took a share of the requests.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rpaflow_tests::{Dev, http_get, pb, rpaflow, rpaflow_bin, setup_script};
+use rpaflow_tests::{Dev, InferenceNode, pb, rpaflow, setup_script};
 use serde_json::{Value as Json, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// One thread per node: three nodes share the machine's cores.
+const THREADS: &[&str] = &["--threads", "1"];
+const LOG: &[(&str, &str)] = &[("RUST_LOG", "info")];
 /// Runs started at once.
 const RUNS: usize = 36;
 const PROMPT: &str = "Customer Ada wrote: my order arrived broken.\nOur reply:";
@@ -36,95 +36,13 @@ outputs:
   text: "{{ steps.draft.output.text }}"
 "#;
 
-/// One `rpaflow inference` process with its admin listener.
-struct Node {
-    child: tokio::process::Child,
-    grpc: String,
-    admin: String,
-    output: Arc<Mutex<String>>,
+/// Generations a node finished, from its `/metrics`.
+async fn finished(node: &InferenceNode) -> u64 {
+    node.metric(r#"rpaflow_inference_requests_total{outcome="finished"}"#)
+        .await as u64
 }
 
-impl Node {
-    async fn start(model: &str, ort: &str) -> Self {
-        let mut child = tokio::process::Command::new(rpaflow_bin())
-            .args([
-                "inference",
-                "--model",
-                model,
-                "--onnxruntime",
-                ort,
-                "--threads",
-                "1",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("cannot start rpaflow inference");
-        let output = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = output.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let (mut admin, mut grpc) = (None, None);
-        tokio::time::timeout(TIMEOUT, async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(url) = line.strip_prefix("rpaflow inference: admin on ") {
-                    admin = Some(url.trim().to_owned());
-                }
-                if let Some(addr) = line.strip_prefix("rpaflow inference: serving gRPC on ") {
-                    grpc = Some(addr.trim().to_owned());
-                    return;
-                }
-            }
-            panic!("rpaflow inference ended without serving");
-        })
-        .await
-        .expect("rpaflow inference did not start in time");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self {
-            child,
-            grpc: grpc.expect("a gRPC address"),
-            admin: admin.expect("the admin address, printed before serving"),
-            output,
-        }
-    }
-
-    /// Generations the node finished, from its `/metrics`.
-    async fn finished(&self) -> u64 {
-        let (status, text) = http_get(&format!("{}/metrics", self.admin)).await;
-        assert_eq!(status, 200, "{text}");
-        let series = r#"rpaflow_inference_requests_total{outcome="finished"} "#;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series))
-            .map_or(0, |v| v.trim().parse::<f64>().unwrap_or(0.0) as u64)
-    }
-
-    fn pid(&self) -> String {
-        self.child.id().expect("the node runs").to_string()
-    }
-
-    fn log(&self) -> String {
-        self.output
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
-
-fn signal(node: &Node, signal: &str) {
+fn signal(node: &InferenceNode, signal: &str) {
     let status = std::process::Command::new("kill")
         .args([signal, &node.pid()])
         .status()
@@ -141,20 +59,19 @@ fn output_text(run: &pb::Run) -> String {
 async fn llm_steps_survive_a_killed_node_and_a_drained_one() {
     let env = setup_script("setup-inference.sh");
     let model = env["RPAFLOW_TEST_MODEL"].as_str();
-    let ort = env["ORT_DYLIB_PATH"].as_str();
     let model_name = std::path::Path::new(model)
         .file_name()
         .and_then(|n| n.to_str())
         .expect("a model directory name");
     let started = Instant::now();
     let (a, b, c) = tokio::join!(
-        Node::start(model, ort),
-        Node::start(model, ort),
-        Node::start(model, ort)
+        InferenceNode::start(THREADS, LOG),
+        InferenceNode::start(THREADS, LOG),
+        InferenceNode::start(THREADS, LOG)
     );
     let (mut a, mut b, c) = (a, b, c);
     // The list form, comma-separated in the variable of the single endpoint.
-    let endpoints = format!("{},{},http://{}", a.grpc, b.grpc, c.grpc);
+    let endpoints = format!("{},{},http://{}", a.grpc(), b.grpc(), c.grpc());
     let dev = Dev::launch_env(
         &[],
         &[
@@ -170,7 +87,7 @@ async fn llm_steps_survive_a_killed_node_and_a_drained_one() {
         &[
             "generate",
             "--server",
-            &c.grpc,
+            c.grpc(),
             "--max-new-tokens",
             "120",
             "--greedy",
@@ -194,7 +111,7 @@ async fn llm_steps_survive_a_killed_node_and_a_drained_one() {
     // Mid-load: once a few runs are done, kill one node and drain another.
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let done = (a.finished().await, b.finished().await, c.finished().await);
+        let done = (finished(&a).await, finished(&b).await, finished(&c).await);
         if done.0 + done.1 + done.2 >= 6 && done.0 > 0 && done.1 > 0 {
             break;
         }
@@ -205,9 +122,9 @@ async fn llm_steps_survive_a_killed_node_and_a_drained_one() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let before_kill = a.finished().await;
-    a.child.start_kill().expect("SIGKILL");
-    let before_drain = b.finished().await;
+    let before_kill = finished(&a).await;
+    a.start_kill();
+    let before_drain = finished(&b).await;
     signal(&b, "-TERM");
     let drain_started = Instant::now();
 
@@ -241,15 +158,15 @@ async fn llm_steps_survive_a_killed_node_and_a_drained_one() {
         "{texts:?}"
     );
 
-    let exit = tokio::time::timeout(Duration::from_secs(20), b.child.wait())
+    let exit = tokio::time::timeout(Duration::from_secs(20), b.wait())
         .await
         .expect("the drained node did not exit")
         .expect("wait");
     assert!(exit.success(), "{exit:?}\n{}", b.log());
     let drained_in = drain_started.elapsed();
     let cut = b.log().contains("connections still open");
-    let _ = a.child.wait().await;
-    let after = c.finished().await;
+    let _ = a.wait().await;
+    let after = finished(&c).await;
     eprintln!(
         "finished generations: killed node >= {before_kill}, drained node >= {before_drain}, \
          last node {after}; runs that needed another attempt: {retried}; the drained node exited \

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rpaflow_tests::kafka::Broker;
-use rpaflow_tests::{Dev, WorkerProcess, http_get as get, http_get_with as get_with, pb};
+use rpaflow_tests::{
+    Dev, InferenceNode, WorkerProcess, http_get as get, http_get_with as get_with, pb,
+};
 use serde_json::{Value as Json, json};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -304,10 +306,13 @@ async fn prometheus_scrapes(targets: &[String]) {
     );
 }
 
-/// The distributed services on Kafka, each with its admin listener: both ready, both scrapes
-/// pass promtool, the counters on each moved by what it did, and Prometheus scrapes both.
+/// The distributed services on Kafka and an inference node, each with its admin listener: all
+/// ready, every scrape passes promtool, the counters of the orchestrator and the worker moved by
+/// what each did (the node's: `the_inference_node_serves_its_metrics`), and one Prometheus
+/// scrapes all three.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_orchestrator_and_worker_services_serve_their_own_metrics() {
+    let node = InferenceNode::start(&[], &[]).await;
     let broker = Broker::start().await.expect("cannot start the broker");
     let admin_flag = ["--admin-listen", "127.0.0.1:0"];
     let orchestrator = Dev::orchestrator(&broker.brokers(), &admin_flag, &[]).await;
@@ -321,7 +326,8 @@ async fn the_orchestrator_and_worker_services_serve_their_own_metrics() {
         })
         .unwrap_or_else(|| worker.fail("the worker printed no `admin on ADDR` line"));
     let orchestrator_admin = orchestrator.admin_url();
-    for admin in [&orchestrator_admin, &worker_admin] {
+    let node_admin = node.admin_url().to_owned();
+    for admin in [&orchestrator_admin, &worker_admin, &node_admin] {
         let (status, body) = get(&format!("{admin}/readyz")).await;
         assert_eq!(
             (status, body.as_str()),
@@ -369,7 +375,8 @@ async fn the_orchestrator_and_worker_services_serve_their_own_metrics() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    prometheus_scrapes(&[orchestrator_admin, worker_admin]).await;
+    promtool_check(&scrape(&node_admin).await.0);
+    prometheus_scrapes(&[orchestrator_admin, worker_admin, node_admin]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -434,42 +441,8 @@ async fn sigterm_says_not_serving_before_the_drain() {
 /// request, token and latency series moved by what the node did, and promtool accepts them.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_inference_node_serves_its_metrics() {
-    use tokio::io::AsyncBufReadExt as _;
-    let env = rpaflow_tests::setup_script("setup-inference.sh");
-    let mut node = tokio::process::Command::new(rpaflow_tests::rpaflow_bin());
-    node.args([
-        "inference",
-        "--model",
-        env["RPAFLOW_TEST_MODEL"].as_str(),
-        "--onnxruntime",
-        env["ORT_DYLIB_PATH"].as_str(),
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ])
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::null())
-    .kill_on_drop(true);
-    let mut node = node.spawn().expect("cannot start rpaflow inference");
-    let mut lines = tokio::io::BufReader::new(node.stdout.take().expect("piped stdout")).lines();
-    let (mut admin, mut grpc) = (None, None);
-    tokio::time::timeout(Duration::from_secs(120), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(url) = line.strip_prefix("rpaflow inference: admin on ") {
-                admin = Some(url.trim().to_owned());
-            }
-            if let Some(addr) = line.strip_prefix("rpaflow inference: serving gRPC on ") {
-                grpc = Some(addr.trim().to_owned());
-                return;
-            }
-        }
-        panic!("rpaflow inference ended without serving");
-    })
-    .await
-    .expect("rpaflow inference did not start in time");
-    let admin = admin.expect("the node printed its admin address before serving");
-    let grpc = grpc.expect("a gRPC address");
+    let mut node = InferenceNode::start(&[], &[]).await;
+    let (admin, grpc) = (node.admin_url().to_owned(), node.grpc().to_owned());
     let (status, body) = get(&format!("{admin}/readyz")).await;
     assert_eq!((status, body.as_str()), (200, r#"{"ready":true}"#));
 

@@ -8,10 +8,9 @@
 //! waits for its approval; what the new process does lands in the same trace.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use rpaflow_tests::kafka::Broker;
-use rpaflow_tests::{Dev, HttpServer, WorkerProcess, pb};
+use rpaflow_tests::{Dev, HttpServer, InferenceNode, WorkerProcess, pb};
 use serde_json::json;
 
 use super::receiver::{Received, Receiver, SpanKind, TIMEOUT, count, describe};
@@ -64,56 +63,18 @@ fn trace_and_span(traceparent: &str) -> (String, String) {
     )
 }
 
-/// `rpaflow inference` on a free port, exporting spans to `otlp`; killed on drop.
-async fn inference_node(otlp: &str) -> (tokio::process::Child, String) {
-    use tokio::io::AsyncBufReadExt as _;
-    let env = rpaflow_tests::setup_script("setup-inference.sh");
-    let mut node = tokio::process::Command::new(rpaflow_tests::rpaflow_bin());
-    node.args([
-        "inference",
-        "--model",
-        env["RPAFLOW_TEST_MODEL"].as_str(),
-        "--onnxruntime",
-        env["ORT_DYLIB_PATH"].as_str(),
-        "--listen",
-        "127.0.0.1:0",
-    ])
-    .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::null())
-    .kill_on_drop(true);
-    let mut node = node.spawn().expect("cannot start rpaflow inference");
-    let mut lines = tokio::io::BufReader::new(node.stdout.take().expect("piped stdout")).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(addr) = line.strip_prefix("rpaflow inference: serving gRPC on ") {
-                return addr.trim().to_owned();
-            }
-        }
-        panic!("rpaflow inference ended without serving");
-    })
-    .await
-    .expect("rpaflow inference did not start in time");
-    // Keep reading stdout so the node never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (node, addr)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_is_one_trace_across_the_services_on_kafka() {
     let (receiver, otlp) = Receiver::start().await;
     let broker = Broker::start().await.expect("cannot start the broker");
-    let (_node, node_addr) = inference_node(&otlp).await;
     let otel = ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str());
+    let node = InferenceNode::start(&[], &[otel]).await;
     let mut orchestrator = Dev::orchestrator(&broker.brokers(), &[], &[otel]).await;
     let _worker = WorkerProcess::start(
         &broker.brokers(),
         "w1",
         &[],
-        &[
-            otel,
-            ("RPAFLOW_WORKER__INFERENCE_ENDPOINT", node_addr.as_str()),
-        ],
+        &[otel, ("RPAFLOW_WORKER__INFERENCE_ENDPOINT", node.grpc())],
     )
     .await;
     let api = HttpServer::start();
