@@ -185,15 +185,13 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
         .expect("a token")
         .to_owned();
 
-    let viewer = dev
+    let onlooker = dev
         .cli_json(
             &root,
             &["token", "create", "--role", "viewer", "--name", "onlooker"],
         )
-        .await["token"]
-        .as_str()
-        .expect("a token")
-        .to_owned();
+        .await;
+    let viewer = onlooker["token"].as_str().expect("a token").to_owned();
     let console = format!("http://{}", dev.addr());
     let browser = Browser::start(1280, 900).await;
 
@@ -260,7 +258,15 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
         .click("article.approval button[data-action=approve]")
         .await;
     browser.wait_text("the `viewer` role may not call").await;
-    sign_out(&browser).await;
+    // Revoked meanwhile, the viewer's token gets UNAUTHENTICATED at the inbox's next refresh,
+    // and the console shows the sign-in.
+    dev.cli_json(
+        &root,
+        &["token", "revoke", onlooker["id"].as_str().expect("an id")],
+    )
+    .await;
+    browser.find("form.signin").await;
+    assert!(browser.all("article.approval").await.is_empty());
     sign_in(&browser, &root).await;
     browser.click("a[href='/approvals']").await;
     let card = browser.find("article.approval").await;
