@@ -87,15 +87,16 @@ fn accepts_gzip(headers: &http::HeaderMap) -> bool {
         .flat_map(|v| v.split(','))
         .any(|coding| {
             let mut parts = coding.split(';').map(str::trim);
-            parts
+            let gzip = parts
                 .next()
-                .is_some_and(|name| name.eq_ignore_ascii_case("gzip"))
-                && parts.all(|p| {
-                    !matches!(
-                        p.replace(' ', "").as_str(),
-                        "q=0" | "q=0.0" | "q=0.00" | "q=0.000"
-                    )
-                })
+                .is_some_and(|name| name.eq_ignore_ascii_case("gzip"));
+            let refused = parts.any(|param| {
+                param
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    == Some(0.0)
+            });
+            gzip && !refused
         })
 }
 
@@ -300,6 +301,7 @@ mod tests {
         assert!(with("gzip, deflate, br, zstd"));
         assert!(with("br;q=1.0, GZIP;q=0.5"));
         assert!(!with("gzip;q=0"));
+        assert!(!with("gzip; q=0.000, br"));
         assert!(!with("br, deflate"));
         assert!(!with("x-gzip-ish"));
         assert!(!accepts_gzip(&http::HeaderMap::new()));
