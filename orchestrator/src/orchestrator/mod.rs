@@ -112,27 +112,52 @@ fn restrict_permissions(dir: &std::path::Path) {
     }
 }
 
-/// A rebuilt run: its state, the events recovery added, its summary and what to do first.
-type Rebuilt = (RunState, Vec<RunEvent>, RunSummary, Vec<Action>);
+/// A rebuilt run: its state, the events recovery added, its listing when the stored one
+/// disagrees with its events (a crash between the two writes), and what to do first.
+type Rebuilt = (RunState, Vec<RunEvent>, Option<RunSummary>, Vec<Action>);
 
-/// Rebuilds every unfinished run from its events and decides what each must do again.
+/// Rebuilds every unfinished run from its events and decides what each must do again, on as
+/// many threads as there are cores (each run is read and replayed on its own).
 fn rebuild_active_runs(shared: &Shared) -> Result<Vec<Rebuilt>> {
-    let mut rebuilt = Vec::new();
-    for run_id in shared.store.active_runs()? {
-        let mut state = match shared.load(&run_id) {
-            Ok(state) => state,
-            Err(err) => {
-                warn!(run_id = %run_id, error = %err, "cannot rebuild run; left as it is");
-                continue;
-            }
-        };
-        let events = state.handle(Input::Recover, now_ms()).unwrap_or_default();
-        let mut actions = state.actions_for(&events);
-        actions.extend(state.pending_timers());
-        let summary = shared.summary(&state);
-        rebuilt.push((state, events, summary, actions));
-    }
+    let run_ids = shared.store.active_runs()?;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let chunk = run_ids.len().div_ceil(threads).max(1);
+    let rebuilt = std::thread::scope(|scope| {
+        let workers: Vec<_> = run_ids
+            .chunks(chunk)
+            .map(|ids| {
+                scope.spawn(move || {
+                    ids.iter()
+                        .filter_map(|id| rebuild(shared, id))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
     Ok(rebuilt)
+}
+
+/// One run rebuilt from storage, or none when it cannot be (logged; left as it is).
+fn rebuild(shared: &Shared, run_id: &str) -> Option<Rebuilt> {
+    let mut state = match shared.load(run_id) {
+        Ok(state) => state,
+        Err(err) => {
+            warn!(run_id = %run_id, error = %err, "cannot rebuild run; left as it is");
+            return None;
+        }
+    };
+    let events = state.handle(Input::Recover, now_ms()).unwrap_or_default();
+    let mut actions = state.actions_for(&events);
+    actions.extend(state.pending_timers());
+    let listed = shared.store.run(run_id).ok().flatten();
+    let repair = listed
+        .is_none_or(|listed| listed.status != state.status.name())
+        .then(|| shared.summary(&state));
+    Some((state, events, repair, actions))
 }
 
 impl Orchestrator {
@@ -198,10 +223,17 @@ impl Orchestrator {
             .run(move || rebuild_active_runs(&shared))
             .await??;
         let shared = &self.shared;
-        // Concurrent appends share flushes.
-        futures::future::try_join_all(rebuilt.iter().map(|(state, events, summary, _)| {
-            shared.store.append(&state.run_id, events, Some(summary))
-        }))
+        // Only runs that recovery changed (attempts handed out again) have events to write,
+        // and only a listing that disagrees with the events is written again. Concurrent
+        // appends share flushes.
+        futures::future::try_join_all(
+            rebuilt
+                .iter()
+                .filter(|(_, events, repair, _)| !events.is_empty() || repair.is_some())
+                .map(|(state, events, repair, _)| {
+                    shared.store.append(&state.run_id, events, repair.as_ref())
+                }),
+        )
         .await?;
         let mut recovered = 0usize;
         for (state, _, _, actions) in rebuilt {
