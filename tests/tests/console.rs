@@ -398,6 +398,13 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
         .find("tr[data-schedule='nightly-report/nightly'] .badge[data-status=paused]")
         .await;
     browser.screenshot("schedules").await;
+    assert_eq!(
+        browser
+            .eval("return document.activeElement.textContent;")
+            .await,
+        json!("Resume"),
+        "the focus left the schedule's row"
+    );
     browser
         .click("tr[data-schedule='nightly-report/nightly'] button")
         .await;
@@ -634,6 +641,18 @@ async fn with_authentication_off_the_console_opens_as_is_and_switches_namespaces
         .await;
     assert!(browser.all("form.signin").await.is_empty());
     browser.wait_text("authentication off").await;
+    // The list refreshes every 3 s; a keyboard user's place in it stays.
+    browser
+        .eval("document.querySelector('tr[data-run] a').focus(); return null;")
+        .await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
+        browser
+            .eval("return document.activeElement.closest('tr[data-run]') !== null;")
+            .await,
+        json!(true),
+        "a refresh of the runs list took the focus away"
+    );
 
     // Another namespace, chosen in the header: nothing of default's there.
     let switch = browser.find("header.top select.ns").await;

@@ -82,3 +82,18 @@ export function badge(kind: string, text = kind.replace(/_/g, " ")): HTMLElement
 export function notice(text: string, kind: "error" | "info" = "info"): HTMLElement {
   return h("p", { class: `notice ${kind}`, role: kind === "error" ? "alert" : "status" }, text);
 }
+
+/// Replaces what `el` holds, keeping the keyboard focus: an element focused inside `el` that
+/// has a counterpart in the new content (the same `key` attribute on its row, the same place in
+/// it) is focused again, so a refresh never throws a keyboard user back to the page's start.
+export function refill(el: Element, key: string, ...children: (Child | Child[])[]): void {
+  const focused = document.activeElement;
+  const row = focused && el.contains(focused) ? focused.closest(`[${key}]`) : null;
+  const id = row?.getAttribute(key);
+  const index = row ? [...row.querySelectorAll("a, button, select, input, textarea, summary")].indexOf(focused!) : -1;
+  fill(el, ...children);
+  if (id == null || index < 0) return;
+  const again = [...el.querySelectorAll(`[${key}]`)].find((r) => r.getAttribute(key) === id);
+  const target = again?.querySelectorAll("a, button, select, input, textarea, summary")[index];
+  if (target instanceof HTMLElement) target.focus({ preventScroll: true });
+}

@@ -1,7 +1,7 @@
 // Runs, newest first (ListRuns): filtered by flow and status, paged by the server's page
 // tokens, refreshed every few seconds while the first page is shown.
 import { describe, flows } from "../api";
-import { badge, duration, fill, h, notice, time } from "../dom";
+import { badge, duration, fill, h, notice, refill, time } from "../dom";
 import { RunStatus, type Run } from "../gen/rpaflow/v1/flow_pb";
 import type { Leave } from "../main";
 import { navigate } from "../state";
@@ -69,7 +69,7 @@ export function runsPage(main: HTMLElement, _: string[], query: URLSearchParams)
       const r = await flows.listRuns({ flow, status, pageSize: PAGE_SIZE, pageToken: page });
       if (stopped) return;
       fill(message);
-      fill(body, r.runs.length ? r.runs.map(row)
+      refill(body, "data-run", r.runs.length ? r.runs.map(row)
         : h("tr", {}, h("td", { colspan: 6, class: "muted empty" }, "No runs.")));
       const q = (token: string, backs: string[]) => {
         const p = new URLSearchParams();

@@ -1,6 +1,6 @@
 // Schedules (ListSchedules): cron, time zone, the next fire times; pause, resume, fire now.
 import { describe, flows } from "../api";
-import { badge, fill, h, notice, time } from "../dom";
+import { badge, fill, h, notice, refill, time } from "../dom";
 import type { ScheduleInfo } from "../gen/rpaflow/v1/flow_pb";
 import type { Leave } from "../main";
 import { navigate } from "../state";
@@ -51,7 +51,7 @@ export function schedulesPage(main: HTMLElement): Leave {
     try {
       const r = await flows.listSchedules({ flow: "" });
       if (stopped) return;
-      fill(body, r.schedules.length ? r.schedules.map(row)
+      refill(body, "data-schedule", r.schedules.length ? r.schedules.map(row)
         : h("tr", {}, h("td", { colspan: 7, class: "muted empty" }, "No schedules: a flow has them as `triggers` with `schedule`.")));
     } catch (err) {
       if (!stopped) fill(message, notice(`Cannot list schedules: ${describe(err)}`, "error"));

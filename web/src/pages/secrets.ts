@@ -1,7 +1,7 @@
 // Secrets (ListSecrets, SetSecret, DeleteSecret): names and update times only; a value is sent
 // once and never shown again. The API allows this to admins of the namespace.
 import { describe, flows } from "../api";
-import { fill, h, notice, time } from "../dom";
+import { fill, h, notice, refill, time } from "../dom";
 import type { Leave } from "../main";
 
 export function secretsPage(main: HTMLElement): Leave {
@@ -39,7 +39,7 @@ export function secretsPage(main: HTMLElement): Leave {
     try {
       const r = await flows.listSecrets({});
       if (stopped) return;
-      fill(body, r.secrets.length ? r.secrets.map((s) => h("tr", { "data-secret": s.name },
+      refill(body, "data-secret", r.secrets.length ? r.secrets.map((s) => h("tr", { "data-secret": s.name },
         h("td", { class: "mono" }, s.name),
         h("td", { class: "nowrap" }, time(s.updatedAtMs)),
         h("td", {}, h("button", { type: "button", class: "danger", "aria-label": `Delete ${s.name}`, onclick: async () => {
