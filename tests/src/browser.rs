@@ -44,6 +44,19 @@ fn binary(env: &str, default: &str) -> PathBuf {
     path
 }
 
+/// A test that fails leaves its session open: chromedriver and the Chromium it started go
+/// together, by process group, so no browser outlives its test.
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(group) = self._driver.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 impl Browser {
     /// Starts chromedriver and a headless Chromium with a `width`x`height` window; screenshots
     /// go to `target/console-screenshots/`.
@@ -66,6 +79,8 @@ impl Browser {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group, which the Chromium it starts joins: see `Drop`.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromedriver.display()));
@@ -243,6 +258,6 @@ impl Browser {
 
     /// Ends the session (Chromium exits).
     pub async fn close(self) {
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.client.close()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.client.clone().close()).await;
     }
 }
