@@ -223,7 +223,7 @@ async fn long_cycles_deep_files_and_big_flows_are_refused_and_the_server_goes_on
 async fn runs_in_memory_hold_at_most_max_held_input_bytes_of_inputs() {
     let dev = Dev::launch_env(
         &[],
-        &[("RPAFLOW_ORCHESTRATOR__MAX_HELD_INPUT_BYTES", "3000000")],
+        &[("RPAFLOW_ORCHESTRATOR__MAX_HELD_INPUT_BYTES", "2500000")],
     )
     .await;
     dev.register(
@@ -231,7 +231,8 @@ async fn runs_in_memory_hold_at_most_max_held_input_bytes_of_inputs() {
     )
     .await;
     dev.register(QUICK).await;
-    // 1,400 one-key objects: about 1 MB each in memory, 20 KB of JSON.
+    // 1,400 one-key objects: about 1 MB each in memory (0.99 MB estimated), 20 KB of JSON: two
+    // fit under 2.5 MB, a third does not.
     let rows: Vec<Json> = (0..1_400).map(|i| json!({ "k": i })).collect();
     let inputs = json!({ "rows": rows });
     let first = dev.run("holds", inputs.clone()).await;
@@ -250,7 +251,7 @@ async fn runs_in_memory_hold_at_most_max_held_input_bytes_of_inputs() {
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     assert!(
         err.message()
-            .contains("would pass the limit of 3000000 bytes (orchestrator.max_held_input_bytes)"),
+            .contains("would pass the limit of 2500000 bytes (orchestrator.max_held_input_bytes)"),
         "{}",
         err.message()
     );
