@@ -830,3 +830,59 @@ async fn over_tls_the_console_and_its_calls_share_the_grpc_port() {
     assert_eq!(run.text().await.expect("text"), "succeeded");
     browser.close().await;
 }
+
+/// A TCP forwarder on a fixed port to whichever address `target` holds: the browser keeps one
+/// origin while the orchestrator behind it restarts on a new port.
+async fn forwarder(
+    target: std::sync::Arc<std::sync::Mutex<std::net::SocketAddr>>,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let addr = listener.local_addr().expect("an address");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let to = *target.lock().unwrap_or_else(|e| e.into_inner());
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_page_follows_the_run_across_an_orchestrator_restart() {
+    let mut dev = Dev::launch().await;
+    dev.register(WAITS).await;
+    let run = dev.run("waits", json!({})).await;
+    let target = std::sync::Arc::new(std::sync::Mutex::new(dev.addr()));
+    let console = format!("http://{}", forwarder(target.clone()).await);
+
+    let browser = Browser::start(1280, 900).await;
+    browser.goto(&format!("{console}/runs/{run}")).await;
+    browser
+        .find("svg.diagram g.node[data-step=ok][data-status=waiting_approval]")
+        .await;
+    browser.eval("window.__samePage = true; return null;").await;
+
+    // kill -9 and a new process on the same data: the page's stream breaks, and it reconnects.
+    dev.restart().await;
+    *target.lock().unwrap_or_else(|e| e.into_inner()) = dev.addr();
+    dev.approve(&run, "ok").await;
+    browser
+        .find("svg.diagram g.node[data-step=ok][data-status=succeeded]")
+        .await;
+    browser
+        .find("#run-status .badge[data-status=succeeded]")
+        .await;
+    browser.wait_text("run succeeded").await;
+    assert_eq!(
+        browser.eval("return window.__samePage === true;").await,
+        json!(true),
+        "the page was reloaded"
+    );
+    browser.close().await;
+}

@@ -65,7 +65,7 @@ export function runPage(main: HTMLElement, [runId]: string[]): Leave {
     retry.disabled = true;
     try {
       show(await flows.retryRun({ runId }));
-      void watch(BigInt(events.length + 1));
+      void watch();
     } catch (err) {
       fill(message, notice(`Cannot retry: ${describe(err)}`, "error"));
     }
@@ -227,18 +227,44 @@ export function runPage(main: HTMLElement, [runId]: string[]): Leave {
     }, 100);
   };
 
-  async function watch(fromSeq: bigint): Promise<void> {
+  /// Follows the run's events until it finishes. A stream that breaks (the orchestrator
+  /// restarting, a dropped connection) is opened again after the last event seen, waiting a
+  /// little longer each time (up to 10 s); a refusal (not found, not allowed) ends it.
+  let watching = false;
+  async function watch(): Promise<void> {
+    if (watching) return;
+    watching = true;
+    let wait = 500;
     try {
-      for await (const e of flows.watchRun({ runId, fromSeq }, { signal: abort.signal })) {
-        if (e.seq <= BigInt(events.length)) continue;
-        addEvent(e);
-        reread();
+      while (!stopped) {
+        try {
+          const fromSeq = BigInt(events.length + 1);
+          for await (const e of flows.watchRun({ runId, fromSeq }, { signal: abort.signal })) {
+            if (wait > 500) fill(message);
+            wait = 500;
+            if (e.seq <= BigInt(events.length)) continue;
+            addEvent(e);
+            reread();
+          }
+          // The stream ends when the run does; one that ended early is opened again.
+          const r = await flows.getRun({ runId });
+          if (stopped) return;
+          show(r);
+          const status = runStatus(r.status);
+          if (status !== "running" && status !== "queued") return;
+        } catch (err) {
+          if (stopped || abort.signal.aborted) return;
+          if ([Code.NotFound, Code.PermissionDenied, Code.Unauthenticated].some((c) => isCode(err, c))) {
+            fill(message, notice(`The live view stopped: ${describe(err)}`, "error"));
+            return;
+          }
+          fill(message, notice(`Reconnecting to the orchestrator (${describe(err)})…`));
+        }
+        await new Promise((done) => setTimeout(done, wait));
+        wait = Math.min(wait * 2, 10_000);
       }
-      reread();
-    } catch (err) {
-      if (!stopped && !abort.signal.aborted) {
-        fill(message, notice(`The live view stopped: ${describe(err)}; reload to resume.`, "error"));
-      }
+    } finally {
+      watching = false;
     }
   }
 
@@ -254,7 +280,7 @@ export function runPage(main: HTMLElement, [runId]: string[]): Leave {
       }
       diagramBox.removeAttribute("aria-busy");
       show(r);
-      void watch(1n);
+      void watch();
     } catch (err) {
       if (stopped) return;
       fill(main, h("h1", {}, "Run not found"),
