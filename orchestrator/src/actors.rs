@@ -19,6 +19,7 @@ use crate::effects::RunEffects;
 use crate::error::{Error, Result};
 use crate::evaluation::{self, Evaluator};
 use crate::state::{Action, Input, Rejection, RunEvent, RunState};
+use crate::store::Created;
 
 /// The actix system on its own thread, with the arbiters that run actors.
 pub struct ActorSystem {
@@ -77,17 +78,17 @@ impl ActorSystem {
         &self.arbiters[i]
     }
 
-    /// Starts the actor of a run on the next arbiter; it performs `initial` actions first.
+    /// Starts the actor of a run on the next arbiter; it handles `initial` before any message.
     pub(crate) fn spawn_run(
         &self,
         state: RunState,
         effects: Arc<dyn RunEffects>,
-        initial: Vec<Action>,
+        initial: Initial,
     ) -> Addr<RunActor> {
         RunActor::start_in_arbiter(self.next_arbiter(), move |_| RunActor {
             state,
             effects,
-            initial,
+            initial: Some(initial),
         })
     }
 
@@ -108,7 +109,26 @@ impl Drop for ActorSystem {
 pub struct RunActor {
     state: RunState,
     effects: Arc<dyn RunEffects>,
-    initial: Vec<Action>,
+    initial: Option<Initial>,
+}
+
+/// What a run actor does first, before it takes any message: every way a run comes into memory
+/// goes through the same "durable, then act" as the decisions after it.
+pub(crate) enum Initial {
+    /// A new run: its first events are recorded (unless its idempotency key names another
+    /// run), then acted on; `reply` learns which, once it is durable.
+    Start {
+        events: Vec<RunEvent>,
+        reply: tokio::sync::oneshot::Sender<Result<Created>>,
+    },
+    /// A run rebuilt from storage: what recovery added (attempts handed out again) is made
+    /// durable and acted on, and `timers` (retries due, approval deadlines) are armed again.
+    Recovered {
+        events: Vec<RunEvent>,
+        timers: Vec<Action>,
+    },
+    /// A run brought back into memory for a command (a retry of a failed run).
+    Loaded,
 }
 
 /// An input for the run, with the bus acknowledgement to give once it is durable.
@@ -128,9 +148,20 @@ impl Actor for RunActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let initial = std::mem::take(&mut self.initial);
-        if !initial.is_empty() {
-            self.perform(initial, ctx);
+        match self.initial.take() {
+            Some(Initial::Start { events, reply }) => self.create(events, reply, ctx),
+            Some(Initial::Recovered { events, timers }) => {
+                if events.is_empty() {
+                    self.perform(timers, ctx);
+                } else {
+                    // The mailbox waits until the attempts handed out again are durable.
+                    let committed = self
+                        .commit(Ok(events), None)
+                        .map(move |_, act, ctx| act.perform(timers, ctx));
+                    ctx.wait(committed);
+                }
+            }
+            Some(Initial::Loaded) | None => {}
         }
     }
 }
@@ -200,6 +231,42 @@ impl Handler<Deliver> for RunActor {
 }
 
 impl RunActor {
+    /// Records the new run with its first events, then answers `reply` and acts; a run whose
+    /// idempotency key named another leaves at once, having written nothing.
+    fn create(
+        &mut self,
+        events: Vec<RunEvent>,
+        reply: tokio::sync::oneshot::Sender<Result<Created>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let actions = self.state.actions_for(&events);
+        let created = self.effects.create(&self.state, events);
+        // The mailbox waits until the run is durable.
+        ctx.wait(
+            created
+                .into_actor(self)
+                .map(move |created, act, ctx| match created {
+                    Ok((Created::New, events)) => {
+                        act.effects.persisted(&act.state, events);
+                        // Nobody waiting for the answer is fine: the run is durable.
+                        let _ = reply.send(Ok(Created::New));
+                        act.perform(actions, ctx);
+                    }
+                    Ok((existing, _)) => {
+                        let _ = reply.send(Ok(existing));
+                        act.effects.abandoned(&act.state.run_id);
+                        ctx.stop();
+                    }
+                    Err(err) => {
+                        error!(run_id = %act.state.run_id, error = %err, "cannot record a new run");
+                        let _ = reply.send(Err(err));
+                        act.effects.abandoned(&act.state.run_id);
+                        ctx.stop();
+                    }
+                }),
+        );
+    }
+
     /// Makes the events of one decision durable, then acknowledges the input and performs the
     /// actions.
     fn commit(

@@ -10,6 +10,7 @@ use futures::future::BoxFuture;
 use crate::error::Result;
 use crate::evaluation::Evaluator;
 use crate::state::{ParentRef, RunEvent, RunState, RunStatus, TaskSpec};
+use crate::store::Created;
 
 pub(crate) trait RunEffects: Send + Sync + 'static {
     /// Makes one decision's events durable (and the run's listing, when its status changed,
@@ -19,6 +20,14 @@ pub(crate) trait RunEffects: Send + Sync + 'static {
         state: &RunState,
         events: Vec<RunEvent>,
     ) -> BoxFuture<'static, Result<Vec<RunEvent>>>;
+
+    /// Records a new run with its first events, durably, unless its idempotency key already
+    /// names another run ([`Created::Existing`], and nothing is written).
+    fn create(
+        &self,
+        state: &RunState,
+        events: Vec<RunEvent>,
+    ) -> BoxFuture<'static, Result<(Created, Vec<RunEvent>)>>;
 
     /// The events are durable: count them and tell the run's watchers.
     fn persisted(&self, state: &RunState, events: Vec<RunEvent>);

@@ -17,6 +17,8 @@ use crate::state::{ErrorInfo, ParentRef, RunStatus, TaskSpec};
 /// One effect, as the fake saw it.
 #[derive(Debug, Clone, PartialEq)]
 enum Effect {
+    /// A new run recorded with its first events, by kind.
+    Create(Vec<String>),
     /// Events made durable, by kind.
     Persist(Vec<String>),
     /// The input's bus delivery acknowledged.
@@ -35,6 +37,8 @@ struct Fake {
     log: Mutex<Vec<Effect>>,
     /// Storage refuses every write.
     storage_down: AtomicBool,
+    /// The idempotency key of a new run already names another run.
+    key_taken: AtomicBool,
     evaluator: std::sync::OnceLock<Evaluator>,
 }
 
@@ -61,6 +65,25 @@ impl Fake {
 }
 
 impl RunEffects for Fake {
+    fn create(
+        &self,
+        _state: &RunState,
+        events: Vec<RunEvent>,
+    ) -> BoxFuture<'static, Result<(Created, Vec<RunEvent>)>> {
+        if self.key_taken.load(Ordering::SeqCst) {
+            return futures::future::ready(Ok((Created::Existing("other-run".into()), events)))
+                .boxed();
+        }
+        self.push(Effect::Create(
+            events.iter().map(|e| e.kind.name().to_owned()).collect(),
+        ));
+        async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok((Created::New, events))
+        }
+        .boxed()
+    }
+
     fn persist(
         &self,
         _state: &RunState,
@@ -121,17 +144,40 @@ impl RunEffects for Fake {
     }
 }
 
-/// A started run of `src` and its actor, on a system of its own.
-fn spawn(src: &str, parent: Option<ParentRef>) -> (ActorSystem, Addr<RunActor>, Arc<Fake>) {
+/// A run of `src` started through its actor (recorded, then acted on), on a system of its own.
+async fn spawn(src: &str, parent: Option<ParentRef>) -> (ActorSystem, Addr<RunActor>, Arc<Fake>) {
+    let fake = Arc::new(Fake::default());
+    let (system, addr, created) = start(src, parent, fake.clone());
+    assert!(
+        matches!(created.await, Ok(Ok(Created::New))),
+        "the run was not created"
+    );
+    // The tests below look at what follows the run's creation.
+    let mut log = fake.log.lock().unwrap();
+    assert!(matches!(log.first(), Some(Effect::Create(_))), "{log:?}");
+    log.remove(0);
+    drop(log);
+    (system, addr, fake)
+}
+
+/// Spawns the actor of a new run of `src` on `fake`; the receiver learns whether it was created.
+fn start(
+    src: &str,
+    parent: Option<ParentRef>,
+    fake: Arc<Fake>,
+) -> (
+    ActorSystem,
+    Addr<RunActor>,
+    tokio::sync::oneshot::Receiver<Result<Created>>,
+) {
     let flow = Arc::new(flow::parse("t.yaml", src).unwrap_or_else(|e| panic!("{e}")));
     let mut state = RunState::new("run-1", flow, 1);
     let now = rpaflow_core::time::now_ms();
     let events = state.start(json!({}), String::new(), parent, None, now);
-    let initial = state.actions_for(&events);
-    let fake = Arc::new(Fake::default());
     let system = ActorSystem::start(1).unwrap();
-    let addr = system.spawn_run(state, fake.clone(), initial);
-    (system, addr, fake)
+    let (reply, created) = tokio::sync::oneshot::channel();
+    let addr = system.spawn_run(state, fake, Initial::Start { events, reply });
+    (system, addr, created)
 }
 
 fn ack_into(fake: &Arc<Fake>) -> Option<Ack> {
@@ -161,7 +207,8 @@ async fn events_are_durable_before_the_input_is_acknowledged_and_acted_on() {
     let (_system, addr, fake) = spawn(
         "name: t\nsteps:\n  - { id: a, uses: echo }\n  - { id: b, uses: echo, needs: a }\n",
         None,
-    );
+    )
+    .await;
     assert_eq!(fake.wait_for(1).await, [one("a", 1)]);
     addr.send(Deliver {
         input: result("a", 1, Ok(json!({"ok": true}))),
@@ -196,7 +243,8 @@ async fn a_result_storage_refuses_is_never_acknowledged_and_the_actor_leaves() {
     let (_system, addr, fake) = spawn(
         "name: t\nsteps:\n  - { id: a, uses: echo }\n  - { id: b, uses: echo, needs: a }\n",
         None,
-    );
+    )
+    .await;
     fake.wait_for(1).await;
     fake.storage_down.store(true, Ordering::SeqCst);
     let _ = addr
@@ -217,7 +265,8 @@ async fn a_failed_attempt_is_retried_by_the_actors_own_timer() {
     let (_system, addr, fake) = spawn(
         "name: t\nsteps:\n  - { id: a, uses: http, retry: { max_attempts: 2, delay: 50ms, backoff: fixed } }\n",
         None,
-    );
+    )
+    .await;
     fake.wait_for(1).await;
     addr.send(Deliver {
         input: result("a", 1, Err(ErrorInfo::new("http_status", "503", true))),
@@ -245,7 +294,8 @@ async fn subflows_are_child_runs_not_tasks_and_a_child_tells_its_parent() {
     let (_system, addr, fake) = spawn(
         "name: t\nsteps:\n  - { id: child, uses: subflow, with: { flow: other } }\n  - { id: b, uses: echo, needs: child }\n",
         Some(parent),
-    );
+    )
+    .await;
     assert_eq!(fake.wait_for(1).await, [Effect::StartChild("child".into())]);
     addr.send(Deliver {
         input: Input::Cancel {
@@ -267,4 +317,87 @@ async fn subflows_are_child_runs_not_tasks_and_a_child_tells_its_parent() {
         ],
         "{log:?}"
     );
+}
+
+#[tokio::test]
+async fn a_new_run_is_recorded_before_its_start_is_answered_and_acted_on() {
+    let fake = Arc::new(Fake::default());
+    let (_system, _addr, created) = start(
+        "name: t\nsteps:\n  - { id: a, uses: echo }\n",
+        None,
+        fake.clone(),
+    );
+    assert!(matches!(created.await, Ok(Ok(Created::New))));
+    let log = fake.wait_for(2).await;
+    assert!(
+        matches!(&log[0], Effect::Create(kinds) if kinds.first().map(String::as_str) == Some("run_started")),
+        "{log:?}"
+    );
+    assert_eq!(log[1], one("a", 1));
+}
+
+#[tokio::test]
+async fn a_start_whose_key_names_another_run_does_nothing_and_leaves() {
+    let fake = Arc::new(Fake::default());
+    fake.key_taken.store(true, Ordering::SeqCst);
+    let (_system, addr, created) = start(
+        "name: t\nsteps:\n  - { id: a, uses: echo }\n",
+        None,
+        fake.clone(),
+    );
+    assert!(matches!(created.await, Ok(Ok(Created::Existing(ref id))) if id == "other-run"));
+    let log = fake.wait_for(1).await;
+    assert_eq!(log, [Effect::Abandoned]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!addr.connected());
+    assert_eq!(fake.log(), [Effect::Abandoned], "nothing dispatched");
+}
+
+#[tokio::test]
+async fn a_recovered_run_makes_its_redispatches_durable_before_sending_them() {
+    let flow = Arc::new(
+        flow::parse(
+            "t.yaml",
+            "name: t\nsteps:\n  - { id: a, uses: echo }\n  - { id: b, uses: http, retry: { max_attempts: 3, delay: 40ms, backoff: fixed } }\n",
+        )
+        .unwrap(),
+    );
+    // Before the crash: both started; `b` failed once and waits for its retry.
+    let mut state = RunState::new("run-1", flow.clone(), 1);
+    let now = rpaflow_core::time::now_ms();
+    let mut events = state.start(json!({}), String::new(), None, None, now);
+    events.extend(
+        state
+            .handle(
+                result("b", 1, Err(ErrorInfo::new("http_status", "503", true))),
+                now,
+            )
+            .unwrap(),
+    );
+    // Recovery from those events: `a` is handed out again, `b`'s retry timer armed again.
+    let mut rebuilt = RunState::replay("run-1", flow, 1, &events);
+    let recovered = rebuilt.handle(Input::Recover, now).unwrap();
+    let timers = rebuilt.pending_timers();
+    assert_eq!(timers.len(), 1, "{timers:?}");
+    let fake = Arc::new(Fake::default());
+    let system = ActorSystem::start(1).unwrap();
+    let _addr = system.spawn_run(
+        rebuilt,
+        fake.clone(),
+        Initial::Recovered {
+            events: recovered,
+            timers,
+        },
+    );
+    let log = fake.wait_for(3).await;
+    assert_eq!(
+        log[0],
+        Effect::Persist(vec!["task_redispatched".into()]),
+        "{log:?}"
+    );
+    assert_eq!(log[1], one("a", 1));
+    // The retry's timer fires and `b` goes out again as attempt 2.
+    assert!(matches!(&log[2], Effect::Persist(_)), "{log:?}");
+    let log = fake.wait_for(4).await;
+    assert_eq!(log[3], one("b", 2), "{log:?}");
 }

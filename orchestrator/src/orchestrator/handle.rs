@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 use tracing::warn;
 
 use super::Shared;
-use crate::actors::{Deliver, Published, Snapshot};
+use crate::actors::{Deliver, Initial, Published, Snapshot};
 use crate::error::{Error, Result};
 use crate::registry::Registered;
 use crate::schedule::ScheduleView;
@@ -336,8 +336,8 @@ impl OrchestratorHandle {
             None => (None, None),
         };
         // A child run belongs to a parent that was already admitted. The place is held until
-        // the run's actor is in the table, at the end of this call.
-        let _admitted = match &req.parent {
+        // the run's actor is in the table (or, for a run that ended as it started, to the end).
+        let admitted = match &req.parent {
             None => Some(shared.admit(&flow, memory)?),
             Some(_) => None,
         };
@@ -357,20 +357,32 @@ impl OrchestratorHandle {
                 state.start(inputs, key, parent, queued.clone(), now_ms())
             })
             .await?;
-        shared.track_approvals(&state, &events)?;
-        match shared
-            .store
-            .create_run(&shared.summary(&state), &events)
-            .await?
-        {
-            Created::Existing(existing) => return Ok((self.run(&existing).await?, false)),
-            Created::New => {}
-        }
-        let actions = state.actions_for(&events);
-        shared.metrics.record(&state, &events);
-        shared.publish(&run_id, events);
-        if !state.status.is_finished() {
-            shared.ensure_actor(state.clone(), actions)?;
+        // Recorded, then acted on, by the run's actor, as every later decision is; a run that
+        // ended as it started has no actor and nothing to act on.
+        let created = if state.status.is_finished() {
+            let _admitted = admitted;
+            shared.track_approvals(&state, &events)?;
+            let created = shared
+                .store
+                .create_run(&shared.summary(&state), &events)
+                .await?;
+            if let Created::New = created {
+                shared.metrics.record(&state, &events);
+                shared.publish(&run_id, events);
+            }
+            created
+        } else {
+            let (reply, created) = tokio::sync::oneshot::channel();
+            shared.ensure_actor(state.clone(), Initial::Start { events, reply })?;
+            // The actor holds the run's place now (and gives it up if the start comes to
+            // nothing): counting both would refuse starts that fit.
+            drop(admitted);
+            created
+                .await
+                .map_err(|_| Error::NotRunning("orchestrator"))??
+        };
+        if let Created::Existing(existing) = created {
+            return Ok((self.run(&existing).await?, false));
         }
         if state.status == RunStatus::Queued
             && let Some(concurrency) = &state.flow.concurrency
@@ -513,7 +525,7 @@ impl OrchestratorHandle {
                         "run {run_id} is not active"
                     )));
                 }
-                self.shared.ensure_actor(state, Vec::new())?
+                self.shared.ensure_actor(state, Initial::Loaded)?
             }
         };
         match addr.send(Deliver { input, ack: None }).await {

@@ -29,7 +29,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::actors::{ActorSystem, Deliver};
+use crate::actors::{ActorSystem, Deliver, Initial};
 use crate::backlog::Backlog;
 use crate::error::{Error, Result};
 use crate::evaluation::Evaluator;
@@ -113,7 +113,7 @@ fn restrict_permissions(dir: &std::path::Path) {
 }
 
 /// A rebuilt run: its state, the events recovery added, its listing when the stored one
-/// disagrees with its events (a crash between the two writes), and what to do first.
+/// disagrees with its events (a crash between the two writes), and the timers to arm again.
 type Rebuilt = (RunState, Vec<RunEvent>, Option<RunSummary>, Vec<Action>);
 
 /// Rebuilds every unfinished run from its events and decides what each must do again, on as
@@ -151,13 +151,12 @@ fn rebuild(shared: &Shared, run_id: &str) -> Option<Rebuilt> {
         }
     };
     let events = state.handle(Input::Recover, now_ms()).unwrap_or_default();
-    let mut actions = state.actions_for(&events);
-    actions.extend(state.pending_timers());
+    let timers = state.pending_timers();
     let listed = shared.store.run(run_id).ok().flatten();
     let repair = listed
         .is_none_or(|listed| listed.status != state.status.name())
         .then(|| shared.summary(&state));
-    Some((state, events, repair, actions))
+    Some((state, events, repair, timers))
 }
 
 impl Orchestrator {
@@ -223,22 +222,20 @@ impl Orchestrator {
             .run(move || rebuild_active_runs(&shared))
             .await??;
         let shared = &self.shared;
-        // Only runs that recovery changed (attempts handed out again) have events to write,
-        // and only a listing that disagrees with the events is written again. Concurrent
-        // appends share flushes.
+        // A listing that disagrees with the run's events is written again here; what recovery
+        // added (attempts handed out again) each run's actor makes durable before it acts, as
+        // it does every decision. Concurrent appends share flushes.
         futures::future::try_join_all(
             rebuilt
                 .iter()
-                .filter(|(_, events, repair, _)| !events.is_empty() || repair.is_some())
-                .map(|(state, events, repair, _)| {
-                    shared.store.append(&state.run_id, events, repair.as_ref())
-                }),
+                .filter_map(|(state, _, repair, _)| Some((state, repair.as_ref()?)))
+                .map(|(state, repair)| shared.store.append(&state.run_id, &[], Some(repair))),
         )
         .await?;
         let mut recovered = 0usize;
-        for (state, _, _, actions) in rebuilt {
+        for (state, events, _, timers) in rebuilt {
             if !state.status.is_finished() {
-                shared.ensure_actor(state, actions)?;
+                shared.ensure_actor(state, Initial::Recovered { events, timers })?;
                 recovered += 1;
             }
         }

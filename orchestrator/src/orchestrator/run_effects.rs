@@ -12,6 +12,7 @@ use crate::effects::RunEffects;
 use crate::error::Result;
 use crate::evaluation::Evaluator;
 use crate::state::{ParentRef, RunEvent, RunState, RunStatus, TaskSpec};
+use crate::store::Created;
 
 impl RunEffects for Arc<Shared> {
     fn persist(
@@ -32,6 +33,31 @@ impl RunEffects for Arc<Shared> {
                 .append(&run_id, &events, summary.as_ref())
                 .await
                 .map(|()| events)
+        }
+        .boxed()
+    }
+
+    fn create(
+        &self,
+        state: &RunState,
+        events: Vec<RunEvent>,
+    ) -> BoxFuture<'static, Result<(Created, Vec<RunEvent>)>> {
+        if let Err(err) = self.track_approvals(state, &events) {
+            warn!(run_id = %state.run_id, error = %err, "cannot update the pending approvals");
+        }
+        let summary = self.summary(state);
+        let store = self.store.clone();
+        async move {
+            let created = store.create_run(&summary, &events).await?;
+            if let Created::Existing(_) = created {
+                // Nothing of this run was recorded: neither are the approvals it would wait for.
+                for event in &events {
+                    if let crate::state::EventKind::ApprovalRequested { step, .. } = &event.kind {
+                        store.remove_approval(&summary.run_id, step)?;
+                    }
+                }
+            }
+            Ok((created, events))
         }
         .boxed()
     }

@@ -13,7 +13,7 @@ use tracing::warn;
 
 use super::OrchestratorConfig;
 use super::concurrency::FlowRuns;
-use crate::actors::{ActorSystem, Published, RunActor};
+use crate::actors::{ActorSystem, Initial, Published, RunActor};
 use crate::backlog::Backlog;
 use crate::error::{Error, Result};
 use crate::evaluation::Evaluator;
@@ -217,11 +217,12 @@ impl Shared {
         self.actors.lock().ok()?.get(run_id).cloned()
     }
 
-    /// Starts the actor of a run unless one is running; returns the run's actor.
+    /// Starts the actor of a run unless one is running; returns the run's actor, which handles
+    /// `initial` first.
     pub(super) fn ensure_actor(
         self: &Arc<Self>,
         mut state: RunState,
-        initial: Vec<crate::state::Action>,
+        initial: Initial,
     ) -> Result<Addr<RunActor>> {
         let mut actors = self
             .actors
@@ -246,7 +247,13 @@ impl Shared {
         // The run's first tasks count in its queues' backlog now, before StartRun answers, not
         // when the new actor gets to them: back-to-back starts all see them. (The actor counts
         // them again when it dispatches; the same attempt only replaces itself.)
-        for action in &initial {
+        let first = match &initial {
+            Initial::Start { events, .. } | Initial::Recovered { events, .. } => {
+                state.actions_for(events)
+            }
+            Initial::Loaded => Vec::new(),
+        };
+        for action in &first {
             if let crate::state::Action::Dispatch(spec) = action {
                 self.backlog
                     .dispatched(&run_id, &spec.step, spec.item, spec.attempt, &spec.queue);
