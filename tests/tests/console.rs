@@ -418,6 +418,15 @@ async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces
     browser.find("tr[data-secret=CRM_API_KEY]").await;
     assert!(!browser.page_text().await.contains("s3cr3t-value"));
     browser.screenshot("secrets").await;
+    browser
+        .click("tr[data-secret=CRM_API_KEY] button[aria-label='Delete CRM_API_KEY']")
+        .await;
+    browser
+        .client()
+        .accept_alert()
+        .await
+        .expect("the confirmation");
+    browser.wait_text("No secrets.").await;
 
     // Signed out, the run's own address shows only the sign-in.
     sign_out(&browser).await;
