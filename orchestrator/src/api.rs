@@ -112,6 +112,14 @@ fn namespace<T>(req: &Request<T>) -> Result<String, Status> {
         .ok_or_else(|| Status::unauthenticated("the call has no authenticated caller"))
 }
 
+/// The W3C trace context the caller sent (`traceparent` metadata), if any.
+fn caller_trace<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get(rpaflow_core::trace_context::TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 fn file_name(name: &str) -> &str {
     if name.is_empty() { "flow.yaml" } else { name }
 }
@@ -201,7 +209,9 @@ impl FlowService for Api {
         &self,
         req: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::StartRunResponse>, Status> {
+        let arrived = std::time::SystemTime::now();
         let ns = namespace(&req)?;
+        let caller = caller_trace(&req);
         let req = req.into_inner();
         let flow = rpaflow_core::namespace::full_name(&ns, &req.flow).ok_or_else(|| {
             Status::from(Error::NotFound(format!("no flow named `{}`", req.flow)))
@@ -236,9 +246,7 @@ impl FlowService for Api {
             .await?;
         crate::spans::run_started(
             &state.run_id,
-            crate::spans::Entry::Grpc {
-                method: "StartRun",
-            },
+            crate::spans::Entry::Grpc { method: "StartRun" },
             arrived,
             caller.as_deref(),
             created,
