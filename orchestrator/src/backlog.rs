@@ -1,5 +1,5 @@
 //! Tasks dispatched and not yet answered, counted per queue, for admission (which decides in
-//! one place, `Shared::admit`).
+//! one place, `Engine::admit`).
 //!
 //! When a queue's workers fall behind (or are gone), its backlog grows; past
 //! `max_in_flight_per_queue` the orchestrator refuses new runs that use the queue, and past

@@ -8,9 +8,9 @@ use rpaflow_proto::v1 as pb;
 use serde_json::Value as Json;
 
 use crate::orchestrator::FlowView;
-use crate::schedule::ScheduleView;
 use crate::state::{ErrorInfo, EventKind, RunEvent, RunState, RunStatus, StepStatus};
 use crate::store::{PendingApproval, RunSummary};
+use crate::triggers::schedule::ScheduleView;
 
 pub fn run_status(status: RunStatus) -> pb::RunStatus {
     match status {

@@ -2,7 +2,7 @@
 //! state. The state machine decides ([`crate::state::RunState::handle`]) and says what must
 //! happen ([`Action`](crate::state::Action)); the actor makes the events durable, then performs
 //! the actions, each through one method here. The orchestrator's implementation is its shared
-//! state ([`crate::orchestrator::Shared`]: storage, the bus, the other runs); a test gives the
+//! state ([`crate::orchestrator::Engine`]: storage, the bus, the other runs); a test gives the
 //! actor its own and sees every effect in order.
 
 use futures::future::BoxFuture;

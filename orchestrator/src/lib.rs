@@ -9,14 +9,13 @@
 //! - `backlog`: tasks in flight per queue, and admission of new runs.
 //! - [`store`]: sled storage with grouped flushes.
 //! - [`registry`]: flow versions.
-//! - [`schedule`]: the scheduler, which fires the flows' schedule triggers.
+//! - [`triggers`]: what else starts runs: schedules, webhooks (`POST /hooks/{namespace}/{flow}`)
+//!   and Kafka topics, each through the handle.
 //! - `subflow`: steps that run another flow and wait for it.
 //! - `spans`: the spans of a run's trace that the orchestrator records (run, dispatch).
 //! - [`api`]: the gRPC service, health and reflection; `convert`: proto conversions.
 //! - `console`: the web console's assets (`web/dist`, embedded), served on the gRPC port.
-//! - [`hooks`]: the webhook endpoint, `POST /hooks/{namespace}/{flow}`, that starts runs.
 //! - [`tls`]: TLS on the gRPC and webhook listeners, with certificate reload and mTLS.
-//! - [`kafka_triggers`]: one consumer per Kafka trigger, one run per message.
 //! - [`metrics`]: the Prometheus metrics of runs, steps and dispatch.
 //! - [`error`]: the crate's error and its mapping to gRPC codes.
 
@@ -30,17 +29,15 @@ mod convert;
 mod effects;
 pub mod error;
 mod evaluation;
-pub mod hooks;
-pub mod kafka_triggers;
 pub mod metrics;
 pub mod orchestrator;
 pub mod registry;
-pub mod schedule;
 mod spans;
 pub mod state;
 pub mod store;
 mod subflow;
 pub mod tls;
+pub mod triggers;
 
 pub use convert::{event as event_to_pb, run as run_to_pb};
 pub use error::{Error, Result};

@@ -79,11 +79,11 @@ pub(crate) fn run_started(
             ],
         ),
         Entry::Webhook { status } => (
-            format!("POST {}", crate::hooks::ROUTE),
+            format!("POST {}", crate::triggers::webhook::ROUTE),
             SpanKind::Server,
             vec![
                 KeyValue::new("http.request.method", "POST"),
-                KeyValue::new("http.route", crate::hooks::ROUTE),
+                KeyValue::new("http.route", crate::triggers::webhook::ROUTE),
                 KeyValue::new("http.response.status_code", i64::from(status)),
                 created,
             ],

@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 use tracing::warn;
 
 use crate::actors::Deliver;
-use crate::orchestrator::{OrchestratorHandle, Shared, StartRun};
+use crate::orchestrator::{Engine, OrchestratorHandle, StartRun};
 use crate::state::{ErrorInfo, Input, ParentRef, RunState, RunStatus, TaskSpec};
 
 /// Error code of a subflow that could not start or did not succeed.
@@ -30,7 +30,7 @@ fn child_key(parent: &ParentRef) -> String {
 
 /// Starts (or finds) the child run of a subflow attempt, of a flow of the parent's namespace.
 pub(crate) async fn start_child(
-    shared: Arc<Shared>,
+    shared: Arc<Engine>,
     namespace: String,
     parent_run: String,
     spec: TaskSpec,
@@ -121,7 +121,7 @@ pub(crate) async fn start_child(
 
 /// How many runs a child of `run_id` would have above it (`run_id`, its parent, ...), counted
 /// by walking up one parent at a time, and no further than `limit + 1`.
-async fn nesting(shared: &Arc<Shared>, run_id: &str, limit: usize) -> usize {
+async fn nesting(shared: &Arc<Engine>, run_id: &str, limit: usize) -> usize {
     let handle = OrchestratorHandle::from_shared(shared.clone());
     let mut depth = 1;
     let mut next = handle.run(run_id).await.ok().and_then(|r| r.parent);
@@ -136,7 +136,7 @@ async fn nesting(shared: &Arc<Shared>, run_id: &str, limit: usize) -> usize {
 }
 
 /// Delivers a finished child's outcome to its parent.
-pub(crate) fn notify_parent(shared: &Shared, parent: &ParentRef, child: &RunState) {
+pub(crate) fn notify_parent(shared: &Engine, parent: &ParentRef, child: &RunState) {
     let outcome = match child.status {
         RunStatus::Succeeded => Ok(child.outputs.clone().unwrap_or(Json::Null)),
         RunStatus::Failed => {
@@ -168,7 +168,7 @@ pub(crate) fn notify_parent(shared: &Shared, parent: &ParentRef, child: &RunStat
     deliver(shared, parent, outcome);
 }
 
-fn deliver(shared: &Shared, parent: &ParentRef, outcome: Result<Json, ErrorInfo>) {
+fn deliver(shared: &Engine, parent: &ParentRef, outcome: Result<Json, ErrorInfo>) {
     // A parent that is no longer active (finished, cancelled) has no use for the result.
     if let Some(addr) = shared.actor(&parent.run_id) {
         let input = Input::Result {
@@ -182,7 +182,7 @@ fn deliver(shared: &Shared, parent: &ParentRef, outcome: Result<Json, ErrorInfo>
 }
 
 /// Cancels the children a cancelled or failed run still has running.
-pub(crate) async fn cancel_children(shared: Arc<Shared>, parent: RunState) {
+pub(crate) async fn cancel_children(shared: Arc<Engine>, parent: RunState) {
     let handle = OrchestratorHandle::from_shared(shared.clone());
     for (def, st) in parent.flow.steps.iter().zip(&parent.steps) {
         if def.uses != "subflow" {

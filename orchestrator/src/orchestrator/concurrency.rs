@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use rpaflow_core::flow::{Concurrency, ConcurrencyPolicy, Flow};
 use tracing::{info, warn};
 
-use super::{OrchestratorHandle, Shared};
+use super::{Engine, OrchestratorHandle};
 use crate::actors::Deliver;
 use crate::error::{Error, Result};
 use crate::state::Input;
@@ -109,7 +109,7 @@ impl FlowRuns {
     }
 }
 
-impl Shared {
+impl Engine {
     /// Has the flow's queued runs started, on a task of their own (it waits for the flow's
     /// admission lock), when it has some and fewer than `max_running` runs hold a place.
     pub(super) fn wake_queue(self: &Arc<Self>, flow: &str, max_running: usize) {
@@ -229,7 +229,7 @@ impl Shared {
 /// A place (and the memory of its inputs) held for a run being started; dropped once its actor
 /// is in the table (or the start failed).
 pub(super) struct Admitted {
-    shared: Arc<Shared>,
+    shared: Arc<Engine>,
     input_bytes: usize,
 }
 

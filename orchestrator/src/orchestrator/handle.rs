@@ -15,13 +15,13 @@ use serde_json::Value as Json;
 use tokio::sync::broadcast;
 use tracing::warn;
 
-use super::Shared;
+use super::Engine;
 use crate::actors::{Deliver, Initial, Published, Snapshot};
 use crate::error::{Error, Result};
 use crate::registry::Registered;
-use crate::schedule::ScheduleView;
 use crate::state::{Input, RunState, RunStatus};
 use crate::store::{Created, FlowRecord, PendingApproval, RunSummary, SecretInfo, Store};
+use crate::triggers::schedule::ScheduleView;
 
 /// How long GetRun waits for a busy run actor before reading the run from storage.
 const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
@@ -65,7 +65,7 @@ pub struct FlowView {
 /// A cheap handle on the orchestrator.
 #[derive(Clone)]
 pub struct OrchestratorHandle {
-    pub(super) shared: Arc<Shared>,
+    pub(super) shared: Arc<Engine>,
 }
 
 impl std::fmt::Debug for OrchestratorHandle {
@@ -75,7 +75,7 @@ impl std::fmt::Debug for OrchestratorHandle {
 }
 
 impl OrchestratorHandle {
-    pub(crate) fn from_shared(shared: Arc<Shared>) -> Self {
+    pub(crate) fn from_shared(shared: Arc<Engine>) -> Self {
         Self { shared }
     }
 

@@ -3,21 +3,21 @@
 //!
 //! # Layout
 //! - `config`: [`OrchestratorConfig`].
-//! - `shared`: [`Shared`], the state the run actors and the handle share.
+//! - `shared`: [`Engine`], the state the run actors and the handle share.
 //! - `concurrency`: the flows' `concurrency` policies and the admission of new runs.
 //! - `handle`: [`OrchestratorHandle`], [`StartRun`] and [`FlowView`].
 //! - `watch`: following a run's events ([`OrchestratorHandle::watch_run`]).
 
 mod concurrency;
 mod config;
+mod engine;
 mod handle;
 mod run_effects;
-mod shared;
 mod watch;
 
 pub use self::config::OrchestratorConfig;
+pub use self::engine::Engine;
 pub use self::handle::{Answer, FlowView, OrchestratorHandle, StartRun};
-pub use self::shared::Shared;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,13 +35,13 @@ use crate::error::{Error, Result};
 use crate::evaluation::Evaluator;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::schedule::{Clock, Scheduler};
 use crate::state::{Action, ErrorInfo, Input, RunEvent, RunState};
 use crate::store::{RunSummary, Store};
+use crate::triggers::schedule::{Clock, Scheduler};
 
 /// The orchestrator; [`Orchestrator::run`] drives it until shutdown.
 pub struct Orchestrator {
-    shared: Arc<Shared>,
+    shared: Arc<Engine>,
     /// Started by [`Orchestrator::run`].
     scheduler: Scheduler,
 }
@@ -118,7 +118,7 @@ type Rebuilt = (RunState, Vec<RunEvent>, Option<RunSummary>, Vec<Action>);
 
 /// Rebuilds every unfinished run from its events and decides what each must do again, on as
 /// many threads as there are cores (each run is read and replayed on its own).
-fn rebuild_active_runs(shared: &Shared) -> Result<Vec<Rebuilt>> {
+fn rebuild_active_runs(shared: &Engine) -> Result<Vec<Rebuilt>> {
     let run_ids = shared.store.active_runs()?;
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let chunk = run_ids.len().div_ceil(threads).max(1);
@@ -142,7 +142,7 @@ fn rebuild_active_runs(shared: &Shared) -> Result<Vec<Rebuilt>> {
 }
 
 /// One run rebuilt from storage, or none when it cannot be (logged; left as it is).
-fn rebuild(shared: &Shared, run_id: &str) -> Option<Rebuilt> {
+fn rebuild(shared: &Engine, run_id: &str) -> Option<Rebuilt> {
     let mut state = match shared.load(run_id) {
         Ok(state) => state,
         Err(err) => {
@@ -188,7 +188,7 @@ impl Orchestrator {
         let system = ActorSystem::start(config.arbiters)?;
         let (events, _) = broadcast::channel(64 * 1024);
         let scheduler = Scheduler::new(Clock::new(config.clock_file.clone()));
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Engine {
             store,
             registry,
             bus,

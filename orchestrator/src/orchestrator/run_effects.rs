@@ -7,14 +7,14 @@ use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use tracing::{debug, error, warn};
 
-use super::Shared;
+use super::Engine;
 use crate::effects::RunEffects;
 use crate::error::Result;
 use crate::evaluation::Evaluator;
 use crate::state::{ParentRef, RunEvent, RunState, RunStatus, TaskSpec};
 use crate::store::Created;
 
-impl RunEffects for Arc<Shared> {
+impl RunEffects for Arc<Engine> {
     fn persist(
         &self,
         state: &RunState,

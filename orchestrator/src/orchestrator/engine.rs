@@ -1,5 +1,6 @@
-//! [`Shared`]: the state the run actors and the handle share (storage, registry, bus, the
-//! actor table), and what the actors call on it.
+//! [`Engine`]: the orchestrator's engine room, shared by the handle (the API's way in) and, through
+//! [`crate::effects::RunEffects`], by the run actors: storage, the flow registry, the bus, the
+//! actor table and what admission counts.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -19,12 +20,12 @@ use crate::error::{Error, Result};
 use crate::evaluation::Evaluator;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::schedule::SchedulerHandle;
 use crate::state::{EventKind, RunEvent, RunState, RunStatus, TaskSpec};
 use crate::store::{PendingApproval, RunSummary, Store};
+use crate::triggers::schedule::SchedulerHandle;
 
-/// What the actors and the handle share.
-pub struct Shared {
+/// The orchestrator's shared state: storage, registry, bus, the actor table and admission.
+pub struct Engine {
     pub(crate) store: Store,
     pub(crate) registry: Registry,
     pub(crate) bus: Arc<dyn StepBus>,
@@ -59,7 +60,7 @@ pub(crate) struct HeldInputs {
     pub(super) starting: usize,
 }
 
-impl Shared {
+impl Engine {
     pub(crate) fn summary(&self, state: &RunState) -> RunSummary {
         RunSummary {
             run_id: state.run_id.clone(),

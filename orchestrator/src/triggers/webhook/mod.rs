@@ -40,10 +40,9 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use rpaflow_core::expr;
 use rpaflow_core::signature;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value as Json, json};
+use serde_json::{Value as Json, json};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
@@ -51,6 +50,7 @@ use self::auth::{Admitted, Delivery, Denied};
 use crate::error::Error;
 use crate::orchestrator::{OrchestratorHandle, StartRun};
 use crate::tls::ServerTls;
+use crate::triggers::trigger_inputs;
 
 /// The webhook route, as `http.route` names it.
 pub(crate) const ROUTE: &str = "/hooks/{namespace}/{flow}";
@@ -363,80 +363,9 @@ fn headers_json(headers: &HeaderMap) -> Json {
     json!(out)
 }
 
-/// A trigger's run inputs: its `input` template rendered over `scope`, or `default` (the body, the
-/// message) when it has none. Either must be a JSON object; `what` names the default in errors.
-/// Shared by webhooks and Kafka triggers.
-pub(crate) fn trigger_inputs(
-    input: Option<&str>,
-    scope: &[(&str, &Json)],
-    default: &Json,
-    what: &str,
-) -> Result<Map<String, Json>, String> {
-    let value = match input {
-        Some(template) => {
-            let ctx = expr::Context::new(&json!({})).with(scope);
-            let value = expr::render(&Json::String(template.to_owned()), &ctx)
-                .map_err(|e| format!("the trigger's `input` failed: {e}"))?;
-            match value {
-                Json::Object(map) => return Ok(map),
-                other => {
-                    return Err(format!(
-                        "the trigger's `input` must give an object (the run's inputs), not {}",
-                        kind(&other)
-                    ));
-                }
-            }
-        }
-        None => default,
-    };
-    match value {
-        Json::Object(map) => Ok(map.clone()),
-        other => Err(format!(
-            "{what} must be a JSON object (the run's inputs), not {}; or give the trigger an `input`",
-            kind(other)
-        )),
-    }
-}
-
-fn kind(value: &Json) -> &'static str {
-    match value {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "an array",
-        Json::Object(_) => "an object",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn inputs_come_from_the_template_or_the_value_itself() {
-        let body = json!({"customer": {"name": "Ada", "tier": 2}, "n": [1, 2]});
-        let headers = json!({"x-source": "crm"});
-        let scope = [("body", &body), ("headers", &headers)];
-        let mapped = trigger_inputs(Some("{{ body.customer }}"), &scope, &body, "the body");
-        assert_eq!(
-            Json::Object(mapped.unwrap()),
-            json!({"name": "Ada", "tier": 2})
-        );
-        let err = trigger_inputs(Some("{{ body.n }}"), &scope, &body, "the body").unwrap_err();
-        assert!(err.contains("not an array"), "{err}");
-        let err = trigger_inputs(Some("{{ body.n | nope }}"), &scope, &body, "the body");
-        assert!(err.unwrap_err().contains("`input` failed"));
-        assert_eq!(
-            Json::Object(trigger_inputs(None, &scope, &body, "the body").unwrap()),
-            body
-        );
-        let err = trigger_inputs(None, &[], &json!(42), "the message").unwrap_err();
-        assert!(
-            err.starts_with("the message must be a JSON object"),
-            "{err}"
-        );
-    }
 
     #[test]
     fn headers_in_scope_leave_out_credentials() {

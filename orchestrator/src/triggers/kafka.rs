@@ -241,7 +241,7 @@ async fn start(
     let mapped = handle
         .evaluate(move || {
             let scope = [("message", &value)];
-            crate::hooks::trigger_inputs(template.as_deref(), &scope, &value, "the message")
+            crate::triggers::trigger_inputs(template.as_deref(), &scope, &value, "the message")
         })
         .await;
     let inputs = match mapped {
