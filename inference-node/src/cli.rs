@@ -24,8 +24,9 @@ fn parse_device(s: &str) -> std::result::Result<Device, String> {
 /// `--config` names, or `RPAFLOW_INFERENCE__<NAME>`); a flag given wins.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct InferenceArgs {
-    /// The model directory: model.onnx (Optimum's text-generation-with-past export), config.json,
-    /// tokenizer.json. Required (here or in the configuration).
+    /// The model directory: model.onnx (Optimum's text-generation-with-past export) or
+    /// model_quantized.onnx (its int8 quantization), config.json, tokenizer.json. Required (here or
+    /// in the configuration).
     #[arg(long, env = "RPAFLOW_INFERENCE_MODEL")]
     pub model: Option<PathBuf>,
     /// `cpu` (the default) or `cuda:N`. Without a usable CUDA provider the node says so and runs

@@ -17,8 +17,9 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InferenceConfig {
-    /// The model directory: `model.onnx` (Optimum's text-generation-with-past export),
-    /// `config.json`, `tokenizer.json`. Required. Its name is the model's name for `llm` steps.
+    /// The model directory: `model.onnx` (Optimum's text-generation-with-past export) or
+    /// `model_quantized.onnx` (its int8 quantization, `scripts/quantize-int8.sh`), `config.json`,
+    /// `tokenizer.json`. Required. Its name is the model's name for `llm` steps.
     pub model: Option<PathBuf>,
     /// `cpu` or `cuda:N`. Without a usable CUDA provider the node says so and runs on the CPU.
     #[serde(serialize_with = "device_out", deserialize_with = "device_in")]

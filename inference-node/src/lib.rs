@@ -2,7 +2,8 @@
 //! served over gRPC (`rpaflow.v1.Inference`, health and reflection).
 //!
 //! A node opens a model directory in the Hugging Face Optimum layout (`model.onnx` with past
-//! key/values, `config.json`, `tokenizer.json`), loads the ONNX Runtime library named by
+//! key/values, or the int8 `model_quantized.onnx` of Optimum's ONNX Runtime quantizer;
+//! `config.json`, `tokenizer.json`), loads the ONNX Runtime library named by
 //! `ORT_DYLIB_PATH`, and runs one engine thread that owns the session: new requests are prefilled
 //! and join the running decode batch between steps, finished and cancelled ones leave it.
 //!

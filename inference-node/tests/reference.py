@@ -115,7 +115,11 @@ def main():
         bpe = Bpe(json.load(f))
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), options, providers=["CPUExecutionProvider"])
+    # model.onnx, else an int8 model as Optimum's quantizer (and scripts/quantize-int8.py) names it.
+    model_file = os.path.join(model_dir, "model.onnx")
+    if not os.path.isfile(model_file):
+        model_file = os.path.join(model_dir, "model_quantized.onnx")
+    session = ort.InferenceSession(model_file, options, providers=["CPUExecutionProvider"])
     past_type = next(i.type for i in session.get_inputs() if i.name.startswith("past_key_values"))
     np_float = np.float16 if past_type == "tensor(float16)" else np.float32
     results = []

@@ -23,11 +23,17 @@ impl InferenceNode {
     /// --admin-listen 127.0.0.1:0 ARGS...` with `env`, and waits until it serves.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
         let setup = crate::setup_script("setup-inference.sh");
+        Self::start_with_model(&setup["RPAFLOW_TEST_MODEL"], args, env).await
+    }
+
+    /// [`InferenceNode::start`] serving the model directory `model` instead of the test model.
+    pub async fn start_with_model(model: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let setup = crate::setup_script("setup-inference.sh");
         let mut child = tokio::process::Command::new(crate::rpaflow_bin())
             .args([
                 "inference",
                 "--model",
-                setup["RPAFLOW_TEST_MODEL"].as_str(),
+                model,
                 "--onnxruntime",
                 setup["ORT_DYLIB_PATH"].as_str(),
                 "--listen",

@@ -36,6 +36,9 @@ pub(super) struct Edits {
     pub last_position: Result<(), String>,
     /// Identity nodes that copied a tensor to a graph output, dropped.
     pub copies_dropped: usize,
+    /// `MatMulInteger` nodes: matrix products on int8 weights, from dynamic quantization (Optimum's
+    /// ONNX Runtime quantizer, `scripts/quantize-int8.py`); 0 in a float model.
+    pub int8_matmuls: usize,
 }
 
 /// The model with `logits` computed for the last position only and copies to the outputs
@@ -86,6 +89,10 @@ fn rewrite_graph(graph: &mut GraphProto) -> Result<Edits, String> {
         .filter_map(|t| t.name.as_deref())
         .collect();
     let outputs: HashSet<&str> = graph.output.iter().map(ValueInfoProto::name).collect();
+    let int8_matmuls = nodes
+        .iter()
+        .filter(|n| n.op_type() == "MatMulInteger" && default_domain(n.domain()))
+        .count();
     let logits_rank = graph
         .output
         .iter()
@@ -221,6 +228,7 @@ fn rewrite_graph(graph: &mut GraphProto) -> Result<Edits, String> {
     Ok(Edits {
         last_position,
         copies_dropped: dropped.len(),
+        int8_matmuls,
     })
 }
 

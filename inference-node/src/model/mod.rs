@@ -16,7 +16,7 @@ use ort::{
     value::{DynTensor, DynTensorValueType, Tensor, TensorElementType},
 };
 use tokenizers::Tokenizer;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use self::{
     kv::{KvCache, KvLayout, Pick},
@@ -107,6 +107,29 @@ impl LastPositions<'_> {
     }
 }
 
+/// The model files a directory may hold, in order of preference: Optimum's export writes
+/// `model.onnx`, its ONNX Runtime quantizer (and `scripts/quantize-int8.py`) `model_quantized.onnx`.
+const MODEL_FILES: [&str; 2] = ["model.onnx", "model_quantized.onnx"];
+
+/// The model file of `dir`: the first of [`MODEL_FILES`] that it holds. A directory holding both
+/// serves `model.onnx`, and the log says so: serve an int8 model from a directory of its own.
+fn model_file(dir: &Path) -> Option<std::path::PathBuf> {
+    let mut found = MODEL_FILES
+        .iter()
+        .map(|name| dir.join(name))
+        .filter(|p| p.is_file());
+    let first = found.next()?;
+    if let Some(other) = found.next() {
+        warn!(
+            dir = %dir.display(),
+            serving = %first.display(),
+            ignored = %other.display(),
+            "the model directory holds more than one model file"
+        );
+    }
+    Some(first)
+}
+
 /// An opened model. Owned by the engine thread; every ONNX Runtime call happens there.
 pub struct Model {
     session: Session,
@@ -127,7 +150,8 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Opens the model directory `dir` (`model.onnx`, `config.json`, `tokenizer.json`).
+    /// Opens the model directory `dir` (`model.onnx` or `model_quantized.onnx`, `config.json`,
+    /// `tokenizer.json`).
     /// `library` is the ONNX Runtime library (default: `ORT_DYLIB_PATH`).
     pub fn load(
         dir: &Path,
@@ -145,21 +169,22 @@ impl Model {
             path: tokenizer_path.clone(),
             reason: e.to_string(),
         })?;
-        let model_path = dir.join("model.onnx");
-        if !model_path.is_file() {
-            return Err(bad("no model.onnx".into()));
-        }
+        let model_path =
+            model_file(dir).ok_or_else(|| bad(format!("no {}", MODEL_FILES.join(" or "))))?;
         let (session, device) = runtime::open_session(&model_path, library, device, threads)?;
+        let file = model_path
+            .file_name()
+            .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
 
         let input = |name: &str| session.inputs().iter().find(|o| o.name() == name);
         let output = |name: &str| session.outputs().iter().any(|o| o.name() == name);
         for name in ["input_ids", "attention_mask"] {
             if input(name).is_none() {
-                return Err(bad(format!("model.onnx has no input `{name}`")));
+                return Err(bad(format!("{file} has no input `{name}`")));
             }
         }
         if !output("logits") {
-            return Err(bad("model.onnx has no output `logits`".into()));
+            return Err(bad(format!("{file} has no output `logits`")));
         }
         let heads = config.n_head;
         let head_dim = config.n_embd / config.n_head;
@@ -172,12 +197,12 @@ impl Model {
                 let present = format!("present.{layer}.{kind}");
                 let outlet = input(&past).ok_or_else(|| {
                     bad(format!(
-                        "model.onnx has no input `{past}` (n_layer is {})",
+                        "{file} has no input `{past}` (n_layer is {})",
                         config.n_layer
                     ))
                 })?;
                 if !output(&present) {
-                    return Err(bad(format!("model.onnx has no output `{present}`")));
+                    return Err(bad(format!("{file} has no output `{present}`")));
                 }
                 let dtype = match outlet.dtype().tensor_type() {
                     Some(TensorElementType::Float32) => KvDtype::F32,
@@ -242,6 +267,7 @@ impl Model {
         };
         info!(
             dir = %dir.display(),
+            %file,
             layers = spec.layers,
             heads = spec.heads,
             hidden = spec.hidden,
@@ -329,7 +355,7 @@ impl Model {
                     .remove(name)
                     .ok_or_else(|| Error::Model {
                         dir: self.spec.dir.clone(),
-                        reason: format!("model.onnx gave no `{name}`"),
+                        reason: format!("the model gave no `{name}`"),
                     })?
                     .downcast::<DynTensorValueType>()
                     .map_err(Error::ort("read an output"))

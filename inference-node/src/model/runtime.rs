@@ -61,7 +61,7 @@ pub fn cuda_available(library: Option<&Path>) -> Result<bool> {
     Ok(ort::ep::CUDA::is_available().unwrap_or(false))
 }
 
-/// Opens `model.onnx` on `device`, falling back to the CPU (and saying so) when CUDA cannot be
+/// Opens the model file `model` on `device`, falling back to the CPU (and saying so) when CUDA cannot be
 /// used. Returns the session and the device it really runs on.
 pub fn open_session(
     model: &Path,
@@ -128,21 +128,23 @@ pub fn open_session(
             match &edits.last_position {
                 Ok(()) => info!(
                     copies_dropped = edits.copies_dropped,
+                    int8_matmuls = edits.int8_matmuls,
                     "graph edited: logits of the last position only"
                 ),
                 Err(reason) => info!(
                     %reason,
                     copies_dropped = edits.copies_dropped,
+                    int8_matmuls = edits.int8_matmuls,
                     "graph edited, but logits for every position"
                 ),
             }
             builder.commit_from_memory(&edited)
         }
         Err(reason) => {
-            info!(%reason, "model.onnx left as it is: logits for every position");
+            info!(%reason, "model left as it is: logits for every position");
             builder.commit_from_file(model)
         }
     }
-    .map_err(Error::ort("load model.onnx"))?;
+    .map_err(Error::ort("load the model"))?;
     Ok((session, device))
 }
