@@ -78,6 +78,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| tmp.path().to_path_buf());
     config.worker.concurrency = args.worker_concurrency;
+    // Waiting and recovery modes hold N runs (and waiting mode's warm-up runs) at once: the
+    // active-run limit must not be what they measure.
+    let held = args.waiting.or(args.recovery).unwrap_or(0) + WARM_UP_RUNS;
+    config.orchestrator.max_active_runs = config.orchestrator.max_active_runs.max(held);
     if let Some(brokers) = &args.kafka {
         config.kafka.brokers.clone_from(brokers);
     }
@@ -327,6 +331,9 @@ fn percentile(values: &mut [Duration], q: f64) -> f64 {
     values[i].as_secs_f64() * 1000.0
 }
 
+/// Runs waiting mode starts before it measures.
+const WARM_UP_RUNS: usize = 100;
+
 /// A flow whose runs wait for an approval.
 const WAITING_FLOW: &str = "name: bench-waiting\nsteps:\n  - { id: approve, uses: approval, with: { message: 'ok?' } }\n  - { id: after, uses: echo, needs: approve }\n";
 
@@ -335,7 +342,7 @@ async fn waiting(handle: &OrchestratorHandle, n: usize) -> anyhow::Result<()> {
         .register_flow(DEFAULT_NAMESPACE, "bench-waiting.yaml", WAITING_FLOW)
         .await?;
     // Warm up the allocator and the actor system.
-    for _ in 0..100 {
+    for _ in 0..WARM_UP_RUNS {
         handle
             .start_run(StartRun {
                 flow: "bench-waiting".into(),
