@@ -58,7 +58,7 @@ def settings(config):
     }
 
 
-def with_onnxruntime(model_dir, out, config):
+def with_onnxruntime(model_dir, out, config, const_b_only=False):
     import onnx
     from onnxruntime.quantization import QuantizationMode
     from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
@@ -87,12 +87,15 @@ def with_onnxruntime(model_dir, out, config):
             "AddQDQPairToWeight": False,
             "DedicatedQDQPair": False,
             "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+            # Not Optimum's: quantize_dynamic's default, the attention's MatMuls stay float.
+            "MatMulConstBOnly": const_b_only,
         },
     )
     quantizer.quantize_model()
     quantizer.model.save_model_to_file(os.path.join(out, OUTPUT), False)
     record = {
         "quantized_by": "onnxruntime.quantization.onnx_quantizer.ONNXQuantizer (scripts/quantize-int8.py)",
+        "matmul_const_b_only": const_b_only,
         "optimum_config": f"AutoQuantizationConfig.{config}(is_static=False)",
         "quantization": {
             "is_static": False,
@@ -121,7 +124,15 @@ def main():
     ap.add_argument("--out", required=True, help="the directory to write (may be --model itself)")
     ap.add_argument("--config", choices=("avx512_vnni", "avx2"), default="avx512_vnni")
     ap.add_argument("--backend", choices=("auto", "optimum", "onnxruntime"), default="auto")
+    ap.add_argument(
+        "--matmul-const-b-only",
+        action="store_true",
+        help="not Optimum's settings: quantize only the MatMuls on weights (onnxruntime's quantize_dynamic "
+        "default), leaving the attention's two MatMuls per layer in float32; implies --backend onnxruntime",
+    )
     args = ap.parse_args()
+    if args.matmul_const_b_only:
+        args.backend = "onnxruntime"
 
     if not os.path.isfile(os.path.join(args.model, "model.onnx")):
         sys.exit(f"quantize-int8: {args.model} has no model.onnx")
@@ -138,7 +149,7 @@ def main():
     if backend == "optimum":
         with_optimum(args.model, args.out, args.config)
     else:
-        with_onnxruntime(args.model, args.out, args.config)
+        with_onnxruntime(args.model, args.out, args.config, args.matmul_const_b_only)
     if os.path.realpath(args.model) != os.path.realpath(args.out):
         for name in SIDE_FILES:
             src = os.path.join(args.model, name)
