@@ -52,7 +52,7 @@ pub use http::{
 };
 pub use inference::InferenceNode;
 pub use rpaflow_proto::v1 as pb;
-pub use setup::{get_json, printed_outputs, psql, setup_script};
+pub use setup::{customer_api, get_json, printed_outputs, psql, setup_script};
 pub use worker::{EGRESS_ALLOW_PRIVATE, WorkerProcess};
 
 /// The last `lines` lines of `text`, for failure messages.

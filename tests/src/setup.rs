@@ -69,3 +69,27 @@ pub fn printed_outputs(stdout: &str) -> Json {
     serde_json::from_str(stdout[at + "outputs: ".len()..].trim())
         .unwrap_or_else(|e| panic!("`outputs:` is not followed by JSON ({e}):\n{stdout}"))
 }
+
+/// Starts the example's customer API on a free port; returns it and its base URL.
+pub async fn customer_api() -> (tokio::process::Child, String) {
+    let mut api = tokio::process::Command::new("python3")
+        .arg(crate::workspace_root().join("examples/customer-api/server.py"))
+        .args(["--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("cannot start the customer API");
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(api.stdout.take().expect("piped stdout")).lines();
+    let base = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(url) = line.strip_prefix("customer API on ") {
+                return url.trim().to_owned();
+            }
+        }
+        panic!("the customer API ended without serving");
+    })
+    .await
+    .expect("the customer API did not start in time");
+    (api, base)
+}

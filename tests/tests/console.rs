@@ -7,12 +7,10 @@
 //! `target/console-screenshots/`.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use rpaflow_tests::{Browser, Dev, setup_script, workspace_root};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The customer-service flow's steps, and the steps each needs.
 const NEEDS: &[(&str, &[&str])] = &[
@@ -42,29 +40,6 @@ steps:
     uses: log
     with: { message: "nightly" }
 "#;
-
-/// Starts the example's customer API on a free port; returns it and its base URL.
-async fn customer_api() -> (tokio::process::Child, String) {
-    let mut api = tokio::process::Command::new("python3")
-        .arg(workspace_root().join("examples/customer-api/server.py"))
-        .args(["--port", "0"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("cannot start the customer API");
-    let mut lines = BufReader::new(api.stdout.take().expect("piped stdout")).lines();
-    let base = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(url) = line.strip_prefix("customer API on ") {
-                return url.trim().to_owned();
-            }
-        }
-        panic!("the customer API ended without serving");
-    })
-    .await
-    .expect("the customer API did not start in time");
-    (api, base)
-}
 
 /// The status of each step as the run page's diagram shows it.
 async fn diagram(browser: &Browser) -> HashMap<String, String> {
@@ -128,7 +103,7 @@ async fn only_sign_in(browser: &Browser, url: &str, secret: &str) {
 async fn console_runs_the_customer_process_with_an_approval_and_keeps_namespaces_apart() {
     let env = setup_script("setup-inference.sh");
     setup_script("setup-postgres.sh");
-    let (mut api, base) = customer_api().await;
+    let (mut api, base) = rpaflow_tests::customer_api().await;
     let dev = Dev::launch_env(
         &[
             "--model",

@@ -1,12 +1,10 @@
 //! The customer-service process end to end, on the real parts: the customer API (the example's
 //! own server), PostgreSQL, an inference node with an ONNX GPT-2, a person approving a refund.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use rpaflow_tests::{Dev, describe_run, get_json, pb, psql, setup_script, workspace_root};
 use serde_json::{Value as Json, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -15,24 +13,7 @@ async fn messages_are_collected_stored_drafted_approved_answered_and_recorded() 
     let env = setup_script("setup-inference.sh");
     setup_script("setup-postgres.sh");
 
-    let mut api = tokio::process::Command::new("python3")
-        .arg(workspace_root().join("examples/customer-api/server.py"))
-        .args(["--port", "0"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("cannot start the customer API");
-    let mut lines = BufReader::new(api.stdout.take().expect("piped stdout")).lines();
-    let base = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(url) = line.strip_prefix("customer API on ") {
-                return url.trim().to_owned();
-            }
-        }
-        panic!("the customer API ended without serving");
-    })
-    .await
-    .expect("the customer API did not start in time");
+    let (mut api, base) = rpaflow_tests::customer_api().await;
 
     let dev = Dev::launch_with(&[
         "--model",
