@@ -63,16 +63,17 @@ def load(model_dir):
         for t in onnx.load(os.path.join(model_dir, "model.onnx")).graph.initializer
         if t.name.startswith("transformer.")
     }
+    # Every parameter of the transformer, by its Hugging Face name (lm_head is tied to wte).
     state = model.state_dict()
-    missing = [k for k in state if k.startswith("transformer.") and k in weights]
-    for name in missing:
+    needed = [k for k in state if k.startswith("transformer.") and not k.endswith((".attn.bias", ".attn.masked_bias"))]
+    absent = [k for k in needed if k not in weights]
+    if absent:
+        raise SystemExit(f"weights not found in model.onnx: {absent[:5]}")
+    for name in needed:
         if state[name].shape != weights[name].shape:
-            raise SystemExit(f"{name}: {tuple(weights[name].shape)} in the ONNX model, {tuple(state[name].shape)} in GPT-2")
-    loaded = model.load_state_dict({**state, **{k: weights[k] for k in missing}}, strict=True)
-    del loaded
-    expected = {k for k in state if k.startswith("transformer.") and not k.endswith(".attn.bias") and not k.endswith(".attn.masked_bias")}
-    if not expected <= set(missing):
-        raise SystemExit(f"weights not found in model.onnx: {sorted(expected - set(missing))[:5]}")
+            raise SystemExit(f"{name}: {tuple(weights[name].shape)} in model.onnx, {tuple(state[name].shape)} in GPT-2")
+        state[name] = weights[name]
+    model.load_state_dict(state, strict=True)
     model.eval()
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(model_dir, "tokenizer.json"))
     tokenizer.pad_token = tokenizer.eos_token = "<|endoftext|>"
