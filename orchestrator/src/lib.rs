@@ -6,7 +6,6 @@
 //! - [`state`]: the run state machine (events, decisions), pure and unit-tested.
 //! - `actors`: the actix actors that run it and perform its actions through `effects`, their one
 //!   port to storage, the bus and the other runs.
-//! - `backlog`: tasks in flight per queue, and admission of new runs.
 //! - [`store`]: sled storage with grouped flushes.
 //! - [`registry`]: flow versions.
 //! - [`triggers`]: what else starts runs: schedules, webhooks (`POST /hooks/{namespace}/{flow}`)
@@ -20,7 +19,6 @@
 //! - [`error`]: the crate's error and its mapping to gRPC codes.
 
 mod actors;
-mod backlog;
 pub use actors::Published;
 pub mod api;
 pub mod auth;

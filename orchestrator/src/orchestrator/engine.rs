@@ -13,9 +13,8 @@ use tokio::sync::broadcast;
 use tracing::warn;
 
 use super::OrchestratorConfig;
-use super::concurrency::FlowRuns;
+use super::admission::{Backlog, FlowRuns, HeldInputs};
 use crate::actors::{ActorSystem, Initial, Published, RunActor};
-use crate::backlog::Backlog;
 use crate::error::{Error, Result};
 use crate::evaluation::Evaluator;
 use crate::metrics::Metrics;
@@ -48,16 +47,6 @@ pub struct Engine {
     pub(super) events: broadcast::Sender<Published>,
     /// Bumped whenever a new flow version is registered.
     pub(super) registrations: tokio::sync::watch::Sender<u64>,
-}
-
-/// The memory the inputs of the runs in memory take ([`crate::state::json_memory_bytes`]).
-#[derive(Debug, Default)]
-pub(crate) struct HeldInputs {
-    pub(super) by_run: HashMap<String, usize>,
-    /// The sum of `by_run`.
-    pub(super) total: usize,
-    /// Reserved by runs admitted and not yet in `by_run`.
-    pub(super) starting: usize,
 }
 
 impl Engine {

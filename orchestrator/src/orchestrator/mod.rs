@@ -3,12 +3,14 @@
 //!
 //! # Layout
 //! - `config`: [`OrchestratorConfig`].
-//! - `shared`: [`Engine`], the state the run actors and the handle share.
-//! - `concurrency`: the flows' `concurrency` policies and the admission of new runs.
+//! - `engine`: [`Engine`], the state the handle and the run actors' effects share.
+//! - `run_effects`: the engine as the run actors' [`crate::effects::RunEffects`] port.
+//! - `admission`: whether a run may start (limits, memory, queues' backlog) and the flows'
+//!   `concurrency` policies.
 //! - `handle`: [`OrchestratorHandle`], [`StartRun`] and [`FlowView`].
 //! - `watch`: following a run's events ([`OrchestratorHandle::watch_run`]).
 
-mod concurrency;
+mod admission;
 mod config;
 mod engine;
 mod handle;
@@ -29,8 +31,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use self::admission::Backlog;
 use crate::actors::{ActorSystem, Deliver, Initial};
-use crate::backlog::Backlog;
 use crate::error::{Error, Result};
 use crate::evaluation::Evaluator;
 use crate::metrics::Metrics;

@@ -1,23 +1,21 @@
-//! The flows' `concurrency` policies and admission: which runs of each flow hold a running
-//! place and which wait ([`FlowRuns`]), starting queued runs as places free, refusing new runs
-//! when the orchestrator is full, and making room before a new run.
+//! The flows' `concurrency` policies: which runs of each flow hold a running place and which
+//! wait ([`FlowRuns`]), starting queued runs as places free, and making room before a new run.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use rpaflow_core::flow::{Concurrency, ConcurrencyPolicy, Flow};
+use rpaflow_core::flow::{Concurrency, ConcurrencyPolicy};
 use tracing::{info, warn};
 
-use super::{Engine, OrchestratorHandle};
 use crate::actors::Deliver;
 use crate::error::{Error, Result};
+use crate::orchestrator::{Engine, OrchestratorHandle};
 use crate::state::Input;
 
 /// The unfinished runs of each flow, oldest first, for the flows' concurrency policies: those
 /// running and those queued (policy `queue`).
 #[derive(Default)]
-pub(super) struct FlowRuns {
+pub(in crate::orchestrator) struct FlowRuns {
     by_flow: HashMap<String, FlowSlots>,
     /// run id -> (flow, created at): where to find it in `by_flow`.
     flow_of: HashMap<String, (String, i64)>,
@@ -32,11 +30,17 @@ struct FlowSlots {
 
 impl FlowRuns {
     /// The flow (full name) of a run in memory.
-    pub(super) fn flow_of(&self, run_id: &str) -> Option<&str> {
+    pub(in crate::orchestrator) fn flow_of(&self, run_id: &str) -> Option<&str> {
         self.flow_of.get(run_id).map(|(flow, _)| flow.as_str())
     }
 
-    pub(super) fn add(&mut self, run_id: &str, flow: &str, created_at_ms: i64, queued: bool) {
+    pub(in crate::orchestrator) fn add(
+        &mut self,
+        run_id: &str,
+        flow: &str,
+        created_at_ms: i64,
+        queued: bool,
+    ) {
         let slots = self.by_flow.entry(flow.to_owned()).or_default();
         let set = if queued {
             &mut slots.queued
@@ -49,7 +53,7 @@ impl FlowRuns {
     }
 
     /// Forgets a run; returns its flow when it held a running place (one may be free now).
-    pub(super) fn remove(&mut self, run_id: &str) -> Option<String> {
+    pub(in crate::orchestrator) fn remove(&mut self, run_id: &str) -> Option<String> {
         let (flow, created) = self.flow_of.remove(run_id)?;
         let slots = self.by_flow.get_mut(&flow)?;
         let key = (created, run_id.to_owned());
@@ -64,26 +68,26 @@ impl FlowRuns {
     }
 
     /// The flow's running runs, oldest first.
-    pub(super) fn running(&self, flow: &str) -> Vec<String> {
+    pub(in crate::orchestrator) fn running(&self, flow: &str) -> Vec<String> {
         self.by_flow
             .get(flow)
             .map(|s| s.running.iter().map(|(_, id)| id.clone()).collect())
             .unwrap_or_default()
     }
 
-    pub(super) fn queued(&self, flow: &str) -> usize {
+    pub(in crate::orchestrator) fn queued(&self, flow: &str) -> usize {
         self.by_flow.get(flow).map_or(0, |s| s.queued.len())
     }
 
     /// Each flow's running and queued runs.
-    pub(super) fn counts(&self) -> impl Iterator<Item = (&str, usize, usize)> {
+    pub(in crate::orchestrator) fn counts(&self) -> impl Iterator<Item = (&str, usize, usize)> {
         self.by_flow
             .iter()
             .map(|(flow, s)| (flow.as_str(), s.running.len(), s.queued.len()))
     }
 
     /// Flows with queued runs.
-    pub(super) fn with_queue(&self) -> Vec<String> {
+    pub(in crate::orchestrator) fn with_queue(&self) -> Vec<String> {
         self.by_flow
             .iter()
             .filter(|(_, s)| !s.queued.is_empty())
@@ -93,7 +97,7 @@ impl FlowRuns {
 
     /// Moves the oldest queued runs of `flow` to running while fewer than `max` run; returns
     /// them, oldest first.
-    pub(super) fn promote(&mut self, flow: &str, max: usize) -> Vec<String> {
+    pub(in crate::orchestrator) fn promote(&mut self, flow: &str, max: usize) -> Vec<String> {
         let mut promoted = Vec::new();
         let Some(slots) = self.by_flow.get_mut(flow) else {
             return promoted;
@@ -112,7 +116,7 @@ impl FlowRuns {
 impl Engine {
     /// Has the flow's queued runs started, on a task of their own (it waits for the flow's
     /// admission lock), when it has some and fewer than `max_running` runs hold a place.
-    pub(super) fn wake_queue(self: &Arc<Self>, flow: &str, max_running: usize) {
+    pub(in crate::orchestrator) fn wake_queue(self: &Arc<Self>, flow: &str, max_running: usize) {
         let waiting = self
             .flow_runs
             .lock()
@@ -168,77 +172,15 @@ impl Engine {
         }
     }
 
-    pub(super) fn admission_lock(&self, flow: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(in crate::orchestrator) fn admission_lock(
+        &self,
+        flow: &str,
+    ) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self
             .admission
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         locks.entry(flow.to_owned()).or_default().clone()
-    }
-
-    /// The one admission decision for a new run: refuses it when the orchestrator or one of
-    /// the flow's queues is full, and otherwise holds its place until its actor exists. Count
-    /// and reservation happen under the actor table's lock, so concurrent starts cannot all
-    /// see the same free place; a run is counted twice (reserved and active) for a moment,
-    /// never zero times.
-    pub(super) fn admit(self: &Arc<Self>, flow: &Flow, input_bytes: usize) -> Result<Admitted> {
-        let actors = self
-            .actors
-            .lock()
-            .map_err(|_| Error::Internal("actor table poisoned".into()))?;
-        let mut held = self
-            .held_inputs
-            .lock()
-            .map_err(|_| Error::Internal("input table poisoned".into()))?;
-        let holding = held.total.saturating_add(held.starting);
-        if holding.saturating_add(input_bytes) > self.config.max_held_input_bytes {
-            return Err(Error::ResourceExhausted(format!(
-                "the runs in memory hold about {holding} bytes of inputs; this run's {input_bytes} \
-                 would pass the limit of {} bytes (orchestrator.max_held_input_bytes); retry later",
-                self.config.max_held_input_bytes
-            )));
-        }
-        let active = actors.len() + self.starting.load(Ordering::SeqCst);
-        if active >= self.config.max_active_runs {
-            return Err(Error::ResourceExhausted(format!(
-                "{active} runs are active, the limit is {} (orchestrator.max_active_runs); retry later",
-                self.config.max_active_runs
-            )));
-        }
-        for step in &flow.steps {
-            let in_flight = self.backlog.in_flight(&step.queue);
-            if in_flight >= self.config.max_in_flight_per_queue {
-                return Err(Error::ResourceExhausted(format!(
-                    "queue `{}` has {in_flight} steps waiting for workers, the limit is {} \
-                     (orchestrator.max_in_flight_per_queue); retry later",
-                    step.queue, self.config.max_in_flight_per_queue
-                )));
-            }
-        }
-        self.starting.fetch_add(1, Ordering::SeqCst);
-        held.starting = held.starting.saturating_add(input_bytes);
-        drop(held);
-        drop(actors);
-        Ok(Admitted {
-            shared: self.clone(),
-            input_bytes,
-        })
-    }
-}
-
-/// A place (and the memory of its inputs) held for a run being started; dropped once its actor
-/// is in the table (or the start failed).
-pub(super) struct Admitted {
-    shared: Arc<Engine>,
-    input_bytes: usize,
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.shared.starting.fetch_sub(1, Ordering::SeqCst);
-        if let Ok(mut held) = self.shared.held_inputs.lock() {
-            held.starting = held.starting.saturating_sub(self.input_bytes);
-        }
     }
 }
 
@@ -246,7 +188,7 @@ impl OrchestratorHandle {
     /// Applies the flow's concurrency policy before a new run. With `max_runs` runs active,
     /// `queue` has it wait (returns why), `skip` refuses it and `cancel_oldest` cancels the
     /// oldest ones to make room. A run queues behind runs already waiting.
-    pub(super) async fn make_room(
+    pub(in crate::orchestrator) async fn make_room(
         &self,
         flow: &str,
         concurrency: &Concurrency,
