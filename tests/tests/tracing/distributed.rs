@@ -56,6 +56,19 @@ const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 /// The trace context of the program that produces the trigger's message.
 const PRODUCER: &str = "00-5cf92f3577b34da6a3ce929d0e0e4737-10f067aa0ba902b8-01";
 
+/// Whether every span of `trace_id` that names a parent has its parent among `spans`.
+fn parents_arrived(spans: &[Received], trace_id: &str) -> bool {
+    let ids: std::collections::BTreeSet<&str> = spans
+        .iter()
+        .filter(|s| s.trace_id == trace_id)
+        .map(|s| s.span_id.as_str())
+        .collect();
+    spans
+        .iter()
+        .filter(|s| s.trace_id == trace_id)
+        .all(|s| s.parent.is_empty() || ids.contains(s.parent.as_str()))
+}
+
 fn trace_and_span(traceparent: &str) -> (String, String) {
     (
         traceparent[3..35].to_owned(),
@@ -122,11 +135,16 @@ async fn a_run_is_one_trace_across_the_services_on_kafka() {
     orchestrator.approve(&run_id, "gate").await;
     orchestrator.wait_succeeded(&run_id, TIMEOUT).await;
     let spans = receiver
-        .wait_until("the spans of the run's end", |spans| {
-            count(spans, "run traced-dist") >= 1
-                && count(spans, "decode") >= 1
-                && count(spans, &format!("process {RESULTS}")) >= 5
-        })
+        .wait_until(
+            "the spans of the run's end, every parent among them",
+            |spans| {
+                // Each service exports in batches of its own: a child can arrive before its parent.
+                count(spans, "run traced-dist") >= 1
+                    && count(spans, "decode") >= 1
+                    && count(spans, &format!("process {RESULTS}")) >= 5
+                    && parents_arrived(spans, &trace_id)
+            },
+        )
         .await;
     let all = describe(&spans);
     let trace: Vec<&Received> = spans.iter().filter(|s| s.trace_id == trace_id).collect();
