@@ -264,6 +264,11 @@ impl Engine {
 
     /// A run's state from storage alone.
     pub(super) fn load(&self, run_id: &str) -> Result<RunState> {
+        self.load_listed(run_id).map(|(state, _)| state)
+    }
+
+    /// [`Self::load`], with the run's stored listing it was rebuilt from.
+    pub(super) fn load_listed(&self, run_id: &str) -> Result<(RunState, RunSummary)> {
         let summary = self
             .store
             .run(run_id)?
@@ -275,6 +280,6 @@ impl Engine {
         state.max_for_each_items = self.config.max_for_each_items;
         state.max_for_each_concurrency = self.config.max_for_each_concurrency;
         state.max_output_memory_bytes = self.config.max_run_output_memory_bytes;
-        Ok(state)
+        Ok((state, summary))
     }
 }

@@ -145,8 +145,8 @@ fn rebuild_active_runs(shared: &Engine) -> Result<Vec<Rebuilt>> {
 
 /// One run rebuilt from storage, or none when it cannot be (logged; left as it is).
 fn rebuild(shared: &Engine, run_id: &str) -> Option<Rebuilt> {
-    let mut state = match shared.load(run_id) {
-        Ok(state) => state,
+    let (mut state, listed) = match shared.load_listed(run_id) {
+        Ok(loaded) => loaded,
         Err(err) => {
             warn!(run_id = %run_id, error = %err, "cannot rebuild run; left as it is");
             return None;
@@ -154,10 +154,8 @@ fn rebuild(shared: &Engine, run_id: &str) -> Option<Rebuilt> {
     };
     let events = state.handle(Input::Recover, now_ms()).unwrap_or_default();
     let timers = state.pending_timers();
-    let listed = shared.store.run(run_id).ok().flatten();
-    let repair = listed
-        .is_none_or(|listed| listed.status != state.status.name())
-        .then(|| shared.summary(&state));
+    // The listing read to rebuild the run, compared with what its events say.
+    let repair = (listed.status != state.status.name()).then(|| shared.summary(&state));
     Some((state, events, repair, timers))
 }
 
