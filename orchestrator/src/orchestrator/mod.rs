@@ -257,7 +257,8 @@ impl Orchestrator {
         let handle = self.handle();
         let Self { shared, scheduler } = self;
         let scheduler_stop = shutdown.child_token();
-        let scheduler = tokio::spawn(scheduler.run(handle, scheduler_stop.clone()));
+        let scheduler =
+            tokio::spawn(scheduler.run(handle, shared.store.clone(), scheduler_stop.clone()));
         // Places may have freed while the orchestrator was down.
         let waiting = shared
             .flow_runs

@@ -35,6 +35,7 @@ use tracing::{error, info, warn};
 
 use crate::error::Error;
 use crate::orchestrator::{OrchestratorHandle, StartRun};
+use crate::triggers::RunStarter;
 
 /// How often the registry is looked at without a registration (consumers that stopped are
 /// started again then).
@@ -137,7 +138,7 @@ impl KafkaTriggers {
                         let (tx, rx) = watch::channel(spec);
                         let stop = shutdown.child_token();
                         let consumer = Consumer {
-                            handle: self.handle.clone(),
+                            starter: self.handle.clone(),
                             config: self.config.clone(),
                             spec: rx,
                             stop: stop.clone(),
@@ -164,7 +165,7 @@ impl KafkaTriggers {
     /// The kafka triggers of the latest version of every flow, by (flow, trigger id).
     fn wanted(&self) -> crate::Result<HashMap<(String, String), Spec>> {
         let mut wanted = HashMap::new();
-        for view in self.handle.all_flows()? {
+        for view in self.handle.latest_flows()? {
             for trigger in &view.flow.triggers {
                 if let TriggerKind::Kafka(kafka) = &trigger.kind {
                     let spec = Spec {
@@ -183,14 +184,14 @@ impl KafkaTriggers {
 }
 
 /// One trigger's consumer.
-struct Consumer {
-    handle: OrchestratorHandle,
+struct Consumer<S> {
+    starter: S,
     config: KafkaConfig,
     spec: watch::Receiver<Spec>,
     stop: CancellationToken,
 }
 
-impl Consumer {
+impl<S: RunStarter> Consumer<S> {
     async fn run(self) {
         let spec = self.spec.borrow().clone();
         let group = trigger_group(&spec.flow, &spec.trigger);
@@ -215,7 +216,7 @@ impl Consumer {
                 delivery = source.next(), if starting.len() < MAX_STARTING => {
                     let Some(delivery) = delivery else { break };
                     let spec = self.spec.borrow().clone();
-                    starting.push(start(self.handle.clone(), Arc::clone(&source), spec, delivery, self.stop.clone()));
+                    starting.push(start(self.starter.clone(), Arc::clone(&source), spec, delivery, self.stop.clone()));
                 }
             }
         }
@@ -229,7 +230,7 @@ impl Consumer {
 /// Starts the run of one message; acknowledges the message once the run is durable, or once it
 /// is on the dead-letter topic.
 async fn start(
-    handle: OrchestratorHandle,
+    starter: impl RunStarter,
     source: Arc<KafkaTriggerSource>,
     spec: Spec,
     delivery: TriggerDelivery,
@@ -238,7 +239,7 @@ async fn start(
     let arrived = std::time::SystemTime::now();
     let TriggerDelivery { message, ack } = delivery;
     let (template, value) = (spec.input.clone(), message.value.clone());
-    let mapped = handle
+    let mapped = starter
         .evaluate(move || {
             let scope = [("message", &value)];
             crate::triggers::trigger_inputs(template.as_deref(), &scope, &value, "the message")
@@ -266,7 +267,7 @@ async fn start(
     };
     let mut wait = RETRY_FIRST;
     loop {
-        match handle.start_run(req.clone()).await {
+        match starter.start_run(req.clone()).await {
             Ok((run, created)) => {
                 crate::spans::run_started(
                     &run.run_id,

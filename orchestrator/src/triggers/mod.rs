@@ -1,5 +1,6 @@
-//! Triggers: what starts runs besides a StartRun call, each through the orchestrator's handle
-//! (the same admission, idempotency and "durable, then act" as StartRun).
+//! Triggers: what starts runs besides a StartRun call, each through one port, [`RunStarter`]
+//! (the orchestrator's handle in service: the same admission, idempotency and "durable, then
+//! act" as StartRun; a fake in the triggers' unit tests).
 //!
 //! # Layout
 //! - [`schedule`]: the scheduler, which fires the flows' `schedule` triggers (cron, timezones,
@@ -7,14 +8,41 @@
 //! - [`webhook`]: `POST /hooks/{namespace}/{flow}`, authenticated deliveries of `webhook`
 //!   triggers.
 //! - [`kafka`]: one consumer per `kafka` trigger, one run per message.
-//! - this file: how a trigger's `input` template turns what arrived into the run's inputs.
+//! - `run_starter`: [`RunStarter`] for [`crate::orchestrator::OrchestratorHandle`].
+//! - this file: [`RunStarter`], and how a trigger's `input` template turns what arrived into the
+//!   run's inputs.
 
 pub mod kafka;
+mod run_starter;
 pub mod schedule;
 pub mod webhook;
 
+use std::future::Future;
+
 use rpaflow_core::expr;
 use serde_json::{Map, Value as Json, json};
+
+use crate::error::Result;
+use crate::orchestrator::{FlowView, StartRun};
+use crate::state::RunState;
+
+/// The port through which every trigger starts runs, and learns which flows have triggers.
+pub trait RunStarter: Clone + Send + Sync + 'static {
+    /// Starts a run, or finds the run its idempotency key already named (then `false`);
+    /// resolves once the run is durable.
+    fn start_run(&self, req: StartRun) -> impl Future<Output = Result<(RunState, bool)>> + Send;
+
+    /// The latest version of every registered flow, of every namespace: their triggers are the
+    /// ones to serve.
+    fn latest_flows(&self) -> Result<Vec<FlowView>>;
+
+    /// Runs `work` (rendering a trigger's `input` template: untrusted, possibly slow) off the
+    /// caller's thread.
+    fn evaluate<T, F>(&self, work: F) -> impl Future<Output = Result<T>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static;
+}
 
 /// A trigger's run inputs: its `input` template rendered over `scope`, or `default` (the body, the
 /// message) when it has none. Either must be a JSON object; `what` names the default in errors.

@@ -12,6 +12,9 @@ pub enum Clock {
     /// reads it on every tick (every 100 ms), so a test moves time by rewriting the file. Only
     /// the scheduler follows it; run timers (retries, timeouts, `sleep`) keep real time.
     File(PathBuf),
+    /// "Now" is what the test that holds the other end set last (Unix milliseconds).
+    #[cfg(test)]
+    Manual(std::sync::Arc<std::sync::atomic::AtomicI64>),
 }
 
 impl Clock {
@@ -28,6 +31,8 @@ impl Clock {
                     .map_err(|e| format!("cannot read clock file {}: {e}", path.display()))?;
                 parse_now(&text).map_err(|e| format!("bad clock file {}: {e}", path.display()))
             }
+            #[cfg(test)]
+            Self::Manual(now) => Ok(now.load(std::sync::atomic::Ordering::SeqCst)),
         }
     }
 }

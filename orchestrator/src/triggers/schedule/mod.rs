@@ -1,9 +1,9 @@
 //! Schedules: the [`Scheduler`] component starts runs of the schedule triggers of the latest
-//! version of each registered flow, at their fire times.
+//! version of each registered flow, at their fire times, through a [`RunStarter`].
 //!
-//! State per (flow, trigger) lives in the store's `schedules` tree ([`ScheduleRecord`]): the
-//! next nominal fire time not yet handled, the paused flag, the last fire. A fire starts a run
-//! through the normal `start_run` with the idempotency key `schedule:<flow>:<trigger>:<fire_ms>`
+//! State per (flow, trigger) lives in a [`ScheduleStore`] (the store's `schedules` tree,
+//! [`ScheduleRecord`]): the next nominal fire time not yet handled, the paused flag, the last
+//! fire. A fire starts a run with the idempotency key `schedule:<flow>:<trigger>:<fire_ms>`
 //! and only then moves the stored next fire time on, so a crash in between fires again after the
 //! restart, and the key makes that the same run: exactly one run per fire time.
 //!
@@ -17,8 +17,13 @@
 //!
 //! # Layout
 //! - [`clock`]: the system clock, or a clock file for tests.
+//! - `store`: [`ScheduleStore`], where the schedules' state is kept.
+//! - `tests`: the scheduler's decisions, on a fake clock, store and starter.
 
 pub mod clock;
+mod store;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,11 +37,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use clock::Clock;
+pub use store::ScheduleStore;
 
 use crate::error::{Error, Result};
-use crate::orchestrator::{OrchestratorHandle, StartRun};
+use crate::orchestrator::StartRun;
 use crate::state::RunState;
 use crate::store::ScheduleRecord;
+use crate::triggers::RunStarter;
 
 /// How often the scheduler looks at the clock.
 const TICK: Duration = Duration::from_millis(100);
@@ -251,12 +258,17 @@ impl Scheduler {
         self.handle.clone()
     }
 
-    /// Fires schedules through `orchestrator` until `shutdown`.
-    pub async fn run(mut self, orchestrator: OrchestratorHandle, shutdown: CancellationToken) {
+    /// Fires schedules through `starter`, keeping their state in `store`, until `shutdown`.
+    pub async fn run(
+        mut self,
+        starter: impl RunStarter,
+        store: impl ScheduleStore,
+        shutdown: CancellationToken,
+    ) {
         self.handle.started.store(true, Ordering::Release);
         let now = self.wait_for_clock(&shutdown).await;
         let Some(now) = now else { return };
-        if let Err(err) = self.reload(&orchestrator, now).await {
+        if let Err(err) = self.reload(&starter, &store, now).await {
             warn!(error = %err, "cannot read the schedules; retrying on the next registration");
         }
         let mut tick = tokio::time::interval(TICK);
@@ -266,13 +278,13 @@ impl Scheduler {
                 () = shutdown.cancelled() => break,
                 _ = tick.tick() => {
                     match self.clock.now_ms() {
-                        Ok(now) => self.tick(&orchestrator, now).await,
+                        Ok(now) => self.tick(&starter, &store, now).await,
                         Err(err) => debug!(error = %err, "no time from the clock"),
                     }
                 }
                 command = self.commands.recv() => {
                     let Some(command) = command else { break };
-                    self.command(&orchestrator, command).await;
+                    self.command(&starter, &store, command).await;
                 }
             }
         }
@@ -298,11 +310,16 @@ impl Scheduler {
         }
     }
 
-    async fn command(&mut self, orchestrator: &OrchestratorHandle, command: Command) {
+    async fn command(
+        &mut self,
+        starter: &impl RunStarter,
+        store: &impl ScheduleStore,
+        command: Command,
+    ) {
         match command {
             Command::FlowsChanged { reply } => {
                 let result = match self.clock.now_ms() {
-                    Ok(now) => self.reload(orchestrator, now).await,
+                    Ok(now) => self.reload(starter, store, now).await,
                     Err(err) => Err(Error::Internal(err)),
                 };
                 if let Err(err) = &result {
@@ -327,7 +344,7 @@ impl Scheduler {
                 paused,
                 reply,
             } => {
-                let result = self.set_paused(orchestrator, &flow, &trigger, paused).await;
+                let result = self.set_paused(store, &flow, &trigger, paused).await;
                 let _ = reply.send(result);
             }
             Command::FireNow {
@@ -339,7 +356,7 @@ impl Scheduler {
                     Ok(entry) => {
                         let key = format!("schedule:{flow}:{trigger}:now:{}", uuid::Uuid::now_v7());
                         let inputs = entry.schedule.inputs.clone();
-                        start(orchestrator, &flow, &trigger, key, inputs).await
+                        start(starter, &flow, &trigger, key, inputs).await
                     }
                     Err(err) => Err(err),
                 };
@@ -359,7 +376,7 @@ impl Scheduler {
 
     async fn set_paused(
         &mut self,
-        orchestrator: &OrchestratorHandle,
+        store: &impl ScheduleStore,
         flow: &str,
         trigger: &str,
         paused: bool,
@@ -375,7 +392,7 @@ impl Scheduler {
             // Fire times that passed while paused do not run.
             record.next_ms = entry.compiled.next_after(now);
         }
-        orchestrator.store().put_schedule(&record).await?;
+        store.put_schedule(&record).await?;
         entry.record = record;
         info!(
             flow,
@@ -389,15 +406,19 @@ impl Scheduler {
 
     /// Reads the schedule triggers of the latest version of every flow, keeping the stored
     /// state of those whose fire times are unchanged.
-    async fn reload(&mut self, orchestrator: &OrchestratorHandle, now_ms: i64) -> Result<()> {
-        let store = orchestrator.store();
+    async fn reload(
+        &mut self,
+        starter: &impl RunStarter,
+        store: &impl ScheduleStore,
+        now_ms: i64,
+    ) -> Result<()> {
         let mut stored: BTreeMap<(String, String), ScheduleRecord> = store
             .schedules()?
             .into_iter()
             .map(|r| ((r.flow.clone(), r.trigger.clone()), r))
             .collect();
         let mut entries = BTreeMap::new();
-        for view in orchestrator.all_flows()? {
+        for view in starter.latest_flows()? {
             for trigger in &view.flow.triggers {
                 let TriggerKind::Schedule(schedule) = &trigger.kind else {
                     continue;
@@ -463,12 +484,12 @@ impl Scheduler {
     }
 
     /// Fires every schedule that is due at `now_ms`.
-    async fn tick(&mut self, orchestrator: &OrchestratorHandle, now_ms: i64) {
+    async fn tick(&mut self, starter: &impl RunStarter, store: &impl ScheduleStore, now_ms: i64) {
         for entry in self.entries.values_mut() {
             if entry.retry_at_ms > now_ms {
                 continue;
             }
-            if let Err(err) = fire_due(orchestrator, entry, now_ms).await {
+            if let Err(err) = fire_due(starter, store, entry, now_ms).await {
                 warn!(
                     flow = %entry.record.flow,
                     trigger = %entry.record.trigger,
@@ -483,7 +504,12 @@ impl Scheduler {
 
 /// Starts the runs of the fire times of `entry` that are due at `now_ms` (per its missed-fire
 /// policy) and moves its stored next fire time on.
-async fn fire_due(orchestrator: &OrchestratorHandle, entry: &mut Entry, now_ms: i64) -> Result<()> {
+async fn fire_due(
+    starter: &impl RunStarter,
+    store: &impl ScheduleStore,
+    entry: &mut Entry,
+    now_ms: i64,
+) -> Result<()> {
     let Some(first) = entry.record.next_ms else {
         return Ok(());
     };
@@ -511,7 +537,6 @@ async fn fire_due(orchestrator: &OrchestratorHandle, entry: &mut Entry, now_ms: 
     if due.is_empty() {
         return Ok(());
     }
-    let store = orchestrator.store();
     let (flow, trigger) = (entry.record.flow.clone(), entry.record.trigger.clone());
     if entry.record.paused {
         entry.record.next_ms = next;
@@ -523,15 +548,7 @@ async fn fire_due(orchestrator: &OrchestratorHandle, entry: &mut Entry, now_ms: 
     }
     for fire_ms in plan.fire {
         let key = format!("schedule:{flow}:{trigger}:{fire_ms}");
-        match start(
-            orchestrator,
-            &flow,
-            &trigger,
-            key,
-            entry.schedule.inputs.clone(),
-        )
-        .await
-        {
+        match start(starter, &flow, &trigger, key, entry.schedule.inputs.clone()).await {
             Ok((run, created)) => {
                 entry.record.last_fire_ms = Some(fire_ms);
                 info!(flow = %flow, trigger = %trigger, run_id = %run.run_id, created, fire = %format_instant(fire_ms), "schedule fired");
@@ -551,13 +568,13 @@ async fn fire_due(orchestrator: &OrchestratorHandle, entry: &mut Entry, now_ms: 
 
 /// Starts one run of a schedule.
 async fn start(
-    orchestrator: &OrchestratorHandle,
+    starter: &impl RunStarter,
     flow: &str,
     trigger: &str,
     idempotency_key: String,
     inputs: serde_json::Map<String, serde_json::Value>,
 ) -> Result<(RunState, bool)> {
-    orchestrator
+    starter
         .start_run(StartRun {
             flow: flow.to_owned(),
             inputs,

@@ -50,7 +50,7 @@ use self::auth::{Admitted, Delivery, Denied};
 use crate::error::Error;
 use crate::orchestrator::{OrchestratorHandle, StartRun};
 use crate::tls::ServerTls;
-use crate::triggers::trigger_inputs;
+use crate::triggers::{RunStarter, trigger_inputs};
 
 /// The webhook route, as `http.route` names it.
 pub(crate) const ROUTE: &str = "/hooks/{namespace}/{flow}";
@@ -99,7 +99,8 @@ impl HooksConfig {
     }
 }
 
-/// What the webhook handlers share.
+/// What the webhook handlers share: the handle finds the trigger and its secrets
+/// ([`auth`]); runs start through it as a [`RunStarter`].
 #[derive(Clone)]
 struct Hooks {
     handle: OrchestratorHandle,
@@ -255,7 +256,7 @@ fn log_denied(delivery: &Delivery<'_>, denied: &Denied) {
 
 /// Starts the run of an authenticated delivery.
 async fn accept(
-    handle: &OrchestratorHandle,
+    starter: &impl RunStarter,
     flow_name: &str,
     admitted: Admitted,
     headers: &HeaderMap,
@@ -293,7 +294,7 @@ async fn accept(
     };
     let headers_value = headers_json(headers);
     let template = trigger.input.clone();
-    let inputs = handle
+    let inputs = starter
         .evaluate(move || {
             let scope = [("body", &body), ("headers", &headers_value)];
             trigger_inputs(template.as_deref(), &scope, &body, "the body")
@@ -310,7 +311,7 @@ async fn accept(
         ..StartRun::default()
     };
     // On its own task: a sender hanging up must not cut a run's start in half.
-    let starter = handle.clone();
+    let starter = starter.clone();
     let (run, created) = tokio::spawn(async move { starter.start_run(req).await })
         .await
         .map_err(|e| Error::Internal(format!("starting the run panicked: {e}")))??;
