@@ -128,6 +128,10 @@ async fn an_int8_model_is_served_and_agrees_with_float32_on_first_tokens() {
         log.contains("model_quantized.onnx") && log.contains("int8_matmuls=13"),
         "the node says it loaded the int8 file, 13 int8 matrix products (2 layers x 6 + LM head):\n{log}"
     );
+    assert!(
+        log.contains("logits of the last position only"),
+        "the graph edit recognises the int8 LM head:\n{log}"
+    );
     let (mut fp32, mut q) = (client(&fp32_node).await, client(&int8_node).await);
     let info = q
         .model_info(pb::ModelInfoRequest {})

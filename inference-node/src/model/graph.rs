@@ -5,7 +5,9 @@
 //!   last position of each row: in a prefill pass that is `seq` times the largest matrix product of
 //!   the model (hidden size x vocabulary) for nothing, and a large tensor to write. A `Gather` of
 //!   the last position goes in front of the LM head's `MatMul`, and `logits` becomes
-//!   `[batch, 1, vocab]`.
+//!   `[batch, 1, vocab]`. An int8 LM head (Optimum's dynamic quantization: `DynamicQuantizeLinear`
+//!   -> `MatMulInteger` -> `Cast` -> `Mul`) gets its `Gather` between the quantizer and the
+//!   `MatMulInteger`, so the activations are still quantized with the scale of every position.
 //! - `Identity` nodes that copy a computed tensor to a graph output are dropped, the producer
 //!   writing the output itself: the export has one for `logits` and one for every `present`
 //!   key/value (a copy of the whole cache on every step).
@@ -137,6 +139,66 @@ fn rewrite_graph(graph: &mut GraphProto) -> Result<Edits, String> {
         }
     }
 
+    // A tensor of the LM head that the edit reads differently: only its own node may read it.
+    let private = |name: &str| consumers.get(name) == Some(&1) && !outputs.contains(name);
+    // Optimum's dynamic int8 LM head, from the `Mul` that writes its float output:
+    // `Mul(Cast(MatMulInteger(x_q, w_q, x_zero, w_zero)), x_scale * w_scale)`, where
+    // `DynamicQuantizeLinear(x)` gives `x_q, x_scale, x_zero` for the whole tensor (one scale,
+    // one zero point). The `Gather` then takes the last position of `x_q`: the scale and zero
+    // point stay those of every position, as in the file, and each row's integer product is exact,
+    // so the logits kept are bit for bit the file's. Returns the `Cast` and the `MatMulInteger`.
+    let int8_head = |mul: usize| -> Result<(usize, usize), String> {
+        let not_int8 = || format!("`{LOGITS}` comes from a Mul node that is not an int8 LM head");
+        let inputs_of =
+            |n: usize| -> Vec<String> { nodes[n].input.iter().map(|i| renamed(i)).collect() };
+        let produced_by = |name: &str, op: &str| {
+            producer
+                .get(name)
+                .copied()
+                .filter(|&p| nodes[p].op_type() == op && default_domain(nodes[p].domain()))
+        };
+        let factors = inputs_of(mul);
+        // Either factor may be the product's: `Mul` commutes.
+        let (cast, scale) = [(0, 1), (1, 0)]
+            .into_iter()
+            .find_map(|(x, s)| {
+                let cast = produced_by(&factors[x], "Cast").filter(|&c| {
+                    nodes[c].input.len() == 1
+                        && produced_by(&inputs_of(c)[0], "MatMulInteger").is_some()
+                })?;
+                Some((cast, &factors[s]))
+            })
+            .ok_or_else(not_int8)?;
+        let product = renamed(&nodes[cast].input[0]);
+        let mm = produced_by(&product, "MatMulInteger").ok_or_else(not_int8)?;
+        let mm_inputs = inputs_of(mm);
+        if !private(&renamed(&nodes[cast].output[0])) || !private(&product) || mm_inputs.len() != 4
+        {
+            return Err(not_int8());
+        }
+        let quantize = produced_by(&mm_inputs[0], "DynamicQuantizeLinear")
+            .filter(|&q| nodes[q].output.len() == 3)
+            .ok_or_else(not_int8)?;
+        let [x_q, x_scale, x_zero] = [0, 1, 2].map(|k| renamed(&nodes[quantize].output[k]));
+        // The activation's zero point and scale are the quantizer's (one for the whole tensor), the
+        // scale times a constant (the weight's); the weight's zero point is a constant.
+        let scale_ok = *scale == x_scale
+            || produced_by(scale, "Mul").is_some_and(|m| {
+                let factors = inputs_of(m);
+                factors.len() == 2
+                    && factors.contains(&x_scale)
+                    && factors.iter().any(|f| initializers.contains(f.as_str()))
+            });
+        if mm_inputs[0] != x_q
+            || mm_inputs[2] != x_zero
+            || !initializers.contains(mm_inputs[3].as_str())
+            || !scale_ok
+        {
+            return Err(not_int8());
+        }
+        Ok((cast, mm))
+    };
+
     // From `logits` back to the LM head, through element-wise Identity and Cast nodes that
     // nothing else reads.
     let lm_head = || -> Result<(usize, Vec<String>), String> {
@@ -155,6 +217,11 @@ fn rewrite_graph(graph: &mut GraphProto) -> Result<Edits, String> {
             }
             match node.op_type() {
                 "MatMul" if node.input.len() == 2 => break i,
+                "Mul" if node.input.len() == 2 => {
+                    let (cast, mm) = int8_head(i)?;
+                    chain.extend([i, cast]);
+                    break mm;
+                }
                 "Identity" | "Cast" if node.input.len() == 1 => {
                     chain.push(i);
                     name = renamed(&node.input[0]);
@@ -416,6 +483,106 @@ mod tests {
             ]
         );
         assert_eq!(nodes[4].2, [String::from("mm")]);
+    }
+
+    /// Optimum's dynamic int8 LM head: the final layer norm quantized for the whole tensor,
+    /// `MatMulInteger` on the int8 (transposed) embedding, and the product scaled back to float.
+    fn int8_graph() -> GraphProto {
+        GraphProto {
+            node: vec![
+                node("LayerNormalization", &["h", "g", "b"], &["ln"]),
+                node("DynamicQuantizeLinear", &["ln"], &["ln_q", "ln_s", "ln_z"]),
+                node("Transpose", &["wte_q"], &["wt_q"]),
+                node("MatMulInteger", &["ln_q", "wt_q", "ln_z", "wte_z"], &["mm"]),
+                node("Cast", &["mm"], &["mm_f"]),
+                node("Mul", &["ln_s", "wte_s"], &["scale"]),
+                node("Mul", &["mm_f", "scale"], &["deq"]),
+                node("Identity", &["deq"], &["logits"]),
+            ],
+            initializer: vec![
+                initializer("wte_q"),
+                initializer("wte_z"),
+                initializer("wte_s"),
+            ],
+            output: vec![value("logits", 3)],
+            value_info: vec![value("mm", 3), value("mm_f", 3), value("ln_q", 3)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_int8_lm_head_reads_the_quantized_last_position() {
+        let Ok((edited, edits)) = edit(encode(int8_graph(), 17)) else {
+            panic!("the graph should be edited");
+        };
+        assert_eq!(edits.last_position, Ok(()));
+        assert_eq!((edits.copies_dropped, edits.int8_matmuls), (1, 1));
+        let (nodes, infos) = summary(&edited);
+        let ops: Vec<&str> = nodes.iter().map(|n| n.0.as_str()).collect();
+        assert_eq!(
+            ops,
+            [
+                "LayerNormalization",
+                "DynamicQuantizeLinear",
+                "Transpose",
+                "Gather",
+                "MatMulInteger",
+                "Cast",
+                "Mul",
+                "Mul"
+            ]
+        );
+        // The quantizer still sees every position: its scale and zero point are the file's.
+        assert_eq!(nodes[1].1, [String::from("ln")]);
+        assert_eq!(nodes[3].1, [String::from("ln_q"), INDICES.into()]);
+        assert_eq!(
+            nodes[4].1,
+            [
+                String::from(LAST_HIDDEN),
+                "wt_q".into(),
+                "ln_z".into(),
+                "wte_z".into()
+            ]
+        );
+        assert_eq!(nodes[7].1, [String::from("mm_f"), "scale".into()]);
+        assert_eq!(nodes[7].2, [String::from(LOGITS)]);
+        assert_eq!(
+            infos, 1,
+            "the stale shapes of `mm` and `mm_f` are gone, `ln_q` stays"
+        );
+    }
+
+    #[test]
+    fn an_int8_lm_head_of_another_shape_is_left_alone() {
+        let why = |change: fn(&mut GraphProto)| {
+            let mut graph = int8_graph();
+            change(&mut graph);
+            match edit(encode(graph, 17)) {
+                Ok((_, edits)) => edits.last_position.err(),
+                Err(reason) => Some(reason),
+            }
+        };
+        assert_eq!(why(|_| {}), None);
+        // The factors of the last Mul in the other order.
+        assert_eq!(why(|g| g.node[6].input.reverse()), None);
+        let not_int8 = Some(String::from(
+            "`logits` comes from a Mul node that is not an int8 LM head",
+        ));
+        // A scale that is not the quantizer's (it could differ per position).
+        assert_eq!(why(|g| g.node[5].input[0] = "h".into()), not_int8);
+        // A zero point that is not the quantizer's.
+        assert_eq!(why(|g| g.node[3].input[2] = "h".into()), not_int8);
+        // A computed weight zero point.
+        assert_eq!(why(|g| g.node[3].input[3] = "ln_s".into()), not_int8);
+        // The integer product read by another node as well.
+        assert_eq!(why(|g| g.output.push(value("mm", 3))), not_int8);
+        // A float scale on a float product: no MatMulInteger.
+        assert_eq!(why(|g| g.node[4].input[0] = "h".into()), not_int8);
+        // The weight is not a constant.
+        assert_eq!(
+            why(|g| g.initializer.retain(|t| t.name() != "wte_q")).as_deref(),
+            Some("the LM head's weight `wt_q` is not a constant")
+        );
     }
 
     #[test]
