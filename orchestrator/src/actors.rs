@@ -92,9 +92,21 @@ impl ActorSystem {
         })
     }
 
+    /// Actors on the actix system of the caller ([`crate::orchestrator::ActorRuntime::Current`]):
+    /// they run on its arbiter and stop with it.
+    pub fn current() -> Self {
+        Self {
+            system: System::current(),
+            arbiters: vec![Arbiter::current()],
+            next: AtomicUsize::new(0),
+            thread: None,
+        }
+    }
+
+    /// Stops the actor system when it is this one's own.
     pub fn stop(&mut self) {
-        self.system.stop();
         if let Some(thread) = self.thread.take() {
+            self.system.stop();
             let _ = thread.join();
         }
     }
@@ -179,8 +191,9 @@ impl Handler<Deliver> for RunActor {
 
     fn handle(&mut self, msg: Deliver, _: &mut Self::Context) -> Self::Result {
         let Deliver { input, ack } = msg;
+        let now = self.effects.now_ms();
         if !self.state.evaluates_expressions {
-            let decided = self.state.handle(input, rpaflow_core::time::now_ms());
+            let decided = self.state.handle(input, now);
             return AtomicResponse::new(self.commit(decided, ack));
         }
         // Deciding may evaluate expressions, which can be slow: tried here on a small
@@ -194,7 +207,7 @@ impl Handler<Deliver> for RunActor {
             _ => 0,
         };
         if let Some(decided) = Evaluator::try_here(&mut self.state, extra, |state| {
-            state.handle(input.clone(), rpaflow_core::time::now_ms())
+            state.handle(input.clone(), now)
         }) {
             return AtomicResponse::new(self.commit(decided, ack));
         }
@@ -206,7 +219,7 @@ impl Handler<Deliver> for RunActor {
             evaluator
                 .run(move || {
                     let mut state = state;
-                    let decided = state.handle(input, rpaflow_core::time::now_ms());
+                    let decided = state.handle(input, now);
                     (state, decided)
                 })
                 .await
@@ -320,7 +333,7 @@ impl RunActor {
                 Action::Dispatch(spec) => specs.push(spec),
                 Action::StartChild(spec) => self.effects.start_child(&self.state, spec),
                 Action::SetTimer { at_ms, timer } => {
-                    let delay = u64::try_from(at_ms - rpaflow_core::time::now_ms()).unwrap_or(0);
+                    let delay = u64::try_from(at_ms - self.effects.now_ms()).unwrap_or(0);
                     // Through the mailbox, behind the results that arrived before it: a
                     // result that came in time is never judged late because many others
                     // were still waiting to be handled (`notify` would jump the queue).

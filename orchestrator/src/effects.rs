@@ -57,4 +57,9 @@ pub(crate) trait RunEffects: Send + Sync + 'static {
 
     /// Where decisions that may be slow are evaluated.
     fn evaluator(&self) -> &Evaluator;
+
+    /// What time it is for the run (Unix milliseconds): its decisions and timers read it.
+    fn now_ms(&self) -> i64 {
+        rpaflow_core::time::now_ms()
+    }
 }

@@ -9,7 +9,7 @@
 //! - [`store`]: sled storage with grouped flushes.
 //! - [`registry`]: flow versions.
 //! - [`triggers`]: what else starts runs: schedules, webhooks (`POST /hooks/{namespace}/{flow}`)
-//!   and Kafka topics, each through the handle.
+//!   and Kafka topics, each through one port ([`triggers::RunStarter`]).
 //! - `subflow`: steps that run another flow and wait for it.
 //! - `spans`: the spans of a run's trace that the orchestrator records (run, dispatch).
 //! - [`api`]: the gRPC service, health and reflection; `convert`: proto conversions.

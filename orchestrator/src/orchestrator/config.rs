@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::runtime::ActorRuntime;
 use crate::state::{
     DEFAULT_MAX_FOR_EACH_CONCURRENCY, DEFAULT_MAX_FOR_EACH_ITEMS, DEFAULT_MAX_OUTPUT_MEMORY_BYTES,
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -65,6 +66,14 @@ pub struct OrchestratorConfig {
     /// rewriting it. Unset (the default): the system clock.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clock_file: Option<PathBuf>,
+    /// Whether a write waits for storage to flush it to disk before it counts (the default).
+    /// `false` is for tests and benchmarks only: nothing waits for the disk, and runs are not
+    /// durable across a crash (a clean stop writes everything out).
+    pub flush_writes: bool,
+    /// Where the run actors run: threads of their own (the default), or, for tests, the
+    /// runtime of the caller, on its clock ([`ActorRuntime`]). Not read from a file.
+    #[serde(skip)]
+    pub actor_runtime: ActorRuntime,
 }
 
 /// What one run's inputs may take in memory by default (8 MiB).
@@ -112,6 +121,8 @@ impl Default for OrchestratorConfig {
             secrets_key: None,
             auth: crate::auth::AuthConfig::default(),
             clock_file: None,
+            flush_writes: true,
+            actor_runtime: ActorRuntime::default(),
         }
     }
 }

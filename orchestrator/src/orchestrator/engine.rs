@@ -34,6 +34,8 @@ pub struct Engine {
     pub(crate) config: OrchestratorConfig,
     /// Where expressions and templates are evaluated ([`crate::evaluation`]).
     pub(crate) evaluator: Evaluator,
+    /// What time it is for runs ([`super::EngineClock`]).
+    pub(crate) clock: super::EngineClock,
     pub(super) actors: Mutex<HashMap<String, Addr<RunActor>>>,
     /// Runs admitted and not yet in `actors`: counted with them by `admit`.
     pub(super) starting: AtomicUsize,

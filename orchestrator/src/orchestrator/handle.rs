@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use rpaflow_core::flow::{Flow, TriggerKind};
 use rpaflow_core::namespace;
-use rpaflow_core::time::now_ms;
 use serde_json::Value as Json;
 use tokio::sync::broadcast;
 use tracing::warn;
@@ -350,11 +349,12 @@ impl OrchestratorHandle {
         state.trigger = req.trigger.clone();
         // The first steps' `if` and `with` may be slow to evaluate: not on this handler.
         let (key, parent) = (req.idempotency_key.clone(), req.parent.clone());
+        let now = shared.clock.now_ms();
         let (state, events) = shared
             .evaluator
             .decide(state, memory, move |state| {
                 let (inputs, key, parent) = (inputs.clone(), key.clone(), parent.clone());
-                state.start(inputs, key, parent, queued.clone(), now_ms())
+                state.start(inputs, key, parent, queued.clone(), now)
             })
             .await?;
         // Recorded, then acted on, by the run's actor, as every later decision is; a run that
@@ -520,7 +520,8 @@ impl OrchestratorHandle {
                 let mut state = self.shared.load(run_id)?;
                 if !(matches!(input, Input::Retry) && state.status == RunStatus::Failed) {
                     // Not running: the state machine says why the command does not apply.
-                    state.handle(input, now_ms()).map_err(rejected)?;
+                    let now = self.shared.clock.now_ms();
+                    state.handle(input, now).map_err(rejected)?;
                     return Err(Error::FailedPrecondition(format!(
                         "run {run_id} is not active"
                     )));

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - `config`: [`OrchestratorConfig`].
+//! - `runtime`: where the run actors run ([`ActorRuntime`]) and their clock ([`EngineClock`]).
 //! - `engine`: [`Engine`], the state the handle and the run actors' effects share.
 //! - `run_effects`: the engine as the run actors' [`crate::effects::RunEffects`] port.
 //! - `admission`: whether a run may start (limits, memory, queues' backlog) and the flows'
@@ -15,17 +16,18 @@ mod config;
 mod engine;
 mod handle;
 mod run_effects;
+mod runtime;
 mod watch;
 
 pub use self::config::OrchestratorConfig;
 pub use self::engine::Engine;
 pub use self::handle::{Answer, FlowView, OrchestratorHandle, StartRun};
+pub use self::runtime::{ActorRuntime, EngineClock};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use rpaflow_core::bus::{ResultDelivery, StepBus};
-use rpaflow_core::time::now_ms;
 use rpaflow_proto::v1 as pb;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -152,7 +154,9 @@ fn rebuild(shared: &Engine, run_id: &str) -> Option<Rebuilt> {
             return None;
         }
     };
-    let events = state.handle(Input::Recover, now_ms()).unwrap_or_default();
+    let events = state
+        .handle(Input::Recover, shared.clock.now_ms())
+        .unwrap_or_default();
     let timers = state.pending_timers();
     // The listing read to rebuild the run, compared with what its events say.
     let repair = (listed.status != state.status.name()).then(|| shared.summary(&state));
@@ -166,7 +170,7 @@ impl Orchestrator {
         // Process-wide: the run state machine evaluates expressions without a config at hand;
         // the first orchestrator of a process sets it (see `rpaflow_core::expr::set_limits`).
         rpaflow_core::expr::set_limits(config.expr_limits());
-        let store = Store::open(&config.data_dir)?;
+        let store = Store::open_with(&config.data_dir, config.flush_writes)?;
         let secrets_key = match config.secrets_key.clone() {
             Some(key) => key,
             None => rpaflow_core::secrets::SecretsConfig::default()
@@ -185,7 +189,11 @@ impl Orchestrator {
         rpaflow_core::secrets::set_marker_key(store.marker_key().await?);
         restrict_permissions(&config.data_dir);
         let registry = Registry::new(store.clone(), config.flow_limits());
-        let system = ActorSystem::start(config.arbiters)?;
+        let system = match config.actor_runtime {
+            ActorRuntime::Arbiters => ActorSystem::start(config.arbiters)?,
+            ActorRuntime::Current => ActorSystem::current(),
+        };
+        let clock = EngineClock::for_runtime(config.actor_runtime);
         let (events, _) = broadcast::channel(64 * 1024);
         let scheduler = Scheduler::new(Clock::new(config.clock_file.clone()));
         let shared = Arc::new(Engine {
@@ -196,6 +204,7 @@ impl Orchestrator {
             metrics: Metrics::default(),
             scheduler: scheduler.handle(),
             evaluator: Evaluator::new(config.eval_threads),
+            clock,
             config,
             actors: Mutex::new(HashMap::new()),
             starting: Default::default(),
@@ -342,7 +351,7 @@ impl Orchestrator {
         {
             system.stop();
         }
-        shared.store.commit().await?;
+        shared.store.flush_all().await?;
         // Everything acknowledged is durable now: its offsets may be committed.
         shared.bus.close().await;
         Ok(())

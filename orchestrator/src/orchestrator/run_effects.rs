@@ -154,4 +154,8 @@ impl RunEffects for Arc<Engine> {
     fn evaluator(&self) -> &Evaluator {
         &self.evaluator
     }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
 }

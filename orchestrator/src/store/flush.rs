@@ -4,12 +4,16 @@ use std::sync::mpsc as std_mpsc;
 
 use tokio::sync::oneshot;
 
-use super::Store;
+use super::{Store, storage};
 use crate::error::{Error, Result};
 
 impl Store {
-    /// Waits until everything written so far is on disk.
+    /// Waits until everything written so far is on disk (at once when the store was opened
+    /// not to flush writes).
     pub async fn commit(&self) -> Result<()> {
+        if !self.inner.flush_writes {
+            return Ok(());
+        }
         let (tx, rx) = oneshot::channel();
         let flusher = self
             .inner
@@ -20,6 +24,17 @@ impl Store {
             .send(tx)
             .map_err(|_| Error::NotRunning("storage flusher"))?;
         rx.await.map_err(|_| Error::NotRunning("storage flusher"))?
+    }
+
+    /// Writes everything out now, also when the store does not flush each commit: on
+    /// stopping. (On a blocking thread: a test on paused time does not jump ahead meanwhile.)
+    pub async fn flush_all(&self) -> Result<()> {
+        let tree = self.inner.meta.clone();
+        tokio::task::spawn_blocking(move || tree.flush())
+            .await
+            .map_err(|e| Error::Internal(format!("the final flush panicked: {e}")))?
+            .map_err(storage("flush"))?;
+        Ok(())
     }
 }
 

@@ -73,6 +73,8 @@ struct Inner {
     audit: sled::Tree,
     /// What seals and opens secret values; set once by [`Store::use_secrets_key`].
     secrets_key: std::sync::OnceLock<rpaflow_core::secrets::SecretsKey>,
+    /// Whether [`Store::commit`] waits for a flush (`orchestrator.flush_writes`).
+    flush_writes: bool,
     flusher: Option<std_mpsc::Sender<oneshot::Sender<Result<()>>>>,
     flusher_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -104,6 +106,13 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
 impl Store {
     /// Opens (or creates) the store in `dir` and starts its flusher thread.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, true)
+    }
+
+    /// [`Store::open`]; with `flush_writes` false, [`Store::commit`] does not wait for the
+    /// disk (for tests and benchmarks only: writes are not durable across a crash; they are
+    /// written out by [`Store::flush_all`] and when the store closes).
+    pub fn open_with(dir: &Path, flush_writes: bool) -> Result<Self> {
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(256 * 1024 * 1024)
@@ -165,6 +174,7 @@ impl Store {
             tokens,
             audit,
             secrets_key: std::sync::OnceLock::new(),
+            flush_writes,
             flusher: Some(flusher),
             flusher_thread: Some(flusher_thread),
         };
