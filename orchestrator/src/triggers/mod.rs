@@ -9,12 +9,15 @@
 //!   triggers.
 //! - [`kafka`]: one consumer per `kafka` trigger, one run per message.
 //! - `run_starter`: [`RunStarter`] for [`crate::orchestrator::OrchestratorHandle`].
+//! - `testing`: a fake [`RunStarter`] for the triggers' unit tests.
 //! - this file: [`RunStarter`], and how a trigger's `input` template turns what arrived into the
 //!   run's inputs.
 
 pub mod kafka;
 mod run_starter;
 pub mod schedule;
+#[cfg(test)]
+mod testing;
 pub mod webhook;
 
 use std::future::Future;

@@ -1,7 +1,7 @@
 //! The scheduler's decisions on a fake clock, a fake store and a fake [`RunStarter`] that
 //! records every start: nothing waits on wall time.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -10,25 +10,10 @@ use serde_json::json;
 
 use super::*;
 use crate::orchestrator::FlowView;
-use crate::store::FlowRecord;
+use crate::triggers::testing::{FakeStarter, flow};
 
 fn ms(instant: &str) -> i64 {
     parse_instant(instant).unwrap()
-}
-
-fn flow(source: &str, version: u32) -> FlowView {
-    let flow = rpaflow_core::flow::parse("flow.yaml", source).unwrap();
-    FlowView {
-        record: FlowRecord {
-            name: flow.name.clone(),
-            version,
-            source: source.to_owned(),
-            file_name: "flow.yaml".into(),
-            created_at_ms: 0,
-        },
-        versions: (1..=version).collect(),
-        flow: Arc::new(flow),
-    }
 }
 
 /// A flow `name` with one schedule trigger `tick` given as the inside of `schedule: { ... }`.
@@ -36,58 +21,6 @@ fn scheduled(name: &str, schedule: &str) -> String {
     format!(
         "name: {name}\ntriggers:\n  - id: tick\n    schedule: {{ {schedule} }}\nsteps:\n  - {{ id: hello, uses: log, with: {{ message: hi }} }}\n"
     )
-}
-
-/// Starts runs by recording them: one run per idempotency key, and refusals on demand.
-#[derive(Clone, Default)]
-struct FakeStarter {
-    flows: Arc<Mutex<Vec<FlowView>>>,
-    /// Every start asked for, in order (repeats of a key included).
-    starts: Arc<Mutex<Vec<StartRun>>>,
-    /// Run ids by idempotency key.
-    runs: Arc<Mutex<HashMap<String, String>>>,
-    /// Errors the next starts answer, first first.
-    refusals: Arc<Mutex<VecDeque<Error>>>,
-}
-
-impl RunStarter for FakeStarter {
-    async fn start_run(&self, req: StartRun) -> Result<(RunState, bool)> {
-        self.starts.lock().unwrap().push(req.clone());
-        if let Some(err) = self.refusals.lock().unwrap().pop_front() {
-            return Err(err);
-        }
-        let view = self
-            .flows
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|v| v.record.name == req.flow)
-            .cloned()
-            .ok_or_else(|| Error::FlowNotFound(req.flow.clone()))?;
-        let mut runs = self.runs.lock().unwrap();
-        let fresh = format!("run-{}", runs.len() + 1);
-        let run_id = runs
-            .entry(req.idempotency_key.clone())
-            .or_insert(fresh.clone())
-            .clone();
-        let created = run_id == fresh;
-        Ok((
-            RunState::new(run_id, view.flow, view.record.version),
-            created,
-        ))
-    }
-
-    fn latest_flows(&self) -> Result<Vec<FlowView>> {
-        Ok(self.flows.lock().unwrap().clone())
-    }
-
-    async fn evaluate<T, F>(&self, work: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce() -> T + Send + 'static,
-    {
-        Ok(work())
-    }
 }
 
 /// The schedules' state in memory; the next writes can be made to fail.
@@ -523,4 +456,45 @@ async fn new_flow_versions_reload_the_schedules() {
     assert_eq!(stored, ["other"]);
     h.at("2026-06-01T12:00:00Z").await;
     assert_eq!(h.take_keys(), [key("other", "2026-06-01T12:00:00Z")]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_scheduler_answers_its_handle_and_fires_on_its_ticks() {
+    let source = scheduled("hourly", r#"cron: "0 * * * *""#);
+    let starter = FakeStarter::default();
+    *starter.flows.lock().unwrap() = vec![flow(&source, 1)];
+    let store = FakeStore::default();
+    let now = Arc::new(AtomicI64::new(ms("2026-06-01T09:59:00Z")));
+    let scheduler = Scheduler::new(Clock::Manual(Arc::clone(&now)));
+    let handle = scheduler.handle();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(scheduler.run(starter.clone(), store.clone(), shutdown.clone()));
+
+    let views = handle.list("").await.unwrap();
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].next_fire_ms[0], ms("2026-06-01T10:00:00Z"));
+    now.store(ms("2026-06-01T10:00:00Z"), Ordering::SeqCst);
+    // A tick or two of (paused) time.
+    tokio::time::sleep(TICK * 2).await;
+    let keys: Vec<String> = starter
+        .starts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.idempotency_key.clone())
+        .collect();
+    assert_eq!(keys, [key("hourly", "2026-06-01T10:00:00Z")]);
+
+    let view = handle.set_paused("hourly", "tick", true).await.unwrap();
+    assert!(view.paused);
+    let (_, created) = handle.fire_now("hourly", "tick").await.unwrap();
+    assert!(created);
+    handle.schedules_registered().await.unwrap();
+
+    shutdown.cancel();
+    running.await.unwrap();
+    assert!(matches!(
+        handle.list("").await,
+        Err(Error::NotRunning("scheduler"))
+    ));
 }
