@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::error::Error;
-use crate::orchestrator::{OrchestratorHandle, StartRun};
+use crate::orchestrator::StartRun;
 use crate::triggers::RunStarter;
 
 /// How often the registry is looked at without a registration (consumers that stopped are
@@ -66,13 +66,14 @@ struct Running {
     task: JoinHandle<()>,
 }
 
-/// The Kafka triggers of every registered flow.
-pub struct KafkaTriggers {
-    handle: OrchestratorHandle,
+/// The Kafka triggers of every registered flow, starting runs through `S` (the orchestrator's
+/// handle).
+pub struct KafkaTriggers<S> {
+    starter: S,
     config: KafkaConfig,
 }
 
-impl std::fmt::Debug for KafkaTriggers {
+impl<S> std::fmt::Debug for KafkaTriggers<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaTriggers")
             .field("brokers", &self.config.brokers)
@@ -80,9 +81,9 @@ impl std::fmt::Debug for KafkaTriggers {
     }
 }
 
-impl KafkaTriggers {
-    pub fn new(handle: OrchestratorHandle, config: KafkaConfig) -> Self {
-        Self { handle, config }
+impl<S: RunStarter> KafkaTriggers<S> {
+    pub fn new(starter: S, config: KafkaConfig) -> Self {
+        Self { starter, config }
     }
 
     /// Keeps the consumers in step with the registry until `shutdown`; then stops them, each
@@ -91,7 +92,7 @@ impl KafkaTriggers {
         let mut running: HashMap<(String, String), Running> = HashMap::new();
         // A registration reconciles at once; the tick restarts consumers that stopped on their
         // own.
-        let mut registrations = self.handle.registrations();
+        let mut registrations = self.starter.registrations();
         let mut tick = tokio::time::interval(RECONCILE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -138,7 +139,7 @@ impl KafkaTriggers {
                         let (tx, rx) = watch::channel(spec);
                         let stop = shutdown.child_token();
                         let consumer = Consumer {
-                            starter: self.handle.clone(),
+                            starter: self.starter.clone(),
                             config: self.config.clone(),
                             spec: rx,
                             stop: stop.clone(),
@@ -165,7 +166,7 @@ impl KafkaTriggers {
     /// The kafka triggers of the latest version of every flow, by (flow, trigger id).
     fn wanted(&self) -> crate::Result<HashMap<(String, String), Spec>> {
         let mut wanted = HashMap::new();
-        for view in self.handle.latest_flows()? {
+        for view in self.starter.latest_flows()? {
             for trigger in &view.flow.triggers {
                 if let TriggerKind::Kafka(kafka) = &trigger.kind {
                     let spec = Spec {

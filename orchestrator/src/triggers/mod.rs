@@ -39,6 +39,9 @@ pub trait RunStarter: Clone + Send + Sync + 'static {
     /// ones to serve.
     fn latest_flows(&self) -> Result<Vec<FlowView>>;
 
+    /// Changes whenever a flow version is registered: the triggers to serve may have changed.
+    fn registrations(&self) -> tokio::sync::watch::Receiver<u64>;
+
     /// Runs `work` (rendering a trigger's `input` template: untrusted, possibly slow) off the
     /// caller's thread.
     fn evaluate<T, F>(&self, work: F) -> impl Future<Output = Result<T>> + Send

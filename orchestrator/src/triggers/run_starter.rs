@@ -14,6 +14,10 @@ impl RunStarter for OrchestratorHandle {
         self.all_flows()
     }
 
+    fn registrations(&self) -> tokio::sync::watch::Receiver<u64> {
+        OrchestratorHandle::registrations(self)
+    }
+
     async fn evaluate<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,

@@ -35,6 +35,8 @@ pub(crate) struct FakeStarter {
     pub runs: Arc<Mutex<HashMap<String, String>>>,
     /// Errors the next starts answer, first first.
     pub refusals: Arc<Mutex<VecDeque<Error>>>,
+    /// What [`RunStarter::registrations`] follows.
+    pub registrations: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl RunStarter for FakeStarter {
@@ -66,6 +68,10 @@ impl RunStarter for FakeStarter {
 
     fn latest_flows(&self) -> Result<Vec<FlowView>> {
         Ok(self.flows.lock().unwrap().clone())
+    }
+
+    fn registrations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.registrations.subscribe()
     }
 
     async fn evaluate<T, F>(&self, work: F) -> Result<T>
