@@ -132,6 +132,10 @@ async fn an_int8_model_is_served_and_agrees_with_float32_on_first_tokens() {
         log.contains("logits of the last position only"),
         "the graph edit recognises the int8 LM head:\n{log}"
     );
+    assert!(
+        log.contains("keys_untransposed=2"),
+        "the attention scores of both layers no longer transpose the key cache:\n{log}"
+    );
     let (mut fp32, mut q) = (client(&fp32_node).await, client(&int8_node).await);
     let info = q
         .model_info(pb::ModelInfoRequest {})

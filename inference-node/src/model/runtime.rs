@@ -129,12 +129,14 @@ pub fn open_session(
                 Ok(()) => info!(
                     copies_dropped = edits.copies_dropped,
                     int8_matmuls = edits.int8_matmuls,
+                    keys_untransposed = edits.keys_untransposed,
                     "graph edited: logits of the last position only"
                 ),
                 Err(reason) => info!(
                     %reason,
                     copies_dropped = edits.copies_dropped,
                     int8_matmuls = edits.int8_matmuls,
+                    keys_untransposed = edits.keys_untransposed,
                     "graph edited, but logits for every position"
                 ),
             }

@@ -12,6 +12,8 @@
 //!   writing the output itself: the export has one for `logits` and one for every `present`
 //!   key/value (a copy of the whole cache on every step).
 //!
+//! - The int8 attention scores stop transposing the key cache (see [`attention`]).
+//!
 //! The model is decoded into the `onnx.proto` messages of [`rpaflow_proto::onnx`] (the weights
 //! stay in the buffer the file was read into), edited and encoded again. Each row's logits come
 //! out of the same `MatMul` kernel applied to the same hidden state, so they are bit for bit those
@@ -19,6 +21,8 @@
 //! loop over the original file). Anything unexpected (another shape of graph, weights in external
 //! files, an old opset) leaves the model, or that part of it, as it is, and the engine reads the
 //! logits' real shape either way.
+
+mod attention;
 
 use std::collections::{HashMap, HashSet};
 
@@ -41,6 +45,8 @@ pub(super) struct Edits {
     /// `MatMulInteger` nodes: matrix products on int8 weights, from dynamic quantization (Optimum's
     /// ONNX Runtime quantizer, `scripts/quantize-int8.py`); 0 in a float model.
     pub int8_matmuls: usize,
+    /// int8 attention score products that no longer transpose the key cache (see [`attention`]).
+    pub keys_untransposed: usize,
 }
 
 /// The model with `logits` computed for the last position only and copies to the outputs
@@ -292,10 +298,13 @@ fn rewrite_graph(graph: &mut GraphProto) -> Result<Edits, String> {
     if lm.is_some() {
         graph.initializer.push(indices_tensor());
     }
+    let copies_dropped = dropped.len();
+    let keys_untransposed = attention::untranspose_keys(graph);
     Ok(Edits {
         last_position,
-        copies_dropped: dropped.len(),
+        copies_dropped,
         int8_matmuls,
+        keys_untransposed,
     })
 }
 
