@@ -55,6 +55,10 @@ pub struct InferenceArgs {
     /// ONNX Runtime threads (0, the default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Whether ONNX Runtime's threads spin between operators rather than sleep (default true;
+    /// false where the node shares its cores).
+    #[arg(long, value_name = "BOOL")]
+    pub spinning: Option<bool>,
 }
 
 impl InferenceArgs {
@@ -79,6 +83,7 @@ impl InferenceArgs {
         );
         set("onnxruntime", path(&self.onnxruntime));
         set("threads", self.threads.map(Into::into));
+        set("spinning", self.spinning.map(Into::into));
         map
     }
 
@@ -115,6 +120,9 @@ pub struct EngineArgs {
     /// ONNX Runtime threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Whether ONNX Runtime's threads spin between operators rather than sleep.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub spinning: bool,
 }
 
 impl EngineArgs {
@@ -124,6 +132,7 @@ impl EngineArgs {
             onnxruntime: self.onnxruntime.clone(),
             device,
             threads: self.threads,
+            spinning: self.spinning,
             max_batch_size: self.max_batch_size,
             max_total_tokens: self.max_total_tokens,
             max_queue: self.max_queue,
@@ -318,4 +327,35 @@ pub struct BenchInferenceArgs {
 /// Runs the benchmark and prints a table, then one `BENCH_INFERENCE {json}` line per level.
 pub async fn bench_inference(args: BenchInferenceArgs) -> Result<()> {
     crate::bench::run(args).await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Serve {
+        #[command(flatten)]
+        node: InferenceArgs,
+    }
+
+    #[derive(Debug, Parser)]
+    struct Bench {
+        #[command(flatten)]
+        engine: EngineArgs,
+    }
+
+    #[test]
+    fn spinning_is_on_unless_turned_off() {
+        let serve = Serve::try_parse_from(["node"]).unwrap();
+        assert!(!serve.node.overrides().contains_key("spinning"), "not set");
+        let serve = Serve::try_parse_from(["node", "--spinning", "false"]).unwrap();
+        assert_eq!(serve.node.overrides()["spinning"], false);
+        assert!(Serve::try_parse_from(["node", "--spinning", "maybe"]).is_err());
+        assert!(Bench::try_parse_from(["bench"]).unwrap().engine.spinning);
+        let bench = Bench::try_parse_from(["bench", "--spinning", "false"]).unwrap();
+        assert!(!bench.engine.spinning);
+    }
 }

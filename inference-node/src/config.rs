@@ -30,6 +30,9 @@ pub struct InferenceConfig {
     pub onnxruntime: Option<PathBuf>,
     /// ONNX Runtime threads (0: one per core).
     pub threads: usize,
+    /// Whether ONNX Runtime's threads spin between operators rather than sleep: faster, for some
+    /// CPU time between steps; `false` where the node shares its cores.
+    pub spinning: bool,
     /// Sequences decoded together at most.
     pub max_batch_size: usize,
     /// Prompt plus max new tokens of the running sequences, added up, at most.
@@ -48,6 +51,7 @@ impl Default for InferenceConfig {
             listen: "127.0.0.1:50061".into(),
             onnxruntime: None,
             threads: 0,
+            spinning: true,
             max_batch_size: 64,
             max_total_tokens: 16384,
             max_queue: 256,
@@ -104,6 +108,7 @@ impl InferenceConfig {
                 onnxruntime: self.onnxruntime.clone(),
                 device: self.device,
                 threads: self.threads,
+                spinning: self.spinning,
                 max_batch_size: self.max_batch_size,
                 max_total_tokens: self.max_total_tokens,
                 max_queue: self.max_queue,
@@ -130,6 +135,10 @@ mod tests {
         let node = config.node_config().unwrap();
         assert_eq!(node.engine.model_dir, PathBuf::from("/m/gpt2"));
         assert_eq!(node.listen, "127.0.0.1:50061");
+        assert!(node.engine.spinning, "spinning by default");
+        let quiet: InferenceConfig =
+            serde_json::from_str(r#"{"model": "/m/gpt2", "spinning": false}"#).unwrap();
+        assert!(!quiet.node_config().unwrap().engine.spinning);
 
         let err = InferenceConfig::default()
             .validate()

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use self::{sampling::argmax, stats::EngineStats};
 use crate::{
     error::{Error, Result},
-    model::{Device, Model, ModelSpec},
+    model::{Device, Model, ModelSpec, Threads},
     params::GenerationParams,
 };
 
@@ -44,6 +44,8 @@ pub struct EngineConfig {
     pub device: Device,
     /// ONNX Runtime intra-op threads; 0 lets it choose.
     pub threads: usize,
+    /// Whether those threads spin between operators rather than sleep (see `model::Threads`).
+    pub spinning: bool,
     /// Sequences decoded together at most.
     pub max_batch_size: usize,
     /// Prompt plus new tokens of the running sequences, added up, at most.
@@ -205,7 +207,10 @@ pub async fn start(config: EngineConfig) -> Result<(EngineHandle, EngineThread)>
                 &thread_config.model_dir,
                 thread_config.onnxruntime.as_deref(),
                 thread_config.device,
-                thread_config.threads,
+                Threads {
+                    intra_op: thread_config.threads,
+                    spinning: thread_config.spinning,
+                },
             );
             let model = match model {
                 Ok(model) => model,

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 pub use self::{
     kv::{KvCache, KvLayout, Pick},
-    runtime::{cuda_available, environment},
+    runtime::{Threads, cuda_available, environment},
     spec::{Device, GptConfig, KvDtype, ModelSpec},
 };
 use crate::error::{Error, Result};
@@ -157,7 +157,7 @@ impl Model {
         dir: &Path,
         library: Option<&Path>,
         device: Device,
-        threads: usize,
+        threads: Threads,
     ) -> Result<Model> {
         let bad = |reason: String| Error::Model {
             dir: dir.to_path_buf(),

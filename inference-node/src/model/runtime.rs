@@ -61,27 +61,39 @@ pub fn cuda_available(library: Option<&Path>) -> Result<bool> {
     Ok(ort::ep::CUDA::is_available().unwrap_or(false))
 }
 
+/// ONNX Runtime's intra-op thread pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threads {
+    /// Threads (0: one per core).
+    pub intra_op: usize,
+    /// Whether the pool's threads spin for a while after their part of an operator, waiting for
+    /// the next, instead of sleeping at once.
+    pub spinning: bool,
+}
+
 /// Opens the model file `model` on `device`, falling back to the CPU (and saying so) when CUDA cannot be
 /// used. Returns the session and the device it really runs on.
 pub fn open_session(
     model: &Path,
     library: Option<&Path>,
     device: Device,
-    threads: usize,
+    threads: Threads,
 ) -> Result<(Session, Device)> {
     let env = environment(library)?;
     let mut builder = Session::builder(&env)
         .map_err(Error::ort("create a session builder"))?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| Error::ort("set the optimization level")(e.into()))?;
-    // Spinning worker threads would take the CPU from the gRPC server and the sampler between
-    // two steps.
+    // A forward pass runs hundreds of operators, each split over the pool: threads that sleep
+    // between two of them are woken hundreds of times a step. Spinning was measured faster on the
+    // 2-core machine, batched and one at a time (docs/benchmarks.md, int8); it costs CPU time
+    // between steps, which `spinning = false` gives back to whatever shares the cores.
     builder = builder
-        .with_intra_op_spinning(false)
-        .map_err(|e| Error::ort("turn off spinning")(e.into()))?;
-    if threads > 0 {
+        .with_intra_op_spinning(threads.spinning)
+        .map_err(|e| Error::ort("set spinning")(e.into()))?;
+    if threads.intra_op > 0 {
         builder = builder
-            .with_intra_threads(threads)
+            .with_intra_threads(threads.intra_op)
             .map_err(|e| Error::ort("set the thread count")(e.into()))?;
     }
     let device = match device {

@@ -85,6 +85,7 @@ pub fn engine_config(model: &Path, max_batch_size: usize, max_queue: usize) -> E
         onnxruntime: Some(setup().onnxruntime.clone()),
         device: Device::Cpu,
         threads: 2,
+        spinning: true,
         max_batch_size,
         max_total_tokens: 16384,
         max_queue,
