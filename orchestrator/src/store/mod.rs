@@ -8,13 +8,15 @@
 //! # Layout
 //! - `flush`: [`Store::commit`] and the flusher thread.
 //! - `flows`: [`FlowRecord`], every version of every flow, by full name.
-//! - `runs`: [`RunSummary`], run events, idempotency keys ([`Created`]) and active runs.
+//! - `runs`: [`RunSummary`], idempotency keys ([`Created`]) and active runs.
+//! - `event_log`: run events, one key per decision (a finished step's output stored once).
 //! - `approvals`: [`PendingApproval`].
 //! - `secrets`: [`SecretInfo`] and the stored values (by full name: [`rpaflow_core::namespace`]).
 //! - `schedules`: [`ScheduleRecord`].
 //! - `tokens`: [`NamespaceRecord`], [`TokenRecord`] and the audit log.
 
 mod approvals;
+mod event_log;
 mod flows;
 mod flush;
 mod runs;

@@ -41,14 +41,6 @@ pub enum Created {
     Existing(String),
 }
 
-fn event_key(run_id: &str, seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(run_id.len() + 9);
-    key.extend_from_slice(run_id.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
-}
-
 fn idempotency_key(flow: &str, key: &str) -> Vec<u8> {
     [flow.as_bytes(), &[0], key.as_bytes()].concat()
 }
@@ -135,17 +127,6 @@ impl Store {
         self.commit().await
     }
 
-    fn write_events(&self, run_id: &str, events: &[RunEvent]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for event in events {
-            batch.insert(event_key(run_id, event.seq), encode(event)?);
-        }
-        self.inner
-            .events
-            .apply_batch(batch)
-            .map_err(storage("append events"))
-    }
-
     pub fn run(&self, run_id: &str) -> Result<Option<RunSummary>> {
         match self
             .inner
@@ -156,18 +137,6 @@ impl Store {
             Some(bytes) => decode(&bytes, "run").map(Some),
             None => Ok(None),
         }
-    }
-
-    /// A run's events with `seq >= from_seq`, in order.
-    pub fn events(&self, run_id: &str, from_seq: u64) -> Result<Vec<RunEvent>> {
-        let start = event_key(run_id, from_seq.max(1));
-        let end = event_key(run_id, u64::MAX);
-        self.inner
-            .events
-            .range(start..=end)
-            .values()
-            .map(|v| decode(&v.map_err(storage("read events"))?, "event"))
-            .collect()
     }
 
     /// Runs of a namespace newest first, after `page_token` (a run id), filtered by flow (its
