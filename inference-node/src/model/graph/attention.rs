@@ -189,6 +189,8 @@ fn transpose_node(input: String, output: String, perm: &[i64], name: String) -> 
 
 #[cfg(test)]
 mod tests {
+    use rpaflow_proto::onnx::ValueInfoProto;
+
     use super::*;
 
     fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
@@ -218,26 +220,16 @@ mod tests {
                 node("Cast", &["qk"], &["qk_f"]),
                 node("Mul", &["qk_f", "s"], &["scores"]),
             ],
-            output: vec![ValueInfo::named("present_key"), ValueInfo::named("scores")],
-            value_info: vec![
-                ValueInfo::named("kt"),
-                ValueInfo::named("kt_q"),
-                ValueInfo::named("qk"),
-            ],
+            output: vec![info("present_key"), info("scores")],
+            value_info: vec![info("kt"), info("kt_q"), info("qk")],
             ..Default::default()
         }
     }
 
-    type ValueInfo = rpaflow_proto::onnx::ValueInfoProto;
-    trait Named {
-        fn named(name: &str) -> Self;
-    }
-    impl Named for ValueInfo {
-        fn named(name: &str) -> Self {
-            ValueInfo {
-                name: Some(name.into()),
-                ..Default::default()
-            }
+    fn info(name: &str) -> ValueInfoProto {
+        ValueInfoProto {
+            name: Some(name.into()),
+            ..Default::default()
         }
     }
 
@@ -311,8 +303,8 @@ mod tests {
             |g| g.node[2] = transpose("present_key", "kt", &[0, 2, 1, 3])
         ));
         // The transposed keys read by another node.
-        assert!(unchanged(|g| g.output.push(ValueInfo::named("kt"))));
-        assert!(unchanged(|g| g.output.push(ValueInfo::named("kt_q"))));
+        assert!(unchanged(|g| g.output.push(info("kt"))));
+        assert!(unchanged(|g| g.output.push(info("kt_q"))));
         // A zero point that is not the quantizer's.
         assert!(unchanged(|g| g.node[6].input[3] = "z".into()));
         // Q of unknown rank.
