@@ -70,6 +70,9 @@ pub struct OrchestratorConfig {
     /// `false` is for tests and benchmarks only: nothing waits for the disk, and runs are not
     /// durable across a crash (a clean stop writes everything out).
     pub flush_writes: bool,
+    /// What storage keeps of its pages in memory, at most, in MiB (64). Recently written and
+    /// read runs are served from it; the rest from disk (and the kernel's page cache).
+    pub storage_cache_mb: u64,
     /// Where the run actors run: threads of their own (the default), or, for tests, the
     /// runtime of the caller, on its clock ([`ActorRuntime`]). Not read from a file.
     #[serde(skip)]
@@ -122,6 +125,7 @@ impl Default for OrchestratorConfig {
             auth: crate::auth::AuthConfig::default(),
             clock_file: None,
             flush_writes: true,
+            storage_cache_mb: 64,
             actor_runtime: ActorRuntime::default(),
         }
     }

@@ -40,7 +40,7 @@ use crate::evaluation::Evaluator;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::state::{Action, ErrorInfo, Input, RunEvent, RunState};
-use crate::store::{RunSummary, Store};
+use crate::store::{RunSummary, Store, StoreOptions};
 use crate::triggers::schedule::{Clock, Scheduler};
 
 /// The orchestrator; [`Orchestrator::run`] drives it until shutdown.
@@ -170,7 +170,13 @@ impl Orchestrator {
         // Process-wide: the run state machine evaluates expressions without a config at hand;
         // the first orchestrator of a process sets it (see `rpaflow_core::expr::set_limits`).
         rpaflow_core::expr::set_limits(config.expr_limits());
-        let store = Store::open_with(&config.data_dir, config.flush_writes)?;
+        let store = Store::open_with(
+            &config.data_dir,
+            &StoreOptions {
+                flush_writes: config.flush_writes,
+                cache_bytes: config.storage_cache_mb.saturating_mul(1 << 20),
+            },
+        )?;
         let secrets_key = match config.secrets_key.clone() {
             Some(key) => key,
             None => rpaflow_core::secrets::SecretsConfig::default()

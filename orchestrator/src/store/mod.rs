@@ -96,6 +96,26 @@ fn storage(op: &'static str) -> impl Fn(sled::Error) -> Error {
     move |source| Error::Storage { op, source }
 }
 
+/// How the store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Whether [`Store::commit`] waits for the disk (`orchestrator.flush_writes`). Without it
+    /// (for tests and benchmarks only) writes are not durable across a crash; they are
+    /// written out by [`Store::flush_all`] and when the store closes.
+    pub flush_writes: bool,
+    /// What sled keeps of its pages in memory, at most (`orchestrator.storage_cache_mb`).
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            flush_writes: true,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| Error::Internal(format!("cannot encode record: {e}")))
 }
@@ -108,16 +128,15 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
 impl Store {
     /// Opens (or creates) the store in `dir` and starts its flusher thread.
     pub fn open(dir: &Path) -> Result<Self> {
-        Self::open_with(dir, true)
+        Self::open_with(dir, &StoreOptions::default())
     }
 
-    /// [`Store::open`]; with `flush_writes` false, [`Store::commit`] does not wait for the
-    /// disk (for tests and benchmarks only: writes are not durable across a crash; they are
-    /// written out by [`Store::flush_all`] and when the store closes).
-    pub fn open_with(dir: &Path, flush_writes: bool) -> Result<Self> {
+    /// [`Store::open`] with `options`.
+    pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Self> {
+        let flush_writes = options.flush_writes;
         let config = sled::Config::new()
             .path(dir)
-            .cache_capacity(256 * 1024 * 1024)
+            .cache_capacity(options.cache_bytes)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None);
         // sled's background threads let go of the file lock shortly after the last handle of a
