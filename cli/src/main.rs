@@ -15,6 +15,12 @@
 //! - The inference commands (`inference`, `generate`, `bench-inference`) live in
 //!   `rpaflow_inference_node::cli`.
 
+/// mimalloc instead of the system allocator: a step allocates and frees many small buffers on
+/// several threads, and glibc's malloc spent a fifth of the orchestrator's CPU on them
+/// (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod admin;
 mod bench;
 mod client;
