@@ -365,12 +365,15 @@ async fn waiting(handle: &OrchestratorHandle, n: usize) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_kb()?;
     let per_run = (after.saturating_sub(before)) as f64 / n as f64;
+    let active = handle.active_runs();
     println!(
-        "waiting_runs={n} start_per_s={:.0} rss_before_mb={:.1} rss_after_mb={:.1} rss_per_waiting_run_kb={:.2}",
+        "waiting_runs={n} start_per_s={:.0} rss_before_mb={:.1} rss_after_mb={:.1} rss_per_waiting_run_kb={:.2} in_memory={} resting={}",
         n as f64 / elapsed.as_secs_f64(),
         before as f64 / 1024.0,
         after as f64 / 1024.0,
-        per_run
+        per_run,
+        active.in_memory,
+        active.resting
     );
     Ok(())
 }

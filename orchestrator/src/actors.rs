@@ -151,6 +151,15 @@ pub struct Deliver {
     pub ack: Option<Ack>,
 }
 
+/// A run whose next timer is nearer than this stays in memory rather than rest.
+const REST_HORIZON_MS: i64 = 10_000;
+
+/// Sent by the actor to itself when a decision left the run waiting only for people: handled
+/// after whatever its mailbox already holds, so nothing sent before is lost when it leaves.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Rest;
+
 /// A copy of the run's current state.
 #[derive(Message)]
 #[rtype(result = "RunState")]
@@ -183,6 +192,19 @@ impl Handler<Snapshot> for RunActor {
 
     fn handle(&mut self, _: Snapshot, _: &mut Self::Context) -> Self::Result {
         MessageResult(self.state.clone())
+    }
+}
+
+impl Handler<Rest> for RunActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Rest, ctx: &mut Self::Context) {
+        // Still waiting (no input came first), and the engine keeps the run as resting: the
+        // actor leaves memory; the run is rebuilt from storage when a person answers or an
+        // approval's deadline passes.
+        if self.may_rest() && self.effects.rest(&self.state) {
+            ctx.stop();
+        }
     }
 }
 
@@ -357,7 +379,19 @@ impl RunActor {
             // The actor waits so a later input cannot overtake its dispatches.
             let sent = self.effects.dispatch(&self.state, specs);
             ctx.wait(sent.into_actor(self));
+        } else if self.may_rest() {
+            ctx.address().do_send(Rest);
         }
+    }
+
+    /// Whether the run waits only for people and none of its timers (approval deadlines) is
+    /// due within [`REST_HORIZON_MS`]: a timer armed here must fire here.
+    fn may_rest(&self) -> bool {
+        self.state.waits_only_for_people()
+            && self
+                .state
+                .next_timer_ms()
+                .is_none_or(|at_ms| at_ms > self.effects.now_ms().saturating_add(REST_HORIZON_MS))
     }
 }
 

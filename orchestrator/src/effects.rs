@@ -55,6 +55,13 @@ pub(crate) trait RunEffects: Send + Sync + 'static {
     /// decided): the run is rebuilt from storage on the next start.
     fn abandoned(&self, run_id: &str);
 
+    /// The run waits only for people ([`RunState::waits_only_for_people`]): whether its actor
+    /// may leave memory, the run kept as resting (rebuilt from storage when a person answers or
+    /// an approval's deadline passes). By default it stays.
+    fn rest(&self, _state: &RunState) -> bool {
+        false
+    }
+
     /// Where decisions that may be slow are evaluated.
     fn evaluator(&self) -> &Evaluator;
 

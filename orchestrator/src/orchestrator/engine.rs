@@ -23,6 +23,15 @@ use crate::state::{EventKind, RunEvent, RunState, RunStatus, TaskSpec};
 use crate::store::{PendingApproval, RunSummary, Store};
 use crate::triggers::schedule::SchedulerHandle;
 
+/// An active run in the actor table.
+pub(crate) enum Slot {
+    /// In memory, with its actor.
+    Live(Addr<RunActor>),
+    /// Waiting only for people ([`RunState::waits_only_for_people`]): nothing of it in memory
+    /// but this entry; [`Engine::wake`] rebuilds it from storage.
+    Resting,
+}
+
 /// The orchestrator's shared state: storage, registry, bus, the actor table and admission.
 pub struct Engine {
     pub(crate) store: Store,
@@ -36,7 +45,8 @@ pub struct Engine {
     pub(crate) evaluator: Evaluator,
     /// What time it is for runs ([`super::EngineClock`]).
     pub(crate) clock: super::EngineClock,
-    pub(super) actors: Mutex<HashMap<String, Addr<RunActor>>>,
+    /// The active runs: each with its actor, or resting ([`Slot`]).
+    pub(super) actors: Mutex<HashMap<String, Slot>>,
     /// Runs admitted and not yet in `actors`: counted with them by `admit`.
     pub(super) starting: AtomicUsize,
     /// What the inputs of the runs in memory take, for `max_held_input_bytes`.
@@ -205,24 +215,110 @@ impl Engine {
             .unwrap_or(false)
     }
 
+    /// How many active runs are in memory, and how many rest.
+    pub(crate) fn active_runs(&self) -> super::ActiveRuns {
+        let mut counted = super::ActiveRuns::default();
+        if let Ok(actors) = self.actors.lock() {
+            for slot in actors.values() {
+                match slot {
+                    Slot::Live(_) => counted.in_memory += 1,
+                    Slot::Resting => counted.resting += 1,
+                }
+            }
+        }
+        counted
+    }
+
+    /// The actor of a run in memory; `None` for a run that is resting, finished or unknown.
     pub(crate) fn actor(&self, run_id: &str) -> Option<Addr<RunActor>> {
-        self.actors.lock().ok()?.get(run_id).cloned()
+        match self.actors.lock().ok()?.get(run_id)? {
+            Slot::Live(addr) => Some(addr.clone()),
+            Slot::Resting => None,
+        }
+    }
+
+    /// The actor of an active run, rebuilding a resting run from storage first (its approval
+    /// deadlines armed again); `None` for a run that is not active.
+    pub(crate) fn wake(self: &Arc<Self>, run_id: &str) -> Result<Option<Addr<RunActor>>> {
+        let mut actors = self
+            .actors
+            .lock()
+            .map_err(|_| Error::Internal("actor table poisoned".into()))?;
+        match actors.get(run_id) {
+            None => return Ok(None),
+            Some(Slot::Live(addr)) => return Ok(Some(addr.clone())),
+            Some(Slot::Resting) => {}
+        }
+        // Under the table's lock: nobody else wakes it meanwhile, from an older state.
+        let state = self.load(run_id)?;
+        let timers = state.pending_timers();
+        let initial = Initial::Recovered {
+            events: Vec::new(),
+            timers,
+        };
+        self.spawn_locked(&mut actors, state, initial).map(Some)
+    }
+
+    /// Wakes a resting run when its first approval deadline passes.
+    fn wake_at_deadline(self: &Arc<Self>, state: &RunState) {
+        let Some(at_ms) = state.next_timer_ms() else {
+            return;
+        };
+        let delay = u64::try_from(at_ms - self.clock.now_ms()).unwrap_or(0);
+        let engine = Arc::downgrade(self);
+        let run_id = state.run_id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            // Woken (and maybe resting again) meanwhile: waking is harmless.
+            if let Some(engine) = engine.upgrade()
+                && let Err(err) = engine.wake(&run_id)
+            {
+                warn!(run_id = %run_id, error = %err, "cannot wake a resting run at its approval deadline");
+            }
+        });
+    }
+
+    /// Keeps a run that waits only for people as resting, its actor leaving memory; a passing
+    /// approval deadline wakes it. `false` when the table does not hold it as in memory.
+    pub(super) fn rest(self: &Arc<Self>, state: &RunState) -> bool {
+        let Ok(mut actors) = self.actors.lock() else {
+            return false;
+        };
+        match actors.get_mut(&state.run_id) {
+            Some(slot @ Slot::Live(_)) => *slot = Slot::Resting,
+            _ => return false,
+        }
+        drop(actors);
+        self.wake_at_deadline(state);
+        true
     }
 
     /// Starts the actor of a run unless one is running; returns the run's actor, which handles
     /// `initial` first.
     pub(super) fn ensure_actor(
         self: &Arc<Self>,
-        mut state: RunState,
+        state: RunState,
         initial: Initial,
     ) -> Result<Addr<RunActor>> {
         let mut actors = self
             .actors
             .lock()
             .map_err(|_| Error::Internal("actor table poisoned".into()))?;
-        if let Some(addr) = actors.get(&state.run_id) {
-            return Ok(addr.clone());
-        }
+        self.spawn_locked(&mut actors, state, initial)
+    }
+
+    /// [`Self::ensure_actor`], the table locked by the caller.
+    fn spawn_locked(
+        self: &Arc<Self>,
+        actors: &mut HashMap<String, Slot>,
+        mut state: RunState,
+        initial: Initial,
+    ) -> Result<Addr<RunActor>> {
+        let resting = match actors.get(&state.run_id) {
+            Some(Slot::Live(addr)) => return Ok(addr.clone()),
+            Some(Slot::Resting) => true,
+            None => false,
+        };
         state.max_payload_bytes = self.config.max_payload_bytes;
         state.max_for_each_items = self.config.max_for_each_items;
         state.max_for_each_concurrency = self.config.max_for_each_concurrency;
@@ -233,6 +329,12 @@ impl Engine {
             .lock()
             .map_err(|_| Error::Internal("actor system poisoned".into()))?;
         let system = system.as_ref().ok_or(Error::NotRunning("orchestrator"))?;
+        if resting {
+            // Still counted (inputs, its flow's runs) from when it was first in memory.
+            let addr = system.spawn_run(state, Arc::new(self.clone()), initial);
+            actors.insert(run_id, Slot::Live(addr.clone()));
+            return Ok(addr);
+        }
         let (flow, created_at_ms) = (state.flow.name.clone(), state.created_at_ms);
         let queued = state.status == RunStatus::Queued;
         let input_bytes = crate::state::json_memory_bytes(&state.inputs);
@@ -252,16 +354,50 @@ impl Engine {
             }
         }
         let addr = system.spawn_run(state, Arc::new(self.clone()), initial);
+        self.count_in(&run_id, &flow, created_at_ms, queued, input_bytes);
+        actors.insert(run_id, Slot::Live(addr.clone()));
+        Ok(addr)
+    }
+
+    /// Counts a run now in the table in what admission holds: its inputs, its flow's runs.
+    fn count_in(
+        &self,
+        run_id: &str,
+        flow: &str,
+        created_at_ms: i64,
+        queued: bool,
+        input_bytes: usize,
+    ) {
         if let Ok(mut held) = self.held_inputs.lock()
-            && held.by_run.insert(run_id.clone(), input_bytes).is_none()
+            && held.by_run.insert(run_id.to_owned(), input_bytes).is_none()
         {
             held.total = held.total.saturating_add(input_bytes);
         }
         if let Ok(mut runs) = self.flow_runs.lock() {
-            runs.add(&run_id, &flow, created_at_ms, queued);
+            runs.add(run_id, flow, created_at_ms, queued);
         }
-        actors.insert(run_id, addr.clone());
-        Ok(addr)
+    }
+
+    /// A recovered run that waits only for people enters the table resting, without an actor.
+    pub(super) fn recover_resting(self: &Arc<Self>, state: &RunState) -> Result<()> {
+        let mut actors = self
+            .actors
+            .lock()
+            .map_err(|_| Error::Internal("actor table poisoned".into()))?;
+        if actors.contains_key(&state.run_id) {
+            return Ok(());
+        }
+        self.count_in(
+            &state.run_id,
+            &state.flow.name,
+            state.created_at_ms,
+            false,
+            crate::state::json_memory_bytes(&state.inputs),
+        );
+        actors.insert(state.run_id.clone(), Slot::Resting);
+        drop(actors);
+        self.wake_at_deadline(state);
+        Ok(())
     }
 
     /// A run's state from storage alone.

@@ -514,28 +514,40 @@ impl OrchestratorHandle {
             run_id: run_id.to_owned(),
             rejection,
         };
-        let addr = match self.shared.actor(run_id) {
-            Some(addr) => addr,
-            None => {
-                let mut state = self.shared.load(run_id)?;
-                if !(matches!(input, Input::Retry) && state.status == RunStatus::Failed) {
-                    // Not running: the state machine says why the command does not apply.
-                    let now = self.shared.clock.now_ms();
-                    state.handle(input, now).map_err(rejected)?;
+        // An actor that went to rest just before the input reached it is woken again.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let addr = match self.shared.wake(run_id)? {
+                Some(addr) => addr,
+                None => {
+                    let mut state = self.shared.load(run_id)?;
+                    if !(matches!(input, Input::Retry) && state.status == RunStatus::Failed) {
+                        // Not running: the state machine says why the command does not apply.
+                        let now = self.shared.clock.now_ms();
+                        state.handle(input, now).map_err(rejected)?;
+                        return Err(Error::FailedPrecondition(format!(
+                            "run {run_id} is not active"
+                        )));
+                    }
+                    self.shared.ensure_actor(state, Initial::Loaded)?
+                }
+            };
+            match addr
+                .send(Deliver {
+                    input: input.clone(),
+                    ack: None,
+                })
+                .await
+            {
+                Ok(Ok(())) => break,
+                Ok(Err(rejection)) => return Err(rejected(rejection)),
+                Err(_) if tries < 3 => {}
+                Err(_) => {
                     return Err(Error::FailedPrecondition(format!(
-                        "run {run_id} is not active"
+                        "run {run_id} finished meanwhile"
                     )));
                 }
-                self.shared.ensure_actor(state, Initial::Loaded)?
-            }
-        };
-        match addr.send(Deliver { input, ack: None }).await {
-            Ok(Ok(())) => {}
-            Ok(Err(rejection)) => return Err(rejected(rejection)),
-            Err(_) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "run {run_id} finished meanwhile"
-                )));
             }
         }
         self.run(run_id).await
@@ -600,6 +612,19 @@ impl OrchestratorHandle {
     pub fn subscribe(&self) -> broadcast::Receiver<Published> {
         self.shared.events.subscribe()
     }
+
+    /// The active runs: how many are in memory with their actor, and how many rest (wait only
+    /// for people, nothing of them in memory but their entry).
+    pub fn active_runs(&self) -> ActiveRuns {
+        self.shared.active_runs()
+    }
+}
+
+/// What [`OrchestratorHandle::active_runs`] counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ActiveRuns {
+    pub in_memory: usize,
+    pub resting: usize,
 }
 
 /// The full name of the flow a caller in `namespace` named; a name that cannot be one of its

@@ -21,7 +21,7 @@ mod watch;
 
 pub use self::config::OrchestratorConfig;
 pub use self::engine::Engine;
-pub use self::handle::{Answer, FlowView, OrchestratorHandle, StartRun};
+pub use self::handle::{ActiveRuns, Answer, FlowView, OrchestratorHandle, StartRun};
 pub use self::runtime::{ActorRuntime, EngineClock};
 
 use std::collections::HashMap;
@@ -42,6 +42,7 @@ use crate::registry::Registry;
 use crate::state::{Action, ErrorInfo, Input, RunEvent, RunState};
 use crate::store::{RunSummary, Store, StoreOptions};
 use crate::triggers::schedule::{Clock, Scheduler};
+use actix::dev::SendError;
 
 /// The orchestrator; [`Orchestrator::run`] drives it until shutdown.
 pub struct Orchestrator {
@@ -249,10 +250,15 @@ impl Orchestrator {
         .await?;
         let mut recovered = 0usize;
         for (state, events, _, timers) in rebuilt {
-            if !state.status.is_finished() {
-                shared.ensure_actor(state, Initial::Recovered { events, timers })?;
-                recovered += 1;
+            if state.status.is_finished() {
+                continue;
             }
+            if events.is_empty() && state.waits_only_for_people() {
+                shared.recover_resting(&state)?;
+            } else {
+                shared.ensure_actor(state, Initial::Recovered { events, timers })?;
+            }
+            recovered += 1;
         }
         if recovered > 0 {
             info!(runs = recovered, "recovered unfinished runs");
@@ -342,10 +348,21 @@ impl Orchestrator {
                 attempt: result.attempt,
                 outcome,
             };
-            addr.do_send(Deliver {
+            let delivery = Deliver {
                 input,
                 ack: Some(ack),
-            });
+            };
+            match addr.try_send(delivery) {
+                Ok(()) => {}
+                Err(SendError::Full(delivery)) => addr.do_send(delivery),
+                // The actor left meanwhile (its run ended, or rests with nothing out): the
+                // result is late; acknowledged, so the bus does not hold it forever.
+                Err(SendError::Closed(delivery)) => {
+                    if let Some(ack) = delivery.ack {
+                        ack.ack();
+                    }
+                }
+            }
         }
         info!("orchestrator stopping");
         scheduler_stop.cancel();

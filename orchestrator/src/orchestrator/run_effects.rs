@@ -151,6 +151,10 @@ impl RunEffects for Arc<Engine> {
         self.forget(run_id);
     }
 
+    fn rest(&self, state: &RunState) -> bool {
+        Engine::rest(self, state)
+    }
+
     fn evaluator(&self) -> &Evaluator {
         &self.evaluator
     }

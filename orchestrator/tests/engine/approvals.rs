@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rpaflow_orchestrator::orchestrator::Answer;
+use rpaflow_orchestrator::orchestrator::{ActiveRuns, Answer};
 use rpaflow_orchestrator::state::{RunStatus, StepStatus};
 use serde_json::json;
 
@@ -105,6 +105,140 @@ fn an_approval_unanswered_by_its_deadline_fails_the_run() {
                 .unwrap()
                 .is_empty()
         );
+        engine.stop().await;
+    });
+}
+
+fn answer(approve: bool) -> Answer {
+    Answer {
+        step: "ask".into(),
+        approve,
+        comment: String::new(),
+        by: "ada".into(),
+        role: String::new(),
+    }
+}
+
+fn resting(engine: &Engine) -> ActiveRuns {
+    engine.handle.active_runs()
+}
+
+#[test]
+fn a_run_waiting_for_a_person_leaves_memory_and_comes_back_for_the_answer() {
+    paused(async {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::start(dir.path(), succeed_all()).await;
+        engine.register(REFUND).await;
+        let id = engine.start_run("refund", json!({})).await;
+        engine.wait_until(&id, waiting).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            resting(&engine),
+            ActiveRuns {
+                in_memory: 0,
+                resting: 1
+            }
+        );
+        // Asked for while it rests, the run is read from storage as it is.
+        let run = engine.run(&id).await;
+        assert_eq!(run.status, RunStatus::Running);
+        assert!(waiting(&run));
+
+        engine
+            .handle
+            .signal_run(NS, &id, answer(true))
+            .await
+            .unwrap();
+        let run = engine.finished(&id).await;
+        assert_eq!(run.status, RunStatus::Succeeded);
+        assert_eq!(engine.taken_for(&id), [("pay".to_owned(), 1)]);
+        assert_eq!(resting(&engine), ActiveRuns::default());
+        engine.stop().await;
+    });
+}
+
+#[test]
+fn a_resting_run_is_cancelled_and_a_second_answer_is_refused() {
+    paused(async {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::start(dir.path(), succeed_all()).await;
+        engine.register(REFUND).await;
+        let cancelled = engine.start_run("refund", json!({})).await;
+        let answered = engine.start_run("refund", json!({})).await;
+        engine.wait_until(&cancelled, waiting).await;
+        engine.wait_until(&answered, waiting).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(resting(&engine).resting, 2);
+
+        let run = engine
+            .handle
+            .cancel_run(NS, &cancelled, "not needed")
+            .await
+            .unwrap();
+        assert_eq!(run.status, RunStatus::Cancelled);
+        engine
+            .handle
+            .signal_run(NS, &answered, answer(false))
+            .await
+            .unwrap();
+        let run = engine.finished(&answered).await;
+        assert_eq!(
+            run.steps[0].output.as_ref().unwrap()["approved"],
+            json!(false)
+        );
+        let again = engine.handle.signal_run(NS, &answered, answer(true)).await;
+        assert!(again.is_err(), "a finished run takes no second answer");
+        assert!(engine.taken_for(&cancelled).is_empty());
+        assert!(
+            engine
+                .handle
+                .list_approvals(NS, "refund")
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(resting(&engine), ActiveRuns::default());
+        engine.stop().await;
+    });
+}
+
+#[test]
+fn runs_waiting_for_people_come_back_resting_after_a_restart_and_keep_their_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (answered, unanswered) = paused(async {
+        let engine = Engine::start(dir.path(), succeed_all()).await;
+        engine.register(REFUND).await;
+        let answered = engine.start_run("refund", json!({})).await;
+        let unanswered = engine.start_run("refund", json!({})).await;
+        engine.wait_until(&answered, waiting).await;
+        engine.wait_until(&unanswered, waiting).await;
+        engine.stop().await;
+        (answered, unanswered)
+    });
+    paused(async {
+        let engine = Engine::start(dir.path(), succeed_all()).await;
+        assert_eq!(
+            resting(&engine),
+            ActiveRuns {
+                in_memory: 0,
+                resting: 2
+            },
+            "recovered without an actor"
+        );
+        engine
+            .handle
+            .signal_run(NS, &answered, answer(true))
+            .await
+            .unwrap();
+        assert_eq!(
+            engine.finished(&answered).await.status,
+            RunStatus::Succeeded
+        );
+        let run = engine.finished(&unanswered).await;
+        assert_eq!(
+            run.steps[0].error.as_ref().map(|e| e.code.as_str()),
+            Some("approval_timeout")
+        );
+        assert_eq!(resting(&engine), ActiveRuns::default());
         engine.stop().await;
     });
 }

@@ -12,6 +12,40 @@ use super::{Action, Timer, Tx, millis};
 use crate::state::{ErrorInfo, EventKind, RunState, RunStatus, StepStatus, UnitStatus};
 
 impl RunState {
+    /// When the first of [`Self::pending_timers`] is due, if any.
+    pub fn next_timer_ms(&self) -> Option<i64> {
+        self.pending_timers()
+            .iter()
+            .filter_map(|action| match action {
+                Action::SetTimer { at_ms, .. } => Some(*at_ms),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Whether the run waits only for people: running, at least one approval asked, every other
+    /// unfinished step waiting for the steps before it, no attempt out with a worker or a child
+    /// run, no retry due, no compensation going on. Such a run needs nothing in memory until a
+    /// person answers or an approval's deadline passes ([`Self::pending_timers`] says when).
+    pub fn waits_only_for_people(&self) -> bool {
+        self.status == RunStatus::Running
+            && self.compensating.is_none()
+            && self
+                .steps
+                .iter()
+                .any(|st| st.status == StepStatus::WaitingApproval)
+            && self.steps.iter().all(|st| {
+                (matches!(st.status, StepStatus::Pending | StepStatus::WaitingApproval)
+                    || st.status.is_finished())
+                    && st.units.iter().all(|unit| {
+                        !matches!(
+                            unit.status,
+                            UnitStatus::Dispatched { .. } | UnitStatus::RetryAt { .. }
+                        )
+                    })
+            })
+    }
+
     /// Timers a rebuilt run needs beyond its redispatches: retries due and approval deadlines.
     pub fn pending_timers(&self) -> Vec<Action> {
         let mut actions = Vec::new();
