@@ -154,11 +154,8 @@ pub struct Deliver {
 /// A run whose next timer is nearer than this stays in memory rather than rest.
 const REST_HORIZON_MS: i64 = 10_000;
 
-/// Sent by the actor to itself when a decision left the run waiting only for people: handled
-/// after whatever its mailbox already holds, so nothing sent before is lost when it leaves.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Rest;
+/// How long a run that waits only for people stays in memory after its last decision.
+const REST_AFTER: Duration = Duration::from_millis(250);
 
 /// A copy of the run's current state.
 #[derive(Message)]
@@ -192,19 +189,6 @@ impl Handler<Snapshot> for RunActor {
 
     fn handle(&mut self, _: Snapshot, _: &mut Self::Context) -> Self::Result {
         MessageResult(self.state.clone())
-    }
-}
-
-impl Handler<Rest> for RunActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Rest, ctx: &mut Self::Context) {
-        // Still waiting (no input came first), and the engine keeps the run as resting: the
-        // actor leaves memory; the run is rebuilt from storage when a person answers or an
-        // approval's deadline passes.
-        if self.may_rest() && self.effects.rest(&self.state) {
-            ctx.stop();
-        }
     }
 }
 
@@ -380,7 +364,14 @@ impl RunActor {
             let sent = self.effects.dispatch(&self.state, specs);
             ctx.wait(sent.into_actor(self));
         } else if self.may_rest() {
-            ctx.address().do_send(Rest);
+            // Not at once: an input on its way (the command that woke the run) comes first.
+            // Then, still waiting and kept by the engine as resting, the actor leaves memory;
+            // the run is rebuilt from storage when a person answers or a deadline passes.
+            ctx.run_later(REST_AFTER, |act, ctx| {
+                if act.may_rest() && act.effects.rest(&act.state) {
+                    ctx.stop();
+                }
+            });
         }
     }
 
