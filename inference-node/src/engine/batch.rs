@@ -471,7 +471,13 @@ fn accept(seq: &mut Sequence, token: u32, tokenizer: &Tokenizer, eos: u32, share
     });
     if let Some(f) = &finished {
         seq.done = true;
-        shared.stats().requests_finished += 1;
+        {
+            // No longer running once its client can know it finished (the batch's own count
+            // catches up after the step).
+            let mut stats = shared.stats();
+            stats.requests_finished += 1;
+            stats.running = stats.running.saturating_sub(1);
+        }
         shared.metrics.finished(
             f.generated_tokens,
             f.timings.total - f.timings.time_to_first_token,
