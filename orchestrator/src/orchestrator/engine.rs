@@ -294,7 +294,7 @@ impl Engine {
     }
 
     /// Starts the actor of a run unless one is running; returns the run's actor, which handles
-    /// `initial` first.
+    /// `initial` first. `state` carries this orchestrator's limits ([`Self::apply_limits`]).
     pub(super) fn ensure_actor(
         self: &Arc<Self>,
         state: RunState,
@@ -311,7 +311,7 @@ impl Engine {
     fn spawn_locked(
         self: &Arc<Self>,
         actors: &mut HashMap<String, Slot>,
-        mut state: RunState,
+        state: RunState,
         initial: Initial,
     ) -> Result<Addr<RunActor>> {
         let resting = match actors.get(&state.run_id) {
@@ -319,10 +319,6 @@ impl Engine {
             Some(Slot::Resting) => true,
             None => false,
         };
-        state.max_payload_bytes = self.config.max_payload_bytes;
-        state.max_for_each_items = self.config.max_for_each_items;
-        state.max_for_each_concurrency = self.config.max_for_each_concurrency;
-        state.max_output_memory_bytes = self.config.max_run_output_memory_bytes;
         let run_id = state.run_id.clone();
         let system = self
             .system
@@ -400,6 +396,14 @@ impl Engine {
         Ok(())
     }
 
+    /// The limits this orchestrator enforces on a run, which are not part of its events.
+    pub(super) fn apply_limits(&self, state: &mut RunState) {
+        state.max_payload_bytes = self.config.max_payload_bytes;
+        state.max_for_each_items = self.config.max_for_each_items;
+        state.max_for_each_concurrency = self.config.max_for_each_concurrency;
+        state.max_output_memory_bytes = self.config.max_run_output_memory_bytes;
+    }
+
     /// A run's state from storage alone.
     pub(super) fn load(&self, run_id: &str) -> Result<RunState> {
         self.load_listed(run_id).map(|(state, _)| state)
@@ -414,10 +418,7 @@ impl Engine {
         let flow = self.registry.get(&summary.flow, summary.version)?;
         let events = self.store.events(run_id, 1)?;
         let mut state = RunState::replay(run_id, flow, summary.version, &events);
-        state.max_payload_bytes = self.config.max_payload_bytes;
-        state.max_for_each_items = self.config.max_for_each_items;
-        state.max_for_each_concurrency = self.config.max_for_each_concurrency;
-        state.max_output_memory_bytes = self.config.max_run_output_memory_bytes;
+        self.apply_limits(&mut state);
         Ok((state, summary))
     }
 }

@@ -342,10 +342,7 @@ impl OrchestratorHandle {
         };
         let run_id = uuid::Uuid::now_v7().to_string();
         let mut state = RunState::new(&run_id, flow, version);
-        state.max_payload_bytes = shared.config.max_payload_bytes;
-        state.max_for_each_items = shared.config.max_for_each_items;
-        state.max_for_each_concurrency = shared.config.max_for_each_concurrency;
-        state.max_output_memory_bytes = shared.config.max_run_output_memory_bytes;
+        shared.apply_limits(&mut state);
         state.trigger = req.trigger.clone();
         // The first steps' `if` and `with` may be slow to evaluate: not on this handler.
         let (key, parent) = (req.idempotency_key.clone(), req.parent.clone());

@@ -21,6 +21,13 @@ steps:
     with: { url: "http://example.invalid" }
 "#;
 
+/// An orchestrator on `dir` with the `refund` flow registered.
+async fn refund_engine(dir: &std::path::Path) -> Engine {
+    let engine = Engine::start(dir, succeed_all()).await;
+    engine.register(REFUND).await;
+    engine
+}
+
 fn waiting(run: &rpaflow_orchestrator::state::RunState) -> bool {
     run.steps[0].status == StepStatus::WaitingApproval
 }
@@ -29,8 +36,7 @@ fn waiting(run: &rpaflow_orchestrator::state::RunState) -> bool {
 fn an_approved_step_lets_the_run_go_on() {
     paused(async {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(dir.path(), succeed_all()).await;
-        engine.register(REFUND).await;
+        let engine = refund_engine(dir.path()).await;
         let id = engine.start_run("refund", json!({})).await;
         engine.wait_until(&id, waiting).await;
         let pending = engine.handle.list_approvals(NS, "refund").unwrap();
@@ -73,8 +79,7 @@ fn an_approved_step_lets_the_run_go_on() {
 fn an_approval_unanswered_by_its_deadline_fails_the_run() {
     paused(async {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(dir.path(), succeed_all()).await;
-        engine.register(REFUND).await;
+        let engine = refund_engine(dir.path()).await;
         let id = engine.start_run("refund", json!({})).await;
         let run = engine.finished(&id).await;
 
@@ -127,8 +132,7 @@ fn resting(engine: &Engine) -> ActiveRuns {
 fn a_run_waiting_for_a_person_leaves_memory_and_comes_back_for_the_answer() {
     paused(async {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(dir.path(), succeed_all()).await;
-        engine.register(REFUND).await;
+        let engine = refund_engine(dir.path()).await;
         let id = engine.start_run("refund", json!({})).await;
         engine.wait_until(&id, waiting).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -161,8 +165,7 @@ fn a_run_waiting_for_a_person_leaves_memory_and_comes_back_for_the_answer() {
 fn a_resting_run_is_cancelled_and_a_second_answer_is_refused() {
     paused(async {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(dir.path(), succeed_all()).await;
-        engine.register(REFUND).await;
+        let engine = refund_engine(dir.path()).await;
         let cancelled = engine.start_run("refund", json!({})).await;
         let answered = engine.start_run("refund", json!({})).await;
         engine.wait_until(&cancelled, waiting).await;
@@ -205,8 +208,7 @@ fn a_resting_run_is_cancelled_and_a_second_answer_is_refused() {
 fn runs_waiting_for_people_come_back_resting_after_a_restart_and_keep_their_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let (answered, unanswered) = paused(async {
-        let engine = Engine::start(dir.path(), succeed_all()).await;
-        engine.register(REFUND).await;
+        let engine = refund_engine(dir.path()).await;
         let answered = engine.start_run("refund", json!({})).await;
         let unanswered = engine.start_run("refund", json!({})).await;
         engine.wait_until(&answered, waiting).await;
