@@ -192,15 +192,7 @@ mod tests {
     use rpaflow_proto::onnx::ValueInfoProto;
 
     use super::*;
-
-    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
-        NodeProto {
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: outputs.iter().map(|s| s.to_string()).collect(),
-            op_type: Some(op.into()),
-            ..Default::default()
-        }
-    }
+    use crate::model::graph::tests::node;
 
     fn transpose(input: &str, output: &str, perm: &[i64]) -> NodeProto {
         transpose_node(input.into(), output.into(), perm, String::new())

@@ -355,7 +355,8 @@ mod tests {
 
     use super::*;
 
-    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+    /// A node of `op` for a test graph (also the attention edit's tests).
+    pub(super) fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
         NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: outputs.iter().map(|s| s.to_string()).collect(),
