@@ -6,13 +6,14 @@
 //!
 //! [`StepBus`] is the orchestrator's side, [`TaskSource`] the worker's. [`InProcessBus`] implements
 //! both over channels for `rpaflow dev` and tests; [`crate::kafka`] has the Kafka bus of the
-//! distributed services.
+//! distributed services. Results go to the orchestrator's [`ResultSink`] on the bus's own task as
+//! they arrive: no loop of the orchestrator's stands between a worker and the run it answers.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use async_trait::async_trait;
 use rpaflow_proto::v1 as pb;
-use tokio::sync::{Mutex, broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -64,17 +65,77 @@ pub struct TaskDelivery {
     pub ack: Ack,
 }
 
+/// Where the bus hands each result, as it arrives, on the bus's own task (a worker's, or the
+/// Kafka consumer's): it must not block. The orchestrator's routes a result to its run.
+pub trait ResultSink: Send + Sync + 'static {
+    fn deliver(&self, delivery: ResultDelivery);
+}
+
+/// A channel is a sink: its receiver reads the results (tests, tools).
+impl ResultSink for mpsc::UnboundedSender<ResultDelivery> {
+    fn deliver(&self, delivery: ResultDelivery) {
+        // A receiver that is gone wants no more results; unacknowledged, they come again.
+        let _ = self.send(delivery);
+    }
+}
+
 /// The orchestrator's side of the bus.
 #[async_trait]
 pub trait StepBus: Send + Sync + 'static {
     /// Hands a task to the worker pool of its queue; returns once the bus holds it.
     async fn dispatch(&self, task: pb::Task) -> Result<()>;
+    /// Hands the tasks of one decision (a fan-out, parallel steps) to their pools in one call,
+    /// in order; returns each one's outcome, in the same order, once the bus holds them all. By
+    /// default each is handed over on the first poll, in order, and the acknowledgements are
+    /// awaited together rather than one round trip after the other.
+    async fn dispatch_all(&self, tasks: Vec<pb::Task>) -> Vec<Result<()>> {
+        futures::future::join_all(tasks.into_iter().map(|task| self.dispatch(task))).await
+    }
     /// Tells workers to stop whatever they run for this run (best effort).
     async fn cancel_run(&self, run_id: &str) -> Result<()>;
-    /// The next result from any worker; `None` once the bus is closed.
-    async fn next_result(&self) -> Option<ResultDelivery>;
+    /// From now on, hands every result to `sink` as it arrives (and at once those that came
+    /// before). One sink per bus: a second is refused.
+    fn deliver_results(&self, sink: Arc<dyn ResultSink>) -> Result<()>;
     /// Stops taking results, commits what is acknowledged and flushes what was sent.
     async fn close(&self) {}
+}
+
+/// A bus's results until the orchestrator attaches its sink (kept, in order), then the sink.
+#[derive(Default)]
+pub(crate) struct ResultSlot {
+    sink: OnceLock<Arc<dyn ResultSink>>,
+    /// What came before the sink; its lock also orders those results before later ones.
+    early: Mutex<Vec<ResultDelivery>>,
+}
+
+impl ResultSlot {
+    pub(crate) fn deliver(&self, delivery: ResultDelivery) {
+        if let Some(sink) = self.sink.get() {
+            return sink.deliver(delivery);
+        }
+        let mut early = self.early.lock().unwrap_or_else(PoisonError::into_inner);
+        match self.sink.get() {
+            Some(sink) => {
+                drop(early);
+                sink.deliver(delivery);
+            }
+            None => early.push(delivery),
+        }
+    }
+
+    pub(crate) fn attach(&self, sink: Arc<dyn ResultSink>) -> Result<()> {
+        let mut early = self.early.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.sink.set(Arc::clone(&sink)).is_err() {
+            return Err(BusError::Transport {
+                topic: "results".into(),
+                message: "results already go to another sink".into(),
+            });
+        }
+        for delivery in early.drain(..) {
+            sink.deliver(delivery);
+        }
+        Ok(())
+    }
 }
 
 /// The worker's side of the bus.
@@ -99,9 +160,8 @@ pub struct InProcessBus {
 
 struct Inner {
     tasks_tx: mpsc::UnboundedSender<pb::Task>,
-    tasks_rx: Mutex<mpsc::UnboundedReceiver<pb::Task>>,
-    results_tx: mpsc::UnboundedSender<pb::TaskResult>,
-    results_rx: Mutex<mpsc::UnboundedReceiver<pb::TaskResult>>,
+    tasks_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<pb::Task>>,
+    results: ResultSlot,
     cancel_tx: broadcast::Sender<String>,
 }
 
@@ -120,17 +180,22 @@ impl Default for InProcessBus {
 impl InProcessBus {
     pub fn new() -> Self {
         let (tasks_tx, tasks_rx) = mpsc::unbounded_channel();
-        let (results_tx, results_rx) = mpsc::unbounded_channel();
         let (cancel_tx, _) = broadcast::channel(1024);
         Self {
             inner: Arc::new(Inner {
                 tasks_tx,
-                tasks_rx: Mutex::new(tasks_rx),
-                results_tx,
-                results_rx: Mutex::new(results_rx),
+                tasks_rx: tokio::sync::Mutex::new(tasks_rx),
+                results: ResultSlot::default(),
                 cancel_tx,
             }),
         }
+    }
+
+    /// The results, read from a channel instead of by a sink (tests, tools).
+    pub fn results_channel(&self) -> Result<mpsc::UnboundedReceiver<ResultDelivery>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.deliver_results(Arc::new(tx))?;
+        Ok(rx)
     }
 }
 
@@ -146,12 +211,15 @@ impl StepBus for InProcessBus {
         Ok(())
     }
 
-    async fn next_result(&self) -> Option<ResultDelivery> {
-        let result = self.inner.results_rx.lock().await.recv().await?;
-        Some(ResultDelivery {
-            result,
-            ack: Ack::none(),
-        })
+    async fn dispatch_all(&self, tasks: Vec<pb::Task>) -> Vec<Result<()>> {
+        tasks
+            .into_iter()
+            .map(|task| self.inner.tasks_tx.send(task).map_err(|_| BusError::Closed))
+            .collect()
+    }
+
+    fn deliver_results(&self, sink: Arc<dyn ResultSink>) -> Result<()> {
+        self.inner.results.attach(sink)
     }
 }
 
@@ -166,10 +234,12 @@ impl TaskSource for InProcessBus {
     }
 
     async fn publish(&self, result: pb::TaskResult) -> Result<()> {
-        self.inner
-            .results_tx
-            .send(result)
-            .map_err(|_| BusError::Closed)
+        // Straight to the orchestrator's sink, on this worker's task.
+        self.inner.results.deliver(ResultDelivery {
+            result,
+            ack: Ack::none(),
+        });
+        Ok(())
     }
 
     fn cancellations(&self) -> broadcast::Receiver<String> {

@@ -3,7 +3,8 @@
 //! One tokio task per consumer polls without pause: decoded deliveries go into a bounded channel
 //! (through a local overflow, so nothing polled is ever dropped), and while the application
 //! falls behind by more than [`PAUSE_AT`] deliveries the assigned partitions are paused rather
-//! than polling stopping. Offsets are committed on a
+//! than polling stopping; or, for an application that takes each delivery at once
+//! ([`Out::Direct`]), straight to it. Offsets are committed on a
 //! timer, only up to the oldest unacknowledged delivery of each partition, and synchronously
 //! before a partition is revoked and at shutdown. A message that cannot be decoded goes to the
 //! dead-letter topic with the reason in its headers; its offset counts as done once it is there.
@@ -217,6 +218,24 @@ async fn committed_positions<C: ConsumerContext + 'static>(
     Ok(positions)
 }
 
+/// Where a poll loop puts what it decoded.
+pub(crate) enum Out<T> {
+    /// A bounded channel the application reads at its pace.
+    Channel(mpsc::Sender<(T, Ack)>),
+    /// A function that takes each delivery at once, on the poll loop's task (it must not block).
+    Direct(Arc<dyn Fn(T, Ack) + Send + Sync>),
+}
+
+impl<T> Out<T> {
+    /// Room for one delivery in the channel; never, for a direct output (nothing waits for it).
+    async fn reserve(&self) -> Option<mpsc::Permit<'_, (T, Ack)>> {
+        match self {
+            Self::Channel(tx) => tx.reserve().await.ok(),
+            Self::Direct(_) => std::future::pending().await,
+        }
+    }
+}
+
 /// A running poll loop.
 pub(crate) struct PollLoop {
     stop: CancellationToken,
@@ -230,7 +249,7 @@ impl PollLoop {
         group: &str,
         partitions: Partitions,
         decode: Decode<T>,
-        out: mpsc::Sender<(T, Ack)>,
+        out: Out<T>,
         dlq: Producer,
     ) -> Result<Self> {
         let offsets = SharedOffsets::default();
@@ -312,7 +331,7 @@ struct Loop<T> {
     consumer: StreamConsumer<Context>,
     offsets: SharedOffsets,
     decode: Decode<T>,
-    out: mpsc::Sender<(T, Ack)>,
+    out: Out<T>,
     dlq: Producer,
     stop: CancellationToken,
     commit_every: Duration,
@@ -326,8 +345,11 @@ impl<T: Send + 'static> Loop<T> {
         let mut tick = tokio::time::interval(self.commit_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            while let Some(front) = overflow.pop_front() {
-                match self.out.try_send(front) {
+            // (A direct output took everything already: the overflow stays empty.)
+            while let Out::Channel(tx) = &self.out
+                && let Some(front) = overflow.pop_front()
+            {
+                match tx.try_send(front) {
                     Ok(()) => {}
                     Err(TrySendError::Full(item)) => {
                         overflow.push_front(item);
@@ -354,18 +376,22 @@ impl<T: Send + 'static> Loop<T> {
                 () = self.stop.cancelled() => break,
                 _ = tick.tick() => self.commit(CommitMode::Async),
                 permit = self.out.reserve(), if !overflow.is_empty() => match permit {
-                    Ok(permit) => {
+                    Some(permit) => {
                         if let Some(item) = overflow.pop_front() {
                             permit.send(item);
                         }
                     }
-                    Err(_) => break,
+                    None => break,
                 },
                 message = self.consumer.recv() => match message {
                     Ok(message) => {
                         connectivity().ok();
                         let message = message.detach();
                         if let Some(item) = self.take(message).await {
+                            if let Out::Direct(take) = &self.out {
+                                take(item.0, item.1);
+                                continue;
+                            }
                             overflow.push_back(item);
                             if paused {
                                 // A rebalance may have assigned partitions that are not paused.

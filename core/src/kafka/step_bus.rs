@@ -2,7 +2,7 @@
 //! `rpaflow.results`, cancellations out to `rpaflow.control`, run events to `rpaflow.events`.
 
 use std::collections::HashSet;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,14 +10,13 @@ use prost::Message as _;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureRecord, Producer as _};
 use rpaflow_proto::v1 as pb;
-use tokio::sync::mpsc;
 
-use super::consumer::{Partitions, PollLoop};
+use super::consumer::{Out, Partitions, PollLoop};
 use super::{
     CONTROL_TOPIC, DLQ_TOPIC, EVENTS_TOPIC, KafkaConfig, Producer, RESULTS_TOPIC, Result,
     TRACEPARENT_HEADER, produce, tasks_topic, traceparent,
 };
-use crate::bus::{Ack, BusError, ResultDelivery, StepBus};
+use crate::bus::{BusError, ResultDelivery, ResultSink, ResultSlot, StepBus};
 
 /// The group whose offsets record which results the orchestrator has made durable. The
 /// orchestrator reads every partition of `rpaflow.results` itself (one orchestrator per cluster),
@@ -27,7 +26,8 @@ pub const ORCHESTRATOR_GROUP: &str = "rpaflow-orchestrator";
 pub struct KafkaStepBus {
     config: KafkaConfig,
     producer: Producer,
-    results: tokio::sync::Mutex<mpsc::Receiver<(pb::TaskResult, Ack)>>,
+    /// Results go here from the poll loop, as they are read.
+    results: Arc<ResultSlot>,
     poll: PollLoop,
     /// Task topics known to exist.
     topics: Mutex<HashSet<String>>,
@@ -54,20 +54,23 @@ impl KafkaStepBus {
             ])
             .await?;
         let producer = config.producer()?;
-        let (tx, rx) = mpsc::channel(1024);
+        let results = Arc::new(ResultSlot::default());
+        let slot = Arc::clone(&results);
         let poll = PollLoop::spawn(
             &config,
             ORCHESTRATOR_GROUP,
             Partitions::All(RESULTS_TOPIC.to_owned()),
             decode_result,
-            tx,
+            Out::Direct(Arc::new(move |result, ack| {
+                slot.deliver(ResultDelivery { result, ack });
+            })),
             producer.clone(),
         )
         .await?;
         Ok(Self {
             config,
             producer,
-            results: tokio::sync::Mutex::new(rx),
+            results,
             poll,
             topics: Mutex::new(HashSet::new()),
         })
@@ -146,9 +149,8 @@ impl StepBus for KafkaStepBus {
         .await
     }
 
-    async fn next_result(&self) -> Option<ResultDelivery> {
-        let (result, ack) = self.results.lock().await.recv().await?;
-        Some(ResultDelivery { result, ack })
+    fn deliver_results(&self, sink: Arc<dyn ResultSink>) -> crate::bus::Result<()> {
+        self.results.attach(sink)
     }
 
     async fn close(&self) {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::connectivity::{ClientHealth, poll_error};
-use super::consumer::{Partitions, PollLoop, all_partitions, traceparent_header};
+use super::consumer::{Out, Partitions, PollLoop, all_partitions, traceparent_header};
 use super::{
     CONTROL_TOPIC, DLQ_TOPIC, Error, KafkaConfig, Producer, RESULTS_TOPIC, Result,
     TRACEPARENT_HEADER, produce, tasks_topic, traceparent, worker_group,
@@ -68,7 +68,7 @@ impl KafkaTaskSource {
                     &worker_group(queue),
                     Partitions::Group(vec![tasks_topic(queue)]),
                     decode_task,
-                    tx.clone(),
+                    Out::Channel(tx.clone()),
                     producer.clone(),
                 )
                 .await?,

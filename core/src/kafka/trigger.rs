@@ -20,7 +20,7 @@ use rdkafka::producer::Producer as _;
 use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
-use super::consumer::{Partitions, PollLoop};
+use super::consumer::{Out, Partitions, PollLoop};
 use super::{DLQ_TOPIC, KafkaConfig, Origin, Producer, Result, dead_letter};
 use crate::bus::Ack;
 
@@ -88,7 +88,7 @@ impl KafkaTriggerSource {
             group,
             Partitions::All(topic.to_owned()),
             decode_trigger,
-            tx,
+            Out::Channel(tx),
             producer.clone(),
         )
         .await?;

@@ -1,4 +1,4 @@
-//! The orchestrator component: storage, the flow registry, run actors and the result loop,
+//! The orchestrator component: storage, the flow registry, run actors and the routing of results,
 //! behind a cheap [`OrchestratorHandle`] that the gRPC API, `rpaflow dev` and the benchmarks use.
 //!
 //! # Layout
@@ -9,12 +9,14 @@
 //! - `admission`: whether a run may start (limits, memory, queues' backlog) and the flows'
 //!   `concurrency` policies.
 //! - `handle`: [`OrchestratorHandle`], [`StartRun`] and [`FlowView`].
+//! - `results`: workers' results, routed to their runs' actors as the bus delivers them.
 //! - `watch`: following a run's events ([`OrchestratorHandle::watch_run`]).
 
 mod admission;
 mod config;
 mod engine;
 mod handle;
+mod results;
 mod run_effects;
 mod runtime;
 mod watch;
@@ -27,22 +29,21 @@ pub use self::runtime::{ActorRuntime, EngineClock};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rpaflow_core::bus::{ResultDelivery, StepBus};
-use rpaflow_proto::v1 as pb;
+use rpaflow_core::bus::StepBus;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use self::admission::Backlog;
-use crate::actors::{ActorSystem, Deliver, Initial};
+use self::results::ResultRouter;
+use crate::actors::{ActorSystem, Initial};
 use crate::error::{Error, Result};
 use crate::evaluation::Evaluator;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::state::{Action, ErrorInfo, Input, RunEvent, RunState};
+use crate::state::{Action, Input, RunEvent, RunState};
 use crate::store::{RunSummary, Store, StoreOptions};
 use crate::triggers::schedule::{Clock, Scheduler};
-use actix::dev::SendError;
 
 /// The orchestrator; [`Orchestrator::run`] drives it until shutdown.
 pub struct Orchestrator {
@@ -272,8 +273,8 @@ impl Orchestrator {
         }
     }
 
-    /// Routes worker results to run actors and fires schedules until `shutdown`, then stops the
-    /// scheduler and the actors.
+    /// Has worker results routed to run actors and fires schedules until `shutdown`, then stops
+    /// the scheduler and the actors.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let handle = self.handle();
         let Self { shared, scheduler } = self;
@@ -289,81 +290,18 @@ impl Orchestrator {
         for flow in waiting {
             shared.wake_queue(&flow, usize::MAX);
         }
-        loop {
-            let delivery = tokio::select! {
-                () = shutdown.cancelled() => break,
-                delivery = shared.bus.next_result() => delivery,
-            };
-            let Some(ResultDelivery { result, ack }) = delivery else {
-                break;
-            };
-            if let Some((queue, dispatched_at_ms)) = shared.backlog.answered(
-                &result.run_id,
-                &result.step_id,
-                result.item,
-                result.attempt,
-            ) {
-                shared
-                    .metrics
-                    .task_started(&queue, dispatched_at_ms, result.started_at_ms);
-            }
-            let Some(addr) = shared.actor(&result.run_id) else {
-                // A finished or unknown run: nothing to record.
-                ack.ack();
-                continue;
-            };
-            if !shared.result_namespace_matches(&result) {
-                // A result must come back for the namespace its task went out for; one that does
-                // not is dropped (the attempt times out and is retried as if lost).
-                warn!(
-                    run_id = %result.run_id, step = %result.step_id, namespace = %result.namespace,
-                    worker = %result.worker_id, "result names another namespace than its run's; dropped"
-                );
-                ack.ack();
-                continue;
-            }
-            let outcome = match result.outcome {
-                Some(pb::task_result::Outcome::OutputJson(text)) => serde_json::from_str(&text)
-                    .map_err(|e| {
-                        ErrorInfo::new(
-                            "invalid_output",
-                            format!("worker sent output that is not JSON: {e}"),
-                            false,
-                        )
-                    }),
-                Some(pb::task_result::Outcome::Error(e)) => Err(ErrorInfo {
-                    code: e.code,
-                    message: e.message,
-                    retryable: e.retryable,
-                }),
-                None => Err(ErrorInfo::new(
-                    "invalid_output",
-                    "worker sent a result with neither output nor error",
-                    false,
-                )),
-            };
-            let input = Input::Result {
-                step: result.step_id,
-                item: result.item,
-                attempt: result.attempt,
-                outcome,
-            };
-            let delivery = Deliver {
-                input,
-                ack: Some(ack),
-            };
-            match addr.try_send(delivery) {
-                Ok(()) => {}
-                Err(SendError::Full(delivery)) => addr.do_send(delivery),
-                // The actor left meanwhile (its run ended, or rests with nothing out): the
-                // result is late; acknowledged, so the bus does not hold it forever.
-                Err(SendError::Closed(delivery)) => {
-                    if let Some(ack) = delivery.ack {
-                        ack.ack();
-                    }
-                }
-            }
-        }
+        // Results go straight from the bus to their runs' actors from now on (and those that
+        // came since the start, at once).
+        let stopped = shutdown.child_token();
+        shared
+            .bus
+            .deliver_results(Arc::new(ResultRouter::new(
+                Arc::downgrade(&shared),
+                stopped.clone(),
+            )))
+            .map_err(|e| Error::Internal(format!("cannot take results from the bus: {e}")))?;
+        shutdown.cancelled().await;
+        stopped.cancel();
         info!("orchestrator stopping");
         scheduler_stop.cancel();
         if let Err(err) = scheduler.await {

@@ -84,24 +84,16 @@ impl RunEffects for Arc<Engine> {
             .collect();
         let bus = self.bus.clone();
         let run_id = state.run_id.clone();
-        // The tasks of one decision (a fan-out, parallel steps) go out together: each is handed
-        // to the bus in order on the first poll (one run's tasks share a partition, and the
-        // idempotent producer keeps their order), and the acknowledgements are awaited
-        // together instead of one round trip after the other.
+        // The tasks of one decision (a fan-out, parallel steps) go out in one bus call, in
+        // order (one run's tasks share a partition).
         async move {
-            let sent = tasks.into_iter().map(|task| {
-                let bus = bus.clone();
-                async move {
-                    let step = task.step_id.clone();
-                    let span = crate::spans::Dispatching::start(&task);
-                    let outcome = bus.dispatch(task).await;
-                    if let Some(span) = span {
-                        span.end(outcome.as_ref().err().map(|e| e as _));
-                    }
-                    (step, outcome)
+            let spans: Vec<_> = tasks.iter().map(crate::spans::Dispatching::start).collect();
+            let steps: Vec<_> = tasks.iter().map(|task| task.step_id.clone()).collect();
+            let outcomes = bus.dispatch_all(tasks).await;
+            for ((step, span), outcome) in steps.into_iter().zip(spans).zip(outcomes) {
+                if let Some(span) = span {
+                    span.end(outcome.as_ref().err().map(|e| e as _));
                 }
-            });
-            for (step, outcome) in futures::future::join_all(sent).await {
                 if let Err(err) = outcome {
                     // The attempt's deadline retries it.
                     error!(run_id = %run_id, step = %step, error = %err, "dispatch failed");

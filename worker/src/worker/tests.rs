@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rpaflow_core::bus::{Ack, InProcessBus, StepBus, TaskDelivery, TaskSource};
+use rpaflow_core::bus::{Ack, InProcessBus, ResultDelivery, StepBus, TaskDelivery, TaskSource};
 use rpaflow_proto::v1::{self as pb, task_result::Outcome};
 use serde_json::{Value as Json, json};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -33,11 +33,29 @@ fn task(run_id: &str, step_id: &str, kind: &str, input: Json) -> pb::Task {
 }
 
 /// Wraps the in-process bus to count pulls and acknowledgements.
-#[derive(Default)]
 struct CountingSource {
     bus: InProcessBus,
+    /// What the worker published, as the orchestrator would receive it.
+    results: tokio::sync::Mutex<mpsc::UnboundedReceiver<ResultDelivery>>,
     pulled: AtomicUsize,
     acked: Arc<AtomicUsize>,
+}
+
+impl CountingSource {
+    fn new() -> Self {
+        let bus = InProcessBus::new();
+        let results = bus.results_channel().expect("the first sink");
+        Self {
+            bus,
+            results: tokio::sync::Mutex::new(results),
+            pulled: AtomicUsize::default(),
+            acked: Arc::default(),
+        }
+    }
+
+    async fn next_result(&self) -> Option<ResultDelivery> {
+        self.results.lock().await.recv().await
+    }
 }
 
 #[async_trait]
@@ -108,7 +126,7 @@ struct Harness {
 
 impl Harness {
     fn start(registry: Registry, concurrency: usize) -> Self {
-        let source = Arc::new(CountingSource::default());
+        let source = Arc::new(CountingSource::new());
         let config = WorkerConfig {
             id: "worker-test".into(),
             concurrency,
@@ -131,7 +149,7 @@ impl Harness {
     }
 
     async fn result(&self) -> pb::TaskResult {
-        tokio::time::timeout(Duration::from_secs(3600), self.source.bus.next_result())
+        tokio::time::timeout(Duration::from_secs(3600), self.source.next_result())
             .await
             .expect("a result within the hour")
             .expect("the bus is open")
@@ -340,7 +358,7 @@ async fn shutdown_finishes_the_tasks_in_flight_and_pulls_no_more() {
     assert_eq!(handle.stats().succeeded, 2);
     assert!(!handle.stats().running);
     for _ in 0..2 {
-        let result = source.bus.next_result().await.unwrap().result;
+        let result = source.next_result().await.unwrap().result;
         assert_eq!(output(&result), json!({"slept_ms": 5000}));
     }
 }
