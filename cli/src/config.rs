@@ -330,10 +330,6 @@ impl Layered for InferenceServiceConfig {
 
 fn validate_orchestrator(orchestrator: &OrchestratorConfig) -> anyhow::Result<()> {
     anyhow::ensure!(
-        orchestrator.arbiters >= 1,
-        "orchestrator.arbiters must be at least 1"
-    );
-    anyhow::ensure!(
         orchestrator.max_payload_bytes >= 1024,
         "orchestrator.max_payload_bytes must be at least 1024"
     );

@@ -38,7 +38,12 @@ impl std::fmt::Debug for ActorSystem {
 }
 
 impl ActorSystem {
+    /// Starts `arbiters` threads for actors; 0: half the CPUs, at least one.
     pub fn start(arbiters: usize) -> Result<Self> {
+        let arbiters = match arbiters {
+            0 => std::thread::available_parallelism().map_or(1, |cpus| (cpus.get() / 2).max(1)),
+            n => n,
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("rpaflow-actors".into())

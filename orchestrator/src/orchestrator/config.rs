@@ -15,7 +15,9 @@ use crate::state::{
 pub struct OrchestratorConfig {
     /// Where sled keeps flows, runs and events.
     pub data_dir: PathBuf,
-    /// Threads that run the run actors.
+    /// Threads that run the run actors (0: half the CPUs, at least one). The actors take about
+    /// half of a step's CPU; more arbiters than that only make them wait for the CPU behind the
+    /// worker pool and storage (on 2 cores, 4 arbiters doubled the slowest steps' latency).
     pub arbiters: usize,
     /// The largest run input or rendered step input accepted, in bytes.
     pub max_payload_bytes: usize,
@@ -105,7 +107,7 @@ impl Default for OrchestratorConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from(".rpaflow"),
-            arbiters: 4,
+            arbiters: 0,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_output_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_active_runs: 100_000,
