@@ -246,3 +246,59 @@ impl TaskSource for InProcessBus {
         self.inner.cancel_tx.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(step: &str) -> pb::TaskResult {
+        pb::TaskResult {
+            run_id: "run-1".into(),
+            step_id: step.into(),
+            attempt: 1,
+            ..Default::default()
+        }
+    }
+
+    fn steps(rx: &mut mpsc::UnboundedReceiver<ResultDelivery>) -> Vec<String> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|d| d.result.step_id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn results_published_before_the_sink_reach_it_first_and_in_order() {
+        let bus = InProcessBus::new();
+        bus.publish(result("a")).await.unwrap();
+        bus.publish(result("b")).await.unwrap();
+        let mut rx = bus.results_channel().unwrap();
+        bus.publish(result("c")).await.unwrap();
+        assert_eq!(steps(&mut rx), ["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_second_sink_is_refused_and_the_first_keeps_the_results() {
+        let bus = InProcessBus::new();
+        let mut first = bus.results_channel().unwrap();
+        let err = bus.results_channel().unwrap_err();
+        assert!(err.to_string().contains("already go to another sink"), "{err}");
+        bus.publish(result("a")).await.unwrap();
+        assert_eq!(steps(&mut first), ["a"]);
+    }
+
+    #[tokio::test]
+    async fn a_decision_s_tasks_reach_the_workers_in_order() {
+        let bus = InProcessBus::new();
+        let tasks = ["a", "b", "c"].map(|step| pb::Task {
+            run_id: "run-1".into(),
+            step_id: step.into(),
+            attempt: 1,
+            ..Default::default()
+        });
+        let outcomes = bus.dispatch_all(tasks.to_vec()).await;
+        assert!(outcomes.iter().all(Result::is_ok));
+        for step in ["a", "b", "c"] {
+            assert_eq!(bus.next_task().await.unwrap().task.step_id, step);
+        }
+    }
+}
