@@ -56,7 +56,11 @@ pub struct Engine {
     /// Starts of a flow with a `concurrency` policy, one at a time (count, decide, create).
     pub(super) admission: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub(super) system: Mutex<Option<ActorSystem>>,
+    /// Every durable batch of events, for in-process subscribers that keep up (the Kafka event
+    /// feed, benchmarks): one that falls behind misses batches.
     pub(super) events: broadcast::Sender<Published>,
+    /// The runs clients watch ([`super::OrchestratorHandle::watch_run`]).
+    pub(super) watchers: super::watch::RunWatchers,
     /// Bumped whenever a new flow version is registered.
     pub(super) registrations: tokio::sync::watch::Sender<u64>,
 }
@@ -120,8 +124,9 @@ impl Engine {
     }
 
     pub(crate) fn publish(&self, run_id: &str, events: Vec<RunEvent>) {
-        // Nobody watching is fine.
+        // Nobody subscribed is fine.
         let _ = self.events.send(Arc::new((run_id.to_owned(), events)));
+        self.watchers.notify(run_id);
     }
 
     pub(crate) fn forget(self: &Arc<Self>, run_id: &str) {

@@ -605,7 +605,10 @@ impl OrchestratorHandle {
     }
 
     /// Every batch of events of every run, as each becomes durable: `(run_id, events)`.
-    /// A receiver that falls behind loses batches (`Lagged`); the store still has them.
+    /// For in-process readers that keep up: the batches a receiver has not read stay in memory
+    /// (up to the channel's 65,536), and one that falls behind further loses batches
+    /// (`Lagged`; the store still has them). A client following one run uses
+    /// [`Self::watch_run`], which holds nothing for it.
     pub fn subscribe(&self) -> broadcast::Receiver<Published> {
         self.shared.events.subscribe()
     }

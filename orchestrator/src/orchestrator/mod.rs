@@ -221,6 +221,7 @@ impl Orchestrator {
             admission: Mutex::default(),
             system: Mutex::new(Some(system)),
             events,
+            watchers: Default::default(),
             registrations: tokio::sync::watch::Sender::new(0),
         });
         let orchestrator = Self { shared, scheduler };

@@ -1,11 +1,87 @@
 //! [`OrchestratorHandle::watch_run`]: a run's stored events, then its live ones.
+//!
+//! A watcher reads the run's events from storage and, between reads, waits for word that the
+//! run has more ([`RunWatchers`]): nothing of the events is held for it in memory, so a client
+//! that reads slowly (or not at all) costs the orchestrator nothing but its own stream, and a
+//! watcher wakes only for its run.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::Stream;
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 
-use super::OrchestratorHandle;
+use super::{Engine, OrchestratorHandle};
 use crate::error::Result;
 use crate::state::{EventKind, RunEvent};
+
+/// The runs someone watches, each with a counter bumped whenever more of its events are durable.
+#[derive(Default)]
+pub(crate) struct RunWatchers {
+    runs: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl RunWatchers {
+    /// More of `run_id`'s events are durable.
+    pub(crate) fn notify(&self, run_id: &str) {
+        let runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = runs.get(run_id) {
+            tx.send_modify(|version| *version = version.wrapping_add(1));
+        }
+    }
+}
+
+/// One watcher's word of a run's new events; the run is no longer watched once the last such
+/// is dropped.
+struct Following {
+    engine: Arc<Engine>,
+    run_id: String,
+    rx: Option<watch::Receiver<u64>>,
+}
+
+impl Following {
+    fn new(engine: Arc<Engine>, run_id: &str) -> Self {
+        let rx = engine
+            .watchers
+            .runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(run_id.to_owned())
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe();
+        Self {
+            engine,
+            run_id: run_id.to_owned(),
+            rx: Some(rx),
+        }
+    }
+
+    /// Waits until the run has events that were not durable when this was made or last waited.
+    async fn more(&mut self) {
+        if let Some(rx) = &mut self.rx {
+            // The sender stays in the table while any watcher holds a receiver.
+            let _ = rx.changed().await;
+        }
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        let mut runs = self
+            .engine
+            .watchers
+            .runs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if runs
+            .get(&self.run_id)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            runs.remove(&self.run_id);
+        }
+    }
+}
 
 impl OrchestratorHandle {
     /// The events of a run of `namespace` from `from_seq`, then live ones until it finishes.
@@ -17,7 +93,8 @@ impl OrchestratorHandle {
     ) -> Result<impl Stream<Item = Result<RunEvent>> + Send + 'static> {
         let shared = self.shared.clone();
         let run_id = run_id.to_owned();
-        let mut live = shared.events.subscribe();
+        // Before the first read: nothing durable after it goes unnoticed.
+        let mut more = Following::new(shared.clone(), &run_id);
         self.check_run(namespace, &run_id)?;
         Ok(async_stream(move |tx| async move {
             let mut next = from_seq.max(1);
@@ -47,14 +124,7 @@ impl OrchestratorHandle {
                     }
                     return Ok(());
                 }
-                loop {
-                    match live.recv().await {
-                        Ok(batch) if batch.0 == run_id => break,
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                    }
-                }
+                more.more().await;
             }
         }))
     }

@@ -13,3 +13,4 @@ mod harness;
 mod recovery;
 mod retries;
 mod subflows;
+mod watching;
