@@ -32,8 +32,9 @@ pub fn trigger_group(flow: &str, trigger: &str) -> String {
     format!("rpaflow-trigger-{flow}-{trigger}")
 }
 
-/// One message of a trigger topic, decoded.
-#[derive(Debug, Clone)]
+/// One message of a trigger topic, decoded. The default (topic `""`, offset 0, a `null` value, no
+/// payload) is for tests, which set the public fields they need.
+#[derive(Debug, Clone, Default)]
 pub struct TriggerMessage {
     pub topic: String,
     pub partition: i32,

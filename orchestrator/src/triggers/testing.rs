@@ -1,6 +1,7 @@
 //! A fake [`RunStarter`] and flows for the triggers' unit tests.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::RunStarter;
@@ -37,6 +38,8 @@ pub(crate) struct FakeStarter {
     pub refusals: Arc<Mutex<VecDeque<Error>>>,
     /// What [`RunStarter::registrations`] follows.
     pub registrations: Arc<tokio::sync::watch::Sender<u64>>,
+    /// While set, [`RunStarter::evaluate`] answers that the evaluator is not running.
+    pub evaluator_stopped: Arc<AtomicBool>,
 }
 
 impl RunStarter for FakeStarter {
@@ -79,6 +82,9 @@ impl RunStarter for FakeStarter {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
+        if self.evaluator_stopped.load(Ordering::SeqCst) {
+            return Err(Error::NotRunning("evaluator"));
+        }
         Ok(work())
     }
 }

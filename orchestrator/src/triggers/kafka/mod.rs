@@ -19,15 +19,20 @@
 //! policy (`skip`), the message is acknowledged without a run. A message that can never start a run
 //! (its inputs do not map, or the flow refuses them) goes to `rpaflow.dlq` with the reason, and
 //! is acknowledged once there. Undecodable messages (not JSON) go there from the poll loop.
+//!
+//! What becomes of one message is `start`, which reaches the dead-letter topic through the
+//! `DeadLetters` port: the unit tests (`tests.rs`) run it on fakes, without a broker.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use rpaflow_core::flow::TriggerKind;
-use rpaflow_core::kafka::{KafkaConfig, KafkaTriggerSource, TriggerDelivery, trigger_group};
+use rpaflow_core::kafka::{
+    KafkaConfig, KafkaTriggerSource, TriggerDelivery, TriggerMessage, trigger_group,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -198,7 +203,7 @@ impl<S: RunStarter> Consumer<S> {
         let group = trigger_group(&spec.flow, &spec.trigger);
         let source = loop {
             match KafkaTriggerSource::connect(&self.config, &group, &spec.topic).await {
-                Ok(source) => break Arc::new(source),
+                Ok(source) => break source,
                 Err(err) => {
                     error!(flow = %spec.flow, trigger = %spec.trigger, topic = %spec.topic, error = %err, "cannot consume the trigger topic; trying again");
                     tokio::select! {
@@ -217,7 +222,7 @@ impl<S: RunStarter> Consumer<S> {
                 delivery = source.next(), if starting.len() < MAX_STARTING => {
                     let Some(delivery) = delivery else { break };
                     let spec = self.spec.borrow().clone();
-                    starting.push(start(self.starter.clone(), Arc::clone(&source), spec, delivery, self.stop.clone()));
+                    starting.push(start(self.starter.clone(), &source, spec, delivery, self.stop.clone()));
                 }
             }
         }
@@ -228,11 +233,32 @@ impl<S: RunStarter> Consumer<S> {
     }
 }
 
+/// Where a message that can never start a run goes, with the reason: the dead-letter topic
+/// ([`KafkaTriggerSource::dead_letter`]); a fake in the unit tests.
+trait DeadLetters: Sync {
+    /// Returns once the message is kept there (for Kafka: once the broker has it).
+    fn dead_letter(
+        &self,
+        message: &TriggerMessage,
+        reason: &str,
+    ) -> impl Future<Output = rpaflow_core::bus::Result<()>> + Send;
+}
+
+impl DeadLetters for KafkaTriggerSource {
+    async fn dead_letter(
+        &self,
+        message: &TriggerMessage,
+        reason: &str,
+    ) -> rpaflow_core::bus::Result<()> {
+        KafkaTriggerSource::dead_letter(self, message, reason).await
+    }
+}
+
 /// Starts the run of one message; acknowledges the message once the run is durable, or once it
 /// is on the dead-letter topic.
 async fn start(
     starter: impl RunStarter,
-    source: Arc<KafkaTriggerSource>,
+    dead_letters: &impl DeadLetters,
     spec: Spec,
     delivery: TriggerDelivery,
     stop: CancellationToken,
@@ -248,7 +274,7 @@ async fn start(
         .await;
     let inputs = match mapped {
         Ok(Ok(inputs)) => inputs,
-        Ok(Err(reason)) => return dead_letter(&source, &spec, message, ack, &reason).await,
+        Ok(Err(reason)) => return dead_letter(dead_letters, &spec, message, ack, &reason).await,
         Err(err) => {
             // The message stays unacknowledged and comes again.
             warn!(flow = %spec.flow, trigger = %spec.trigger, error = %err, "cannot map a message to run inputs");
@@ -296,7 +322,7 @@ async fn start(
                 | Error::FlowVersionNotFound { .. }
                 | Error::InvalidFlow(_)),
             ) => {
-                return dead_letter(&source, &spec, message, ack, &err.to_string()).await;
+                return dead_letter(dead_letters, &spec, message, ack, &err.to_string()).await;
             }
             Err(Error::FailedPrecondition(reason)) => {
                 // The flow's concurrency policy (`skip`) refused the run: the message is done.
@@ -320,16 +346,19 @@ async fn start(
 }
 
 async fn dead_letter(
-    source: &KafkaTriggerSource,
+    dead_letters: &impl DeadLetters,
     spec: &Spec,
-    message: rpaflow_core::kafka::TriggerMessage,
+    message: TriggerMessage,
     ack: rpaflow_core::bus::Ack,
     reason: &str,
 ) {
     warn!(flow = %spec.flow, trigger = %spec.trigger, topic = %message.topic, partition = message.partition, offset = message.offset, reason = %reason, "kafka message cannot start a run; sending it to the dead-letter topic");
-    match source.dead_letter(&message, reason).await {
+    match dead_letters.dead_letter(&message, reason).await {
         Ok(()) => ack.ack(),
         // Unacknowledged: it comes back after a restart.
         Err(err) => error!(error = %err, "cannot write to the dead-letter topic"),
     }
 }
+
+#[cfg(test)]
+mod tests;
