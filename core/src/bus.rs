@@ -281,7 +281,10 @@ mod tests {
         let bus = InProcessBus::new();
         let mut first = bus.results_channel().unwrap();
         let err = bus.results_channel().unwrap_err();
-        assert!(err.to_string().contains("already go to another sink"), "{err}");
+        assert!(
+            err.to_string().contains("already go to another sink"),
+            "{err}"
+        );
         bus.publish(result("a")).await.unwrap();
         assert_eq!(steps(&mut first), ["a"]);
     }

@@ -27,12 +27,14 @@ fn a_watcher_that_stops_reading_gets_every_event_in_order_when_it_reads_again() 
         let id = engine.start_run("chain", json!({})).await;
         let mut stream = engine.handle.watch_run(NS, &id, 1).expect("the run exists");
         // The first event, then nothing read until the run (and runs beside it) finished.
-        let first = stream.next().await.expect("an event").expect("not an error");
+        let first = stream
+            .next()
+            .await
+            .expect("an event")
+            .expect("not an error");
         assert_eq!(first.seq, 1);
-        let others: Vec<String> = futures::future::join_all(
-            (0..5).map(|_| engine.start_run("chain", json!({}))),
-        )
-        .await;
+        let others: Vec<String> =
+            futures::future::join_all((0..5).map(|_| engine.start_run("chain", json!({})))).await;
         for other in &others {
             engine.finished(other).await;
         }
