@@ -42,6 +42,18 @@ pub(crate) struct FakeStarter {
     pub evaluator_stopped: Arc<AtomicBool>,
 }
 
+impl FakeStarter {
+    /// The idempotency key of every start asked for, in order.
+    pub fn keys(&self) -> Vec<String> {
+        self.starts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.idempotency_key.clone())
+            .collect()
+    }
+}
+
 impl RunStarter for FakeStarter {
     async fn start_run(&self, req: StartRun) -> Result<(RunState, bool)> {
         self.starts.lock().unwrap().push(req.clone());

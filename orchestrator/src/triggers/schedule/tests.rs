@@ -476,14 +476,7 @@ async fn a_running_scheduler_answers_its_handle_and_fires_on_its_ticks() {
     now.store(ms("2026-06-01T10:00:00Z"), Ordering::SeqCst);
     // A tick or two of (paused) time.
     tokio::time::sleep(TICK * 2).await;
-    let keys: Vec<String> = starter
-        .starts
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|s| s.idempotency_key.clone())
-        .collect();
-    assert_eq!(keys, [key("hourly", "2026-06-01T10:00:00Z")]);
+    assert_eq!(starter.keys(), [key("hourly", "2026-06-01T10:00:00Z")]);
 
     let view = handle.set_paused("hourly", "tick", true).await.unwrap();
     assert!(view.paused);
