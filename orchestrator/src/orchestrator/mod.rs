@@ -279,6 +279,15 @@ impl Orchestrator {
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let handle = self.handle();
         let Self { shared, scheduler } = self;
+        // Results go straight from the bus to their runs' actors from now on (and those that
+        // came since the start, at once); from the shutdown on, none is taken.
+        shared
+            .bus
+            .deliver_results(Arc::new(ResultRouter::new(
+                Arc::downgrade(&shared),
+                shutdown.child_token(),
+            )))
+            .map_err(|e| Error::Internal(format!("cannot take results from the bus: {e}")))?;
         let scheduler_stop = shutdown.child_token();
         let scheduler =
             tokio::spawn(scheduler.run(handle, shared.store.clone(), scheduler_stop.clone()));
@@ -291,18 +300,7 @@ impl Orchestrator {
         for flow in waiting {
             shared.wake_queue(&flow, usize::MAX);
         }
-        // Results go straight from the bus to their runs' actors from now on (and those that
-        // came since the start, at once).
-        let stopped = shutdown.child_token();
-        shared
-            .bus
-            .deliver_results(Arc::new(ResultRouter::new(
-                Arc::downgrade(&shared),
-                stopped.clone(),
-            )))
-            .map_err(|e| Error::Internal(format!("cannot take results from the bus: {e}")))?;
         shutdown.cancelled().await;
-        stopped.cancel();
         info!("orchestrator stopping");
         scheduler_stop.cancel();
         if let Err(err) = scheduler.await {
