@@ -211,13 +211,6 @@ impl StepBus for InProcessBus {
         Ok(())
     }
 
-    async fn dispatch_all(&self, tasks: Vec<pb::Task>) -> Vec<Result<()>> {
-        tasks
-            .into_iter()
-            .map(|task| self.inner.tasks_tx.send(task).map_err(|_| BusError::Closed))
-            .collect()
-    }
-
     fn deliver_results(&self, sink: Arc<dyn ResultSink>) -> Result<()> {
         self.inner.results.attach(sink)
     }
