@@ -24,62 +24,61 @@ pub(crate) struct RunWatchers {
 impl RunWatchers {
     /// More of `run_id`'s events are durable.
     pub(crate) fn notify(&self, run_id: &str) {
-        let runs = self.runs.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(tx) = runs.get(run_id) {
+        if let Some(tx) = self.lock().get(run_id) {
             tx.send_modify(|version| *version = version.wrapping_add(1));
         }
     }
+
+    /// Word of `run_id`'s events from now on.
+    fn follow(&self, run_id: &str) -> watch::Receiver<u64> {
+        self.lock()
+            .entry(run_id.to_owned())
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe()
+    }
+
+    /// A watcher of `run_id` leaves (its receiver is dropped right after): the run is no longer
+    /// watched once the last one has.
+    fn unfollow(&self, run_id: &str) {
+        let mut runs = self.lock();
+        // The leaving watcher's receiver still counts.
+        if runs.get(run_id).is_some_and(|tx| tx.receiver_count() <= 1) {
+            runs.remove(run_id);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
+        self.runs.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
-/// One watcher's word of a run's new events; the run is no longer watched once the last such
-/// is dropped.
+/// One watcher's word of a run's new events.
 struct Following {
     engine: Arc<Engine>,
     run_id: String,
-    rx: Option<watch::Receiver<u64>>,
+    rx: watch::Receiver<u64>,
 }
 
 impl Following {
     fn new(engine: Arc<Engine>, run_id: &str) -> Self {
-        let rx = engine
-            .watchers
-            .runs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(run_id.to_owned())
-            .or_insert_with(|| watch::Sender::new(0))
-            .subscribe();
+        let rx = engine.watchers.follow(run_id);
         Self {
             engine,
             run_id: run_id.to_owned(),
-            rx: Some(rx),
+            rx,
         }
     }
 
     /// Waits until the run has events that were not durable when this was made or last waited.
     async fn more(&mut self) {
-        if let Some(rx) = &mut self.rx {
-            // The sender stays in the table while any watcher holds a receiver.
-            let _ = rx.changed().await;
-        }
+        // The sender stays in the table while any watcher holds a receiver.
+        let _ = self.rx.changed().await;
     }
 }
 
 impl Drop for Following {
     fn drop(&mut self) {
-        drop(self.rx.take());
-        let mut runs = self
-            .engine
-            .watchers
-            .runs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if runs
-            .get(&self.run_id)
-            .is_some_and(|tx| tx.receiver_count() == 0)
-        {
-            runs.remove(&self.run_id);
-        }
+        self.engine.watchers.unfollow(&self.run_id);
     }
 }
 
