@@ -126,6 +126,15 @@ impl Harness {
         letters.iter().map(|(m, r)| (m.offset, r.clone())).collect()
     }
 
+    /// The reason of the one message dead-lettered so far, which must be the one at `offset`.
+    fn only_dead_letter(&self, offset: i64) -> String {
+        let mut dead = self.dead_lettered();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        let (at, reason) = dead.remove(0);
+        assert_eq!(at, offset);
+        reason
+    }
+
     fn refuse(&self, err: Error) {
         self.starter.refusals.lock().unwrap().push_back(err);
     }
@@ -181,15 +190,9 @@ async fn the_input_template_maps_the_message_to_the_run_inputs() {
 
     // A message the template makes no object of can never start a run.
     h.consume("picked", 42, json!({"order": [7]})).await;
-    let dead = h.dead_lettered();
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].0, 42);
-    assert!(
-        dead[0].1.contains("`input` must give an object"),
-        "{}",
-        dead[0].1
-    );
-    assert!(dead[0].1.contains("not an array"), "{}", dead[0].1);
+    let reason = h.only_dead_letter(42);
+    assert!(reason.contains("`input` must give an object"), "{reason}");
+    assert!(reason.contains("not an array"), "{reason}");
     assert_eq!(h.starts(), 1);
     assert_eq!(h.acks(), vec![(41, 1), (42, 1)]);
 }
@@ -199,15 +202,12 @@ async fn a_message_that_is_not_an_object_goes_to_the_dead_letter_topic_and_start
     let h = Harness::new();
     h.consume("shop", 41, json!(42)).await;
 
-    let dead = h.dead_lettered();
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].0, 41);
+    let reason = h.only_dead_letter(41);
     assert!(
-        dead[0].1.starts_with("the message must be a JSON object"),
-        "{}",
-        dead[0].1
+        reason.starts_with("the message must be a JSON object"),
+        "{reason}"
     );
-    assert!(dead[0].1.contains("not a number"), "{}", dead[0].1);
+    assert!(reason.contains("not a number"), "{reason}");
     assert_eq!(h.starts(), 0);
     assert_eq!(h.acks(), vec![(41, 0)]);
 }
