@@ -123,8 +123,9 @@ fn restrict_permissions(dir: &std::path::Path) {
 type Rebuilt = (RunState, Vec<RunEvent>, Option<RunSummary>, Vec<Action>);
 
 /// Rebuilds every unfinished run from its events and decides what each must do again, on as
-/// many threads as there are cores (each run is read and replayed on its own).
-fn rebuild_active_runs(shared: &Engine) -> Result<Vec<Rebuilt>> {
+/// many threads as there are cores (each run is read and replayed on its own); `now_ms` is the
+/// engine's time when recovery began, read on the runtime whose clock it follows.
+fn rebuild_active_runs(shared: &Engine, now_ms: i64) -> Result<Vec<Rebuilt>> {
     let run_ids = shared.store.active_runs()?;
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let chunk = run_ids.len().div_ceil(threads).max(1);
@@ -134,7 +135,7 @@ fn rebuild_active_runs(shared: &Engine) -> Result<Vec<Rebuilt>> {
             .map(|ids| {
                 scope.spawn(move || {
                     ids.iter()
-                        .filter_map(|id| rebuild(shared, id))
+                        .filter_map(|id| rebuild(shared, id, now_ms))
                         .collect::<Vec<_>>()
                 })
             })
@@ -148,7 +149,7 @@ fn rebuild_active_runs(shared: &Engine) -> Result<Vec<Rebuilt>> {
 }
 
 /// One run rebuilt from storage, or none when it cannot be (logged; left as it is).
-fn rebuild(shared: &Engine, run_id: &str) -> Option<Rebuilt> {
+fn rebuild(shared: &Engine, run_id: &str, now_ms: i64) -> Option<Rebuilt> {
     let (mut state, listed) = match shared.load_listed(run_id) {
         Ok(loaded) => loaded,
         Err(err) => {
@@ -156,9 +157,7 @@ fn rebuild(shared: &Engine, run_id: &str) -> Option<Rebuilt> {
             return None;
         }
     };
-    let events = state
-        .handle(Input::Recover, shared.clock.now_ms())
-        .unwrap_or_default();
+    let events = state.handle(Input::Recover, now_ms).unwrap_or_default();
     let timers = state.pending_timers();
     // The listing read to rebuild the run, compared with what its events say.
     let repair = (listed.status != state.status.name()).then(|| shared.summary(&state));
@@ -203,7 +202,7 @@ impl Orchestrator {
         };
         let clock = EngineClock::for_runtime(config.actor_runtime);
         let (events, _) = broadcast::channel(64 * 1024);
-        let scheduler = Scheduler::new(Clock::new(config.clock_file.clone()));
+        let scheduler = Scheduler::new(Clock::new(config.clock_file.clone(), clock));
         let shared = Arc::new(Engine {
             store,
             registry,
@@ -234,10 +233,11 @@ impl Orchestrator {
     async fn recover(&self) -> Result<()> {
         // Rebuilding reads storage and may evaluate expressions: on the evaluation pool.
         let shared = self.shared.clone();
+        let now_ms = shared.clock.now_ms();
         let rebuilt = self
             .shared
             .evaluator
-            .run(move || rebuild_active_runs(&shared))
+            .run(move || rebuild_active_runs(&shared, now_ms))
             .await??;
         let shared = &self.shared;
         // A listing that disagrees with the run's events is written again here; what recovery

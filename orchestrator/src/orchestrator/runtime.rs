@@ -23,24 +23,28 @@ pub enum ActorRuntime {
 pub enum EngineClock {
     /// The wall clock.
     System,
-    /// The wall time when the orchestrator started plus the time tokio's clock says has passed
-    /// since: paused and advanced with the runtime it was made on.
+    /// The wall time when the process first made such a clock, plus the time tokio's clock says
+    /// has passed since: paused and advanced with the runtime it is read on. An orchestrator
+    /// restarted on the same paused runtime goes on from where its predecessor's time had got to.
     Tokio {
         base_ms: i64,
-        start: tokio::time::Instant,
+        start: std::time::Instant,
     },
 }
 
 impl EngineClock {
-    /// The clock that goes with actors run on `runtime`; [`ActorRuntime::Current`] must be
-    /// asked for inside the tokio runtime the actors will run on.
+    /// The clock that goes with actors run on `runtime`; for [`ActorRuntime::Current`] it is
+    /// read on the tokio runtime the actors run on, whose clock it follows.
     pub(crate) fn for_runtime(runtime: ActorRuntime) -> Self {
         match runtime {
             ActorRuntime::Arbiters => Self::System,
-            ActorRuntime::Current => Self::Tokio {
-                base_ms: rpaflow_core::time::now_ms(),
-                start: tokio::time::Instant::now(),
-            },
+            ActorRuntime::Current => {
+                static ANCHOR: std::sync::OnceLock<(i64, std::time::Instant)> =
+                    std::sync::OnceLock::new();
+                let (base_ms, start) = *ANCHOR
+                    .get_or_init(|| (rpaflow_core::time::now_ms(), std::time::Instant::now()));
+                Self::Tokio { base_ms, start }
+            }
         }
     }
 
@@ -48,7 +52,10 @@ impl EngineClock {
         match self {
             Self::System => rpaflow_core::time::now_ms(),
             Self::Tokio { base_ms, start } => {
-                let passed = i64::try_from(start.elapsed().as_millis()).unwrap_or(i64::MAX);
+                // tokio's `Instant` is std's, moved by the runtime's pauses and advances.
+                let now = tokio::time::Instant::now().into_std();
+                let passed = now.saturating_duration_since(*start).as_millis();
+                let passed = i64::try_from(passed).unwrap_or(i64::MAX);
                 base_ms.saturating_add(passed)
             }
         }

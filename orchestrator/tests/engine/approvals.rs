@@ -244,3 +244,50 @@ fn runs_waiting_for_people_come_back_resting_after_a_restart_and_keep_their_dead
         engine.stop().await;
     });
 }
+
+#[test]
+fn an_approval_deadline_counts_the_time_that_passed_before_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = paused(async {
+        let engine = refund_engine(dir.path()).await;
+        let id = engine.start_run("refund", json!({})).await;
+        engine.wait_until(&id, waiting).await;
+        // Four of its ten minutes pass before the orchestrator stops.
+        tokio::time::sleep(Duration::from_secs(240)).await;
+        engine.stop().await;
+        id
+    });
+    paused(async {
+        let restarted = tokio::time::Instant::now();
+        let engine = Engine::start(dir.path(), succeed_all()).await;
+        let run = engine.finished(&id).await;
+        assert_eq!(
+            run.steps[0].error.as_ref().map(|e| e.code.as_str()),
+            Some("approval_timeout")
+        );
+        let after = restarted.elapsed();
+        assert!(
+            (Duration::from_secs(359)..Duration::from_secs(361)).contains(&after),
+            "the deadline came {after:?} after the restart, not the six minutes left"
+        );
+        let events = engine.events(&id).await;
+        assert!(
+            events.windows(2).all(|pair| pair[0].1 <= pair[1].1),
+            "event times go back across the restart: {events:?}"
+        );
+        let (requested, failed) = (
+            events
+                .iter()
+                .find(|(n, _)| n == "approval_requested")
+                .unwrap()
+                .1,
+            events.iter().find(|(n, _)| n == "run_failed").unwrap().1,
+        );
+        assert!(
+            (600_000..600_100).contains(&(failed - requested)),
+            "failed {} ms after the request",
+            failed - requested
+        );
+        engine.stop().await;
+    });
+}

@@ -22,8 +22,15 @@ pub const NS: &str = "default";
 /// The most (paused) time a scenario may take before it is stuck.
 const SCENARIO_LIMIT: Duration = Duration::from_secs(3600);
 
+thread_local! {
+    /// Where the paused clock of this test's last runtime got to.
+    static REACHED: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+}
+
 /// Runs `scenario` on a paused current-thread runtime under an actix system, as the orchestrator's
-/// actors need; a scenario that stops making progress fails instead of hanging.
+/// actors need; a scenario that stops making progress fails instead of hanging. Time never goes
+/// back within a test: a second runtime (an orchestrator restarted on the same store) starts
+/// where the first one's clock got to.
 pub fn paused<F: Future>(scenario: F) -> F::Output {
     let system = actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_current_thread()
@@ -33,9 +40,15 @@ pub fn paused<F: Future>(scenario: F) -> F::Output {
             .expect("a tokio runtime")
     });
     system.block_on(async {
-        tokio::time::timeout(SCENARIO_LIMIT, scenario)
+        let now = tokio::time::Instant::now().into_std();
+        if let Some(reached) = REACHED.get().filter(|reached| *reached > now) {
+            tokio::time::advance(reached - now).await;
+        }
+        let output = tokio::time::timeout(SCENARIO_LIMIT, scenario)
             .await
-            .expect("the scenario got stuck")
+            .expect("the scenario got stuck");
+        REACHED.set(Some(tokio::time::Instant::now().into_std()));
+        output
     })
 }
 

@@ -1,6 +1,6 @@
 //! The orchestrator in-process, on the in-process bus, with paused time: the scenarios that need
 //! no real process (retries and attempt timeouts, approval deadlines, concurrency policies,
-//! subflows, recovery from a store written by a previous instance). Each asserts what a user
+//! subflows, schedules, recovery from a store written by a previous instance). Each asserts what a user
 //! would see: statuses, attempts, outputs, the order and timing of events.
 //!
 //! # Layout
@@ -12,5 +12,6 @@ mod concurrency;
 mod harness;
 mod recovery;
 mod retries;
+mod schedules;
 mod subflows;
 mod watching;

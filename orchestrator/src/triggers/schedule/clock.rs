@@ -1,13 +1,18 @@
-//! What "now" is for the scheduler: the system clock, or, as a testing aid, a file.
+//! What "now" is for the scheduler: the engine's clock (the wall clock in production, tokio's
+//! paused clock for actors on [`ActorRuntime::Current`](crate::orchestrator::ActorRuntime)), or,
+//! as a testing aid, a file.
 
 use std::path::PathBuf;
+
+use crate::orchestrator::EngineClock;
 
 use rpaflow_core::flow::schedule::parse_instant;
 
 /// The scheduler's clock.
 #[derive(Debug, Clone)]
 pub enum Clock {
-    System,
+    /// The time the run actors read: schedules fire when their runs' timers would.
+    Engine(EngineClock),
     /// "Now" is the content of this file: Unix milliseconds or an RFC 3339 time. The scheduler
     /// reads it on every tick (every 100 ms), so a test moves time by rewriting the file. Only
     /// the scheduler follows it; run timers (retries, timeouts, `sleep`) keep real time.
@@ -18,14 +23,15 @@ pub enum Clock {
 }
 
 impl Clock {
-    pub fn new(file: Option<PathBuf>) -> Self {
-        file.map_or(Self::System, Self::File)
+    /// The file when one is given, else the engine's clock.
+    pub fn new(file: Option<PathBuf>, engine: EngineClock) -> Self {
+        file.map_or(Self::Engine(engine), Self::File)
     }
 
     /// The current time in Unix milliseconds; `Err` when the clock file cannot be read or parsed.
     pub fn now_ms(&self) -> Result<i64, String> {
         match self {
-            Self::System => Ok(rpaflow_core::time::now_ms()),
+            Self::Engine(clock) => Ok(clock.now_ms()),
             Self::File(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read clock file {}: {e}", path.display()))?;
