@@ -107,7 +107,14 @@ impl Engine {
                         approver_names: approvers.names,
                     })?;
                 }
-                EventKind::StepFinished { step, .. } => {
+                // Only approval steps have a pending approval to remove: other steps cost no
+                // storage operation here.
+                EventKind::StepFinished { step, .. }
+                    if state
+                        .flow
+                        .step(step)
+                        .is_some_and(|def| def.uses == "approval") =>
+                {
                     self.store.remove_approval(&state.run_id, step)?
                 }
                 EventKind::RunCancelled { .. } | EventKind::RunFailed { .. } => {
