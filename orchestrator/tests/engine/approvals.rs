@@ -90,19 +90,7 @@ fn an_approval_unanswered_by_its_deadline_fails_the_run() {
         );
         assert!(engine.taken_for(&id).is_empty(), "`pay` never ran");
         let events = engine.events(&id).await;
-        let (requested, failed) = (
-            events
-                .iter()
-                .find(|(n, _)| n == "approval_requested")
-                .unwrap()
-                .1,
-            events.iter().find(|(n, _)| n == "run_failed").unwrap().1,
-        );
-        let waited = failed - requested;
-        assert!(
-            (600_000..600_100).contains(&waited),
-            "failed {waited} ms after the request"
-        );
+        assert_failed_at_the_deadline(&events);
         assert!(
             engine
                 .handle
@@ -112,6 +100,22 @@ fn an_approval_unanswered_by_its_deadline_fails_the_run() {
         );
         engine.stop().await;
     });
+}
+
+/// The run failed ten minutes (the step's timeout) after its approval was requested.
+fn assert_failed_at_the_deadline(events: &[(String, i64)]) {
+    let at = |name: &str| {
+        events
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no {name} in {events:?}"))
+            .1
+    };
+    let waited = at("run_failed") - at("approval_requested");
+    assert!(
+        (600_000..600_100).contains(&waited),
+        "failed {waited} ms after the request"
+    );
 }
 
 fn answer(approve: bool) -> Answer {
@@ -275,19 +279,7 @@ fn an_approval_deadline_counts_the_time_that_passed_before_a_restart() {
             events.windows(2).all(|pair| pair[0].1 <= pair[1].1),
             "event times go back across the restart: {events:?}"
         );
-        let (requested, failed) = (
-            events
-                .iter()
-                .find(|(n, _)| n == "approval_requested")
-                .unwrap()
-                .1,
-            events.iter().find(|(n, _)| n == "run_failed").unwrap().1,
-        );
-        assert!(
-            (600_000..600_100).contains(&(failed - requested)),
-            "failed {} ms after the request",
-            failed - requested
-        );
+        assert_failed_at_the_deadline(&events);
         engine.stop().await;
     });
 }
