@@ -172,3 +172,77 @@ async fn idempotent_producer_with_headers() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The orchestrator's results reader hands each result straight to the engine, which
+/// acknowledges it once it is durable. While 512 are unacknowledged the reader pauses, so a
+/// backlog on `rpaflow.results` (an orchestrator back after an outage) is not read into memory
+/// all at once; as the engine catches up, reading resumes and every result arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_results_reader_pauses_while_the_engine_is_behind() -> anyhow::Result<()> {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    use prost::Message as _;
+    use rpaflow_core::bus::{ResultDelivery, StepBus as _};
+    use rpaflow_core::kafka::{KafkaConfig, KafkaStepBus};
+    use rpaflow_proto::v1 as pb;
+
+    const RESULTS: usize = 2000;
+    let broker = Broker::start().await?;
+    let bus = KafkaStepBus::connect(KafkaConfig {
+        brokers: broker.brokers(),
+        ..KafkaConfig::default()
+    })
+    .await?;
+    let payloads: Vec<Vec<u8>> = (0..RESULTS)
+        .map(|n| {
+            pb::TaskResult {
+                run_id: format!("run-{n}"),
+                step_id: "s".into(),
+                attempt: 1,
+                ..Default::default()
+            }
+            .encode_to_vec()
+        })
+        .collect();
+    let keys: Vec<String> = (0..RESULTS).map(|n| format!("run-{n}")).collect();
+    futures::future::join_all(
+        keys.iter()
+            .zip(&payloads)
+            .map(|(key, payload)| broker.produce_raw("rpaflow.results", key, payload)),
+    )
+    .await;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ResultDelivery>();
+    bus.deliver_results(Arc::new(tx))?;
+    // An engine that makes nothing durable: the reader stops at its backlog.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut held = Vec::new();
+    while let Ok(delivery) = rx.try_recv() {
+        held.push(delivery);
+    }
+    assert!(
+        (512..600).contains(&held.len()),
+        "{} of {RESULTS} results taken while none was acknowledged",
+        held.len()
+    );
+
+    // The engine catches up: everything arrives, each result once.
+    let mut runs: BTreeSet<String> = held.iter().map(|d| d.result.run_id.clone()).collect();
+    let mut taken = held.len();
+    for delivery in held {
+        delivery.ack.ack();
+    }
+    while taken < RESULTS {
+        let delivery = tokio::time::timeout(READ_TIMEOUT, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{taken} of {RESULTS} results, then nothing"))
+            .expect("the reader is running");
+        runs.insert(delivery.result.run_id.clone());
+        delivery.ack.ack();
+        taken += 1;
+    }
+    assert_eq!(runs.len(), RESULTS, "every result, once");
+    bus.close().await;
+    Ok(())
+}

@@ -4,7 +4,8 @@
 //! (through a local overflow, so nothing polled is ever dropped), and while the application
 //! falls behind by more than [`PAUSE_AT`] deliveries the assigned partitions are paused rather
 //! than polling stopping; or, for an application that takes each delivery at once
-//! ([`Out::Direct`]), straight to it. Offsets are committed on a
+//! ([`Out::Direct`]), straight to it, pausing while more than [`PAUSE_AT`] of them are not yet
+//! acknowledged. Offsets are committed on a
 //! timer, only up to the oldest unacknowledged delivery of each partition, and synchronously
 //! before a partition is revoked and at shutdown. A message that cannot be decoded goes to the
 //! dead-letter topic with the reason in its headers; its offset counts as done once it is there.
@@ -40,10 +41,15 @@ pub(crate) type Decode<T> = fn(&OwnedMessage, Option<&str>) -> std::result::Resu
 
 type SharedOffsets = Arc<Mutex<Offsets>>;
 
-/// Deliveries polled but not yet taken by the application at which the partitions are paused,
-/// and at which they are resumed.
+/// The backlog at which the partitions are paused, and at which they are resumed: deliveries
+/// polled but not yet taken by the application ([`Out::Channel`]), or taken but not yet
+/// acknowledged ([`Out::Direct`], which takes everything at once).
 const PAUSE_AT: usize = 512;
 const RESUME_AT: usize = 128;
+
+/// How often a paused loop with a direct output looks whether the application has caught up
+/// (acknowledgements come from its threads and wake nothing here).
+const RECHECK_PAUSED: Duration = Duration::from_millis(10);
 
 fn lock(offsets: &SharedOffsets) -> std::sync::MutexGuard<'_, Offsets> {
     offsets.lock().unwrap_or_else(PoisonError::into_inner)
@@ -364,17 +370,23 @@ impl<T: Send + 'static> Loop<T> {
             }
             // Pausing makes librdkafka drop its prefetched messages and fetch again on resume:
             // only worth it for a real backlog, with room between the two thresholds.
-            if !paused && overflow.len() >= PAUSE_AT {
+            let backlog = match &self.out {
+                Out::Channel(_) => overflow.len(),
+                Out::Direct(_) => lock(&self.offsets).in_flight(),
+            };
+            if !paused && backlog >= PAUSE_AT {
                 paused = true;
                 self.set_paused(true);
-            } else if paused && overflow.len() <= RESUME_AT {
+            } else if paused && backlog <= RESUME_AT {
                 paused = false;
                 self.set_paused(false);
             }
+            let direct = matches!(self.out, Out::Direct(_));
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
                 _ = tick.tick() => self.commit(CommitMode::Async),
+                () = tokio::time::sleep(RECHECK_PAUSED), if paused && direct => {}
                 permit = self.out.reserve(), if !overflow.is_empty() => match permit {
                     Some(permit) => {
                         if let Some(item) = overflow.pop_front() {
@@ -388,11 +400,10 @@ impl<T: Send + 'static> Loop<T> {
                         connectivity().ok();
                         let message = message.detach();
                         if let Some(item) = self.take(message).await {
-                            if let Out::Direct(take) = &self.out {
-                                take(item.0, item.1);
-                                continue;
+                            match &self.out {
+                                Out::Direct(take) => take(item.0, item.1),
+                                Out::Channel(_) => overflow.push_back(item),
                             }
-                            overflow.push_back(item);
                             if paused {
                                 // A rebalance may have assigned partitions that are not paused.
                                 self.set_paused(true);
